@@ -1,0 +1,131 @@
+"""Small building blocks shared by the UNet and the classifier: norms, N-d convs, embeddings, EMA."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype (fp16 torsos stay stable), cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    """The UNet's standard norm: 32-group GroupNorm in float32."""
+    return GroupNorm32(32, channels)
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """A 1-D, 2-D or 3-D convolution."""
+    if dims == 1:
+        return nn.Conv1d(*args, **kwargs)
+    if dims == 2:
+        return nn.Conv2d(*args, **kwargs)
+    if dims == 3:
+        return nn.Conv3d(*args, **kwargs)
+    raise ValueError(f"unsupported dimensions: {dims}")
+
+
+def linear(*args, **kwargs) -> nn.Module:
+    """An nn.Linear (kept as a function for the original's public name)."""
+    return nn.Linear(*args, **kwargs)
+
+
+def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """A 1-D, 2-D or 3-D average pool."""
+    if dims == 1:
+        return nn.AvgPool1d(*args, **kwargs)
+    if dims == 2:
+        return nn.AvgPool2d(*args, **kwargs)
+    if dims == 3:
+        return nn.AvgPool3d(*args, **kwargs)
+    raise ValueError(f"unsupported dimensions: {dims}")
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters in place (output layers start as the identity residual)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def scale_module(module: nn.Module, scale: float) -> nn.Module:
+    """Scale a module's parameters in place."""
+    for p in module.parameters():
+        p.detach().mul_(scale)
+    return module
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch."""
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+@torch.no_grad()
+def update_ema(target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor], rate: float = 0.99) -> None:
+    """target <- rate * target + (1 - rate) * source, in place."""
+    targets, sources = list(target_params), list(source_params)
+    if targets and all(t.dtype == s.dtype and t.device == s.device for t, s in zip(targets, sources)):
+        torch._foreach_lerp_(targets, sources, 1.0 - rate)  # one fused kernel instead of one per tensor
+        return
+    for targ, src in zip(targets, sources):
+        targ.mul_(rate).add_(src.to(targ), alpha=1 - rate)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, [N] -> [N, dim], ordered [cos, sin]
+    as the released checkpoints expect."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(start=0, end=half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+def checkpoint(func, inputs, params, flag: bool):
+    """Run func(*inputs), recomputing activations in backward when flag is set.
+
+    Unlike the original's hand-written version this uses torch.utils.checkpoint, which restores the RNG
+    (dropout masks match) and supports autocast; `params` is accepted for signature compatibility.
+    """
+    if flag and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+    return func(*inputs)
+
+
+def upsample_nearest(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """Nearest x2 upsampling; for 3-D data only the inner two dimensions grow."""
+    if dims == 3:
+        return F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def convert_module_to_f16(module: nn.Module) -> None:
+    """Cast a convolution's weights to float16 (the original's fp16 boundary: torso convs only)."""
+    if isinstance(module, _CONV_TYPES):
+        module.weight.data = module.weight.data.half()
+        if module.bias is not None:
+            module.bias.data = module.bias.data.half()
+
+
+def convert_module_to_f32(module: nn.Module) -> None:
+    """Undo convert_module_to_f16."""
+    if isinstance(module, _CONV_TYPES):
+        module.weight.data = module.weight.data.float()
+        if module.bias is not None:
+            module.bias.data = module.bias.data.float()
