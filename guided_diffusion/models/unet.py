@@ -168,6 +168,10 @@ class _Encoder(nn.Module):
     """The encoder and middle block shared by UNetModel and EncoderUNetModel (built in place so the
     parameter names stay `input_blocks.*` and `middle_block.*`)."""
 
+    def _build_time_embed(self, model_channels: int) -> None:
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(linear(model_channels, emb_dim), nn.SiLU(), linear(emb_dim, emb_dim))
+
     def _build_encoder(
         self,
         in_channels: int,
@@ -186,7 +190,6 @@ class _Encoder(nn.Module):
         use_new_attention_order: bool,
     ) -> tuple[int, int, list[int]]:
         emb_dim = model_channels * 4
-        self.time_embed = nn.Sequential(linear(model_channels, emb_dim), nn.SiLU(), linear(emb_dim, emb_dim))
 
         def res(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
             return ResBlock(
@@ -267,13 +270,15 @@ class UNetModel(_Encoder):
         self.num_head_channels = num_head_channels
         self.num_heads_upsample = num_heads_upsample
 
+        # Registration order = state-dict key order of the released checkpoints.
+        self._build_time_embed(model_channels)
+        if num_classes is not None:
+            self.label_emb = nn.Embedding(num_classes, model_channels * 4)
         ch, ds, block_channels = self._build_encoder(
             in_channels, model_channels, num_res_blocks, attention_resolutions, dropout, channel_mult,
             conv_resample, dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
             resblock_updown, use_new_attention_order,
         )
-        if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, model_channels * 4)
         res = self._res
 
         def attn_up(ch: int) -> AttentionBlock:
@@ -379,6 +384,7 @@ class EncoderUNetModel(_Encoder):
         self.num_head_channels = num_head_channels
         self.num_heads_upsample = num_heads_upsample
 
+        self._build_time_embed(model_channels)
         ch, ds, _ = self._build_encoder(
             in_channels, model_channels, num_res_blocks, attention_resolutions, dropout, channel_mult,
             conv_resample, dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,

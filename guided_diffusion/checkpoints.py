@@ -1,0 +1,341 @@
+"""Reading and writing weights: safe loading (never unpickles code), atomic saves, the model config kept
+beside the weights, and errors that say which flag to change when weights and flags disagree."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from guided_diffusion.config import ClassifierConfig, ModelConfig, config_from_dict, config_to_dict
+from guided_diffusion.errors import UserError
+
+CONFIG_FILENAME = "config.json"
+METADATA_KEY = "guided_diffusion_config"
+
+
+# -- atomic writes ------------------------------------------------------------------------------------
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file so that `path` is either the old file or the complete new one, never a torn mix:
+    `write(tmp)` fills a temporary file in the same directory, which is fsynced and renamed over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: dict | None = None) -> Path:
+    """Save weights atomically. `.safetensors` files carry `config` as metadata; `.pt` files are plain
+    state dicts in the released layout (write the config with write_config_json)."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {METADATA_KEY: json.dumps(config)} if config is not None else None
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def write_config_json(directory: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Save a model config (config_to_dict's form) as config.json in a checkpoint directory."""
+    text = json.dumps(dict(config), indent=2, sort_keys=True)
+    return atomic_write(Path(directory) / CONFIG_FILENAME, lambda tmp: tmp.write_text(text))
+
+
+def read_config_json(path: str | os.PathLike) -> dict | None:
+    """The config saved with a checkpoint: safetensors metadata, or config.json in the same directory."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(METADATA_KEY)
+        if text:
+            return json.loads(text)
+    candidate = path if path.name == CONFIG_FILENAME else path.parent / CONFIG_FILENAME
+    if candidate.is_file():
+        return json.loads(candidate.read_text())
+    return None
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from `.pt` (weights only, no pickled code runs) or `.safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; check the path (or download it with `guided-diffusion download`)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+            state = load_file(str(path), device=device)
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated or foreign files: say which, not a pickle traceback
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        "the file is corrupt or not a state dict: re-download or re-save it") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a plain state dict of tensors; save model.state_dict() instead")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                 flags: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Load state_dict into model strictly; on any mismatch raise a one-line UserError naming the
+    hyperparameters that differ and the flags that fix them."""
+    problems = diagnose_mismatch(state_dict, model)
+    if flags is not None:
+        problems += check_released_flags(source, flags)
+    if problems:
+        raise UserError(f"{source} does not match the model flags: " + "; ".join(problems))
+    # Cast to the model's dtypes (fp16 torsos load fp32 master weights, as the original).
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in state_dict.items()})
+    return model
+
+
+def load_model(path: str | os.PathLike, model: torch.nn.Module | None = None, flags: Mapping[str, Any] | None = None,
+               map_location: Any = "cpu") -> torch.nn.Module:
+    """Load a checkpoint into `model`, or into a network built from the config saved with the file
+    (safetensors metadata or config.json beside it), or from the released preset of the same name."""
+    state = load_state_dict(path, map_location=map_location)
+    if model is None:
+        network_config = config_for_checkpoint(path, state)
+        model = network_config.build()
+        flags = flags if flags is not None else network_config.to_dict()
+    return load_weights(model, state, source=str(path), flags=flags)
+
+
+def config_for_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Tensor] | None = None):
+    """The network config that goes with a checkpoint file, or a UserError saying how to supply one."""
+    saved = read_config_json(path)
+    if saved is not None:
+        network, _ = config_from_dict(saved)
+        if state is not None and isinstance(network, ModelConfig) and "output_blocks.0.0.in_layers.0.weight" not in state:
+            # A classifier saved in a run directory whose config.json describes the diffusion model.
+            if "classifier" in saved:
+                return ClassifierConfig.from_dict(saved["classifier"])
+        return network
+    from guided_diffusion.presets import preset_for_file
+
+    preset = preset_for_file(path)
+    if preset is not None:
+        return preset_network_config(preset)
+    raise UserError(
+        f"no model config found for {path}: pass the model flags it was trained with, keep config.json beside it, "
+        "or save it as .safetensors with its config"
+    )
+
+
+def preset_network_config(preset):
+    """The network config that builds a released checkpoint."""
+    from guided_diffusion.config import SuperResConfig
+
+    cls = {"diffusion": ModelConfig, "classifier": ClassifierConfig, "upsampler": SuperResConfig}[preset.kind]
+    return cls.from_dict(preset.flags)
+
+
+def check_released_flags(source: str, flags: Mapping[str, Any]) -> list[str]:
+    """For a released checkpoint (recognised by file name), the flags that weights cannot reveal (the
+    attention order and head layout) must equal the published ones."""
+    from guided_diffusion.presets import preset_for_file
+
+    preset = preset_for_file(source)
+    if preset is None or preset.kind == "classifier":
+        return []
+    expected = preset_network_config(preset).to_dict()
+    problems = []
+    for key in ("use_new_attention_order", "num_heads", "num_head_channels"):
+        if key in flags and key in expected and flags[key] != expected[key] and not (
+            key == "num_heads" and expected.get("num_head_channels", -1) != -1
+        ):
+            problems.append(f"{preset.name} was trained with --{key} {expected[key]}: use --{key} {expected[key]}")
+    return problems
+
+
+# -- diagnosis ----------------------------------------------------------------------------------------
+
+def _block_modules(state: Mapping[str, torch.Tensor], prefix: str) -> dict[int, dict[int, str]]:
+    """{block index: {layer index: "res" | "attn" | "conv" | "op"}} for input_blocks / output_blocks."""
+    blocks: dict[int, dict[int, str]] = {}
+    for key in state:
+        if not key.startswith(prefix + "."):
+            continue
+        parts = key.split(".")
+        block, layer, name = int(parts[1]), int(parts[2]), parts[3]
+        kind = {"in_layers": "res", "qkv": "attn", "conv": "conv", "op": "op"}.get(name)
+        if kind:
+            blocks.setdefault(block, {})[layer] = kind
+        else:
+            blocks.setdefault(block, {}).setdefault(layer, "other")
+    return blocks
+
+
+def _fmt_mult(mult) -> str:
+    return ",".join(str(int(m)) if float(m).is_integer() else str(m) for m in mult)
+
+
+def describe_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Architecture facts readable from a UNet or classifier state dict's keys and shapes."""
+    facts: dict[str, Any] = {}
+    if "time_embed.0.weight" not in state or "input_blocks.0.0.weight" not in state:
+        return facts
+    width = state["time_embed.0.weight"].shape[1]
+    facts["width"] = width
+    facts["in_channels"] = state["input_blocks.0.0.weight"].shape[1]
+    if "input_blocks.1.0.emb_layers.1.weight" in state:
+        facts["use_scale_shift_norm"] = (
+            state["input_blocks.1.0.emb_layers.1.weight"].shape[0] == 2 * state["input_blocks.1.0.out_layers.3.weight"].shape[0]
+        )
+    inputs = _block_modules(state, "input_blocks")
+    facts["num_input_blocks"] = len(inputs)
+    facts["attention_blocks"] = sum(1 for b in inputs.values() if "attn" in b.values())
+    if any(k.startswith("output_blocks.") for k in state):
+        facts["kind"] = "unet"
+        facts["out_channels"] = state["out.2.weight"].shape[0]
+        facts["label_rows"] = state["label_emb.weight"].shape[0] if "label_emb.weight" in state else None
+        outputs = _block_modules(state, "output_blocks")
+        up_blocks = [k for k in sorted(outputs) if any(j >= 1 and t in ("res", "conv") for j, t in outputs[k].items())]
+        num_res_blocks = up_blocks[0] if up_blocks else len(outputs) - 1
+        levels = len(outputs) // (num_res_blocks + 1)
+        facts["num_res_blocks"] = num_res_blocks
+        if up_blocks:
+            facts["resblock_updown"] = any(outputs[up_blocks[0]].get(j) == "res" for j in (1, 2))
+        mult, attn_ds = [], set()
+        for m in range(levels):
+            k = m * (num_res_blocks + 1)
+            ch = state[f"output_blocks.{k}.0.out_layers.3.weight"].shape[0]
+            mult.append(ch / width)
+            if "attn" in outputs[k].values():
+                attn_ds.add(2 ** (levels - 1 - m))
+        facts["channel_mult"] = tuple(reversed(mult))
+        facts["attention_ds"] = attn_ds
+    else:
+        facts["kind"] = "classifier"
+        if "out.2.positional_embedding" in state:
+            facts["pool"], facts["out_channels"] = "attention", state["out.2.c_proj.weight"].shape[0]
+        elif "out.3.weight" in state and state["out.3.weight"].ndim > 2:
+            facts["pool"], facts["out_channels"] = "adaptive", state["out.3.weight"].shape[0]
+        elif "out.1.weight" in state and state["out.0.weight"].ndim == 2:
+            facts["pool"], facts["out_channels"] = "spatial_v2", state["out.3.weight"].shape[0]
+        elif "out.0.weight" in state:
+            facts["pool"], facts["out_channels"] = "spatial", state["out.2.weight"].shape[0]
+        facts["has_downsample_conv"] = any(".op.weight" in k for k in state)
+    return facts
+
+
+def diagnose_mismatch(state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Human-readable differences between a checkpoint and a model, each naming the flag to use;
+    empty when every key and shape agrees."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or shapes):
+        return []
+    ckpt, mine = describe_state_dict(state), describe_state_dict(own)
+    problems: list[str] = []
+    if ckpt and mine and ckpt.get("kind") != mine.get("kind"):
+        return [f"checkpoint is a {ckpt.get('kind')} network but the flags build a {mine.get('kind')}"]
+    if ckpt and mine:
+        problems = (_unet_problems if ckpt["kind"] == "unet" else _classifier_problems)(ckpt, mine, model)
+    if not problems:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            details.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        problems = [", ".join(details) + "; check the model flags against those used for training"]
+    return problems
+
+
+def _unet_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
+    image_size = getattr(model, "image_size", None)
+    out = []
+    if ckpt["in_channels"] != mine["in_channels"]:
+        out.append(f"checkpoint takes {ckpt['in_channels']} input channels (6 = super-resolution): use the matching model type")
+    if ckpt["out_channels"] != mine["out_channels"]:
+        out.append(f"checkpoint has {ckpt['out_channels']} output channels: use --learn_sigma {ckpt['out_channels'] == 6}")
+    rows_c, rows_m = ckpt["label_rows"], mine["label_rows"]
+    if (rows_c is None) != (rows_m is None):
+        out.append("checkpoint has label_emb: use --class_cond True" if rows_c else "checkpoint has no label_emb: use --class_cond False")
+    elif rows_c is not None and rows_c != rows_m:
+        out.append(f"checkpoint embeds {rows_c} labels: use --num_classes {rows_c} (or {rows_c - 1} with --class_dropout_prob > 0)")
+    if ckpt["width"] != mine["width"]:
+        out.append(f"checkpoint has num_channels {ckpt['width']}: use --num_channels {ckpt['width']}")
+    if ckpt["num_res_blocks"] != mine["num_res_blocks"]:
+        out.append(f"checkpoint has {ckpt['num_res_blocks']} res blocks per level: use --num_res_blocks {ckpt['num_res_blocks']}")
+    elif ckpt["channel_mult"] != mine["channel_mult"]:
+        out.append(f"checkpoint has channel_mult {_fmt_mult(ckpt['channel_mult'])}: use --channel_mult {_fmt_mult(ckpt['channel_mult'])}")
+    if "resblock_updown" in ckpt and "resblock_updown" in mine and ckpt["resblock_updown"] != mine["resblock_updown"]:
+        out.append(f"checkpoint {'resamples with ResBlocks' if ckpt['resblock_updown'] else 'uses conv resampling'}: "
+                   f"use --resblock_updown {ckpt['resblock_updown']}")
+    if ckpt.get("use_scale_shift_norm") != mine.get("use_scale_shift_norm"):
+        out.append(f"use --use_scale_shift_norm {ckpt.get('use_scale_shift_norm')}")
+    if not out and ckpt["attention_ds"] != mine["attention_ds"] and image_size:
+        res = ",".join(str(image_size // ds) for ds in sorted(ckpt["attention_ds"], reverse=True))
+        out.append(f"checkpoint has attention at resolutions {res or 'none'}: use --attention_resolutions {res}")
+    return out
+
+
+def _classifier_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
+    out = []
+    if ckpt.get("pool") != mine.get("pool"):
+        out.append(f"checkpoint pools with {ckpt.get('pool')!r}: use --classifier_pool {ckpt.get('pool')}")
+    if ckpt.get("out_channels") != mine.get("out_channels"):
+        out.append(f"checkpoint predicts {ckpt.get('out_channels')} classes: use --num_classes {ckpt.get('out_channels')}")
+    if ckpt["width"] != mine["width"]:
+        out.append(f"checkpoint has classifier_width {ckpt['width']}: use --classifier_width {ckpt['width']}")
+    if ckpt["num_input_blocks"] != mine["num_input_blocks"]:
+        # An encoder of L levels and depth d has L * (d + 1) blocks; L comes from the image size.
+        levels = len(getattr(model, "channel_mult", ())) or 1
+        hint = ""
+        if ckpt["num_input_blocks"] % levels == 0:
+            hint = f": use --classifier_depth {ckpt['num_input_blocks'] // levels - 1}"
+        out.append(f"checkpoint has {ckpt['num_input_blocks']} encoder blocks, the flags give {mine['num_input_blocks']}{hint}")
+    if ckpt.get("has_downsample_conv") != mine.get("has_downsample_conv"):
+        out.append(f"use --classifier_resblock_updown {not ckpt.get('has_downsample_conv')}")
+    if ckpt.get("use_scale_shift_norm") != mine.get("use_scale_shift_norm"):
+        out.append(f"use --classifier_use_scale_shift_norm {ckpt.get('use_scale_shift_norm')}")
+    if not out and ckpt["attention_blocks"] != mine["attention_blocks"]:
+        out.append(f"checkpoint has {ckpt['attention_blocks']} attention blocks in the encoder: check --classifier_attention_resolutions")
+    return out
+
+
+def save_model_with_config(path: str | os.PathLike, model: torch.nn.Module, network_config, diffusion_config=None) -> Path:
+    """Save a model's weights with its config: as metadata for .safetensors, as config.json beside a .pt."""
+    config = config_to_dict(network_config, diffusion_config)
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        write_config_json(path.parent, config)
+    return save_checkpoint(path, model.state_dict(), config)
