@@ -1,0 +1,70 @@
+"""Resize-and-crop arithmetic of the original loader, and conversion to model input.
+
+Both crops first halve the image with a BOX filter while its short side is at least twice the
+target, then resize with BICUBIC so the short side hits the target exactly; this matches the
+original pixel for pixel, which matters when fine-tuning released checkpoints.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from PIL import Image
+
+
+def _resize_short_side(pil_image: Image.Image, short_side: int) -> Image.Image:
+    while min(*pil_image.size) >= 2 * short_side:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = short_side / min(*pil_image.size)
+    return pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """Resize the short side to `image_size` and take the central square (HWC uint8)."""
+    arr = np.array(_resize_short_side(pil_image, image_size))
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return arr[top : top + image_size, left : left + image_size]
+
+
+def random_crop_arr(
+    pil_image: Image.Image,
+    image_size: int,
+    min_crop_frac: float = 0.8,
+    max_crop_frac: float = 1.0,
+    rng: random.Random | None = None,
+) -> np.ndarray:
+    """Resize the short side to a random size in [S/max_frac, S/min_frac], then crop a random
+    `image_size` square (HWC uint8). `rng` defaults to Python's global `random`, as the original."""
+    rng = rng if rng is not None else random._inst  # noqa: SLF001 - the module-level generator
+    smallest = math.ceil(image_size / max_crop_frac)
+    largest = math.ceil(image_size / min_crop_frac)
+    short_side = rng.randrange(smallest, largest + 1)
+    arr = np.array(_resize_short_side(pil_image, short_side))
+    top = rng.randrange(arr.shape[0] - image_size + 1)
+    left = rng.randrange(arr.shape[1] - image_size + 1)
+    return arr[top : top + image_size, left : left + image_size]
+
+
+def to_model_input(arr: np.ndarray) -> np.ndarray:
+    """HWC uint8 -> CHW float32 in [-1, 1]."""
+    return np.ascontiguousarray((arr.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1))
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file fully (first frame of animations) as RGB."""
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def prepare_image(
+    path: str, image_size: int, *, random_crop: bool, random_flip: bool, rng: random.Random
+) -> np.ndarray:
+    """Read `path` and return the augmented CHW float32 array the model trains on."""
+    image = load_rgb(path)
+    arr = random_crop_arr(image, image_size, rng=rng) if random_crop else center_crop_arr(image, image_size)
+    if random_flip and rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    return to_model_input(arr)

@@ -1,0 +1,61 @@
+"""Helpers shared by the training, data, logger and dist_util tests (not a test module)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_blob_dataset(root: Path, count: int = 16, size: int = 16, classes: int = 2, layout: str = "filename", seed: int = 0) -> Path:
+    """Images of a bright square on a dark background (class 0) or dark on bright (class 1),
+    named CLASS_i.png (layout "filename") or stored as CLASS/i.png (layout "folder")."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        label = i % classes
+        background, square = (40, 210) if label == 0 else (210, 40)
+        image = np.full((size, size, 3), background, dtype=np.uint8)
+        top, left = rng.integers(0, size // 2, size=2)
+        image[top : top + size // 2, left : left + size // 2] = square
+        image = np.clip(image.astype(int) + rng.integers(-10, 11, size=image.shape), 0, 255).astype(np.uint8)
+        name = f"c{label}_{i:03d}.png" if layout == "filename" else f"c{label}/{i:03d}.png"
+        write_image(root / name, image)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python: single-threaded, no inherited launcher variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OPENAI_LOGDIR", "OPENAI_LOG_FORMAT", "DIFFUSION_TRAINING_TEST")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env or child_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "guided_diffusion", *args], env=env or child_env(), capture_output=True, text=True, timeout=timeout
+    )
