@@ -1,0 +1,10 @@
+"""Compatibility shim: the original `resample` module, re-exported from `guided_diffusion.training.samplers`."""
+from guided_diffusion.training.samplers import (
+    LossAwareSampler,
+    LossSecondMomentResampler,
+    ScheduleSampler,
+    UniformSampler,
+    create_named_schedule_sampler,
+)
+
+__all__ = ["create_named_schedule_sampler", "ScheduleSampler", "UniformSampler", "LossAwareSampler", "LossSecondMomentResampler"]

@@ -1,0 +1,83 @@
+"""Atomic file writes: temp file in the same folder, flush, fsync, rename, fsync the folder.
+
+A reader (or a process restarted after a crash) therefore sees either the old file or the complete
+new one, never a partial write. Temp files carry a recognisable suffix so leftovers from a killed
+writer can be removed at the next start.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Callable, BinaryIO
+
+import torch
+
+TMP_MARKER = ".tmp-"
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+    """Write `path` atomically with `write(file)`; returns (size in bytes, sha256 hex digest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        size, digest = file_digest(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return size, digest
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, str]:
+    """Write `data` to `path` atomically."""
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> tuple[int, str]:
+    """`torch.save(obj)` to `path` atomically; returns (size, sha256)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
+    """Delete temp files left in `directory` by writers that were killed; returns their names."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if TMP_MARKER in entry.name and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
