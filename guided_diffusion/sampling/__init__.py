@@ -1,0 +1,15 @@
+"""Sampling: the samplers (ddpm, ddim, dpmpp_2m), guidance, per-sample seeds, and a Python API.
+
+    from guided_diffusion.sampling import load_pipeline
+    images = load_pipeline("64x64_diffusion", classifier="auto").sample(4, classes=1, sampler="dpm++2m", steps=20)
+"""
+from guided_diffusion.sampling.api import Pipeline, load_pipeline
+from guided_diffusion.sampling.denoiser import Denoiser, DiffusionDenoiser
+from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
+from guided_diffusion.sampling.noise import SampleNoise
+from guided_diffusion.sampling.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m
+
+__all__ = [
+    "Pipeline", "load_pipeline", "Denoiser", "DiffusionDenoiser", "GuidedModel", "classifier_cond_fn",
+    "dynamic_threshold", "SampleNoise", "SAMPLERS", "ddpm", "ddim", "dpmpp_2m",
+]

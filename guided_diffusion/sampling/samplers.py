@@ -99,13 +99,11 @@ def ddpm(
     model_kwargs = model_kwargs or {}
     for k in _steps(denoiser, progress):
         t = denoiser.timesteps(k, x.shape[0], x.device)
-        out = diffusion.p_mean_variance(
-            model, x, t, clip_denoised=clip_denoised, denoised_fn=threshold, model_kwargs=model_kwargs
+        out = diffusion.p_sample(
+            model, x, t, clip_denoised=clip_denoised, denoised_fn=threshold, cond_fn=cond_fn,
+            model_kwargs=model_kwargs, noise=noise.randn_like(x),  # drawn on the last step too, as the original
         )
-        if cond_fn is not None:
-            out["mean"] = diffusion.condition_mean(cond_fn, out, x, t, model_kwargs=model_kwargs)
-        z = noise.randn_like(x)  # drawn on every step, the last one included, like the original
-        x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * z if k > 0 else out["mean"]
+        x = out["sample"]
         if callback is not None:
             callback({"k": k, "x": x, "x0": out["pred_xstart"]})
     return x

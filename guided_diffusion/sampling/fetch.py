@@ -1,0 +1,57 @@
+"""Released checkpoints on disk: where a preset's file lives in the cache, and fetching it on first use."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from guided_diffusion import dist_util
+from guided_diffusion.download import cache_dir, download
+from guided_diffusion.errors import UserError
+from guided_diffusion.presets import PRESETS, Preset
+from guided_diffusion.presets import get_preset as _lookup
+
+__all__ = ["get_preset", "checkpoint_path", "cache_state", "fetch"]
+
+
+def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "") -> Preset:
+    """The preset called `name`, checking its kind; a one-line error listing the choices otherwise."""
+    preset = _lookup(name)
+    if kinds is not None and preset.kind not in kinds:
+        wanted = [p.name for p in PRESETS.values() if p.kind in kinds]
+        raise UserError(
+            f"preset {name!r} is a {preset.kind} checkpoint, but {purpose or 'this command'} needs a "
+            f"{' or '.join(kinds)} preset: one of {', '.join(wanted)}"
+        )
+    return preset
+
+
+def checkpoint_path(preset: Preset) -> Path:
+    """Where the preset's checkpoint is (or will be) cached."""
+    return cache_dir() / preset.filename
+
+
+def cache_state(preset: Preset) -> str:
+    """'yes' when the checkpoint is cached, 'partial' when an interrupted download can resume, else 'no'."""
+    path = checkpoint_path(preset)
+    if path.is_file():
+        return "yes"
+    return "partial" if path.with_name(path.name + ".part").is_file() else "no"
+
+
+def fetch(preset: Preset, *, progress: bool = True) -> Path:
+    """The local checkpoint of `preset`, downloaded into the cache first when missing.
+
+    With several ranks only rank 0 downloads; the others wait at a barrier and then use the file.
+    """
+    path = checkpoint_path(preset)
+    failure: UserError | None = None
+    if dist_util.is_main_process() and not path.is_file():
+        try:
+            download(preset.url, path, sha256=preset.sha256, progress=progress)
+        except UserError as exc:  # reach the barrier first, so the other ranks do not wait forever
+            failure = exc
+    dist_util.barrier()
+    if failure is not None:
+        raise failure
+    if not path.is_file():
+        raise UserError(f"checkpoint for preset {preset.name!r} is missing at {path}: run `guided-diffusion download {preset.name}`")
+    return path
