@@ -1,0 +1,55 @@
+"""Sample-quality evaluation matching OpenAI's TF evaluator: FID, sFID, Inception Score, precision, recall.
+
+`evaluate(ref_npz, sample_npz, extractor)` is the end-to-end path; the metric functions work on any
+feature arrays, and any `FeatureExtractor` can replace the Inception network.
+"""
+from guided_diffusion.evaluation.evaluator import (
+    BatchSummary,
+    EvaluationResult,
+    evaluate,
+    save_reference_batch,
+    summarize_batch,
+)
+from guided_diffusion.evaluation.features import (
+    FeatureExtractor,
+    Features,
+    InceptionFeatureExtractor,
+    resolve_device,
+)
+from guided_diffusion.evaluation.inception import InceptionOutput, InceptionV3, resize_bilinear_tf1
+from guided_diffusion.evaluation.metrics import (
+    frechet_distance,
+    inception_score,
+    pairwise_squared_distances,
+    precision_recall,
+    softmax,
+    statistics,
+)
+from guided_diffusion.evaluation.npz import NpzArrayReader, NpzWriter
+from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL, inception_weights_file, load_inception_network
+
+__all__ = [
+    "BatchSummary",
+    "EvaluationResult",
+    "FeatureExtractor",
+    "Features",
+    "INCEPTION_WEIGHTS_URL",
+    "InceptionFeatureExtractor",
+    "InceptionOutput",
+    "InceptionV3",
+    "NpzArrayReader",
+    "NpzWriter",
+    "evaluate",
+    "frechet_distance",
+    "inception_score",
+    "inception_weights_file",
+    "load_inception_network",
+    "pairwise_squared_distances",
+    "precision_recall",
+    "resize_bilinear_tf1",
+    "resolve_device",
+    "save_reference_batch",
+    "softmax",
+    "statistics",
+    "summarize_batch",
+]

@@ -1,0 +1,91 @@
+"""`guided-diffusion evaluate REF.npz SAMPLE.npz`: the original evaluator's five metrics, in PyTorch."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from guided_diffusion.errors import UserError
+
+DESCRIPTION = """\
+Compare a sample batch with a reference batch (npz files whose arr_0 holds uint8 NHWC images) and print
+Inception Score, FID, sFID, Precision and Recall as OpenAI's evaluator does. Precomputed mu/sigma/mu_s/
+sigma_s in a file are used instead of the statistics of its images. With --save_stats and no SAMPLE,
+only writes a reference file for REF (statistics of all its images plus 10k of them for precision/recall).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guided-diffusion evaluate", description=DESCRIPTION)
+    parser.add_argument("ref_batch", help="reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    parser.add_argument("sample_batch", nargs="?", help="sample .npz to evaluate")
+    parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    parser.add_argument("--save_stats", type=Path, help="write REF's statistics and images as a reference .npz here")
+    parser.add_argument("--save_stats_images", type=int, default=10_000,
+                        help="images of REF kept in --save_stats for precision/recall (default 10000, seeded random)")
+    parser.add_argument("--inception_weights", type=Path,
+                        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: download once into the cache)")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per Inception forward (default 64)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--fid_method", choices=("sqrtm", "eigh"), default="sqrtm",
+                        help="sqrtm: scipy's sqrtm as the original (default); eigh: same value, several times faster")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars or status lines")
+    return parser
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(payload, out, indent=2)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error (already printed)
+        return int(exit_.code or 0)
+    if args.sample_batch is None and args.save_stats is None:
+        raise UserError("give a SAMPLE.npz to evaluate, or --save_stats OUT.npz to only build a reference file")
+    if args.save_stats_images < 1:
+        raise UserError(f"--save_stats_images must be positive, got {args.save_stats_images}")
+    for path in (args.ref_batch, args.sample_batch):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{path} not found; pass the path of an .npz batch")
+
+    from guided_diffusion.evaluation import InceptionFeatureExtractor, evaluate, save_reference_batch
+
+    progress = not args.no_progress
+    extractor = InceptionFeatureExtractor.from_weights(
+        args.inception_weights, device=args.device, batch_size=args.batch_size, progress=progress
+    )
+    if args.sample_batch is None:
+        save_reference_batch(args.ref_batch, args.save_stats, extractor, max_images=args.save_stats_images,
+                             progress=progress)
+        print(f"wrote reference statistics to {args.save_stats}")
+        return 0
+
+    result = evaluate(
+        args.ref_batch, args.sample_batch, extractor, fid_method=args.fid_method, progress=progress,
+        save_stats=args.save_stats, save_stats_images=args.save_stats_images,
+    )
+    for line in result.lines():
+        print(line)
+    if args.json is not None:
+        _write_json_atomic(args.json, {
+            **result.to_dict(),
+            "ref_batch": str(args.ref_batch),
+            "sample_batch": str(args.sample_batch),
+            "fid_method": args.fid_method,
+        })
+    return 0

@@ -1,0 +1,113 @@
+"""Feature extractors: what turns uint8 images into the vectors the metrics compare.
+
+The evaluator works with any `FeatureExtractor`; `InceptionFeatureExtractor` gives the original's
+feature space (pool_3, mixed_6/conv, IS logits). Subclass `FeatureExtractor` to evaluate in another
+space, for example a small classifier trained on your own data.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from guided_diffusion.errors import UserError
+from guided_diffusion.evaluation.inception import InceptionV3
+
+__all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "resolve_device"]
+
+
+@dataclass
+class Features:
+    """Features of one batch of N images.
+
+    `pool` (N, D): used for FID and precision/recall. `spatial` (N, Ds) or None: used for sFID.
+    `logits` (N, classes) or None: softmaxed for the Inception Score.
+    """
+
+    pool: np.ndarray
+    spatial: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+
+class FeatureExtractor(abc.ABC):
+    """Maps a batch of uint8 NHWC RGB images to `Features`.
+
+    Subclasses set `batch_size` (images per `extract` call the evaluator will use) and `device`
+    (where precision/recall distances are computed).
+    """
+
+    batch_size: int = 64
+    device: torch.device = torch.device("cpu")
+
+    @abc.abstractmethod
+    def extract(self, images: np.ndarray) -> Features:
+        """Features of `images`, a uint8 array shaped (N, H, W, 3)."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"auto" -> CUDA when available, else CPU; anything else is parsed by torch."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """Disable TF32 convolutions/matmuls for the duration: the reference numbers are exact float32."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class InceptionFeatureExtractor(FeatureExtractor):
+    """The evaluator's Inception-v3 features: pool_3 (2048), mixed_6/conv[..., :7] flattened in TF's
+    NHWC order (2023), and the 1008 bias-free IS logits."""
+
+    def __init__(self, network: InceptionV3, *, device: str | torch.device | None = None, batch_size: int = 64,
+                 fuse_batchnorm: bool = True) -> None:
+        if batch_size < 1:
+            raise UserError(f"--batch_size must be positive, got {batch_size}")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        network = network.eval()
+        if fuse_batchnorm:  # same function, one op per layer instead of two
+            network.fuse_batchnorm()
+        self.network = network.to(self.device, memory_format=torch.channels_last)
+
+    @classmethod
+    def from_weights(cls, path: Path | str | None = None, *, device: str | torch.device | None = None,
+                     batch_size: int = 64, progress: bool = True) -> "InceptionFeatureExtractor":
+        """Build from pytorch-fid's weights at `path`, or from the cached download when `path` is None."""
+        from guided_diffusion.evaluation.weights import load_inception_network
+
+        return cls(load_inception_network(path, progress=progress), device=device, batch_size=batch_size)
+
+    def extract(self, images: np.ndarray) -> Features:
+        batch = torch.from_numpy(np.asarray(images)).to(self.device, non_blocking=True)
+        # NHWC uint8 -> NCHW float view; permuting keeps it channels_last in memory.
+        batch = batch.permute(0, 3, 1, 2).float()
+        with torch.inference_mode(), _full_fp32():
+            output = self.network(batch)
+            # TF flattened the NHWC map: position-major, channel-minor. Precomputed mu_s/sigma_s in
+            # reference files use that order.
+            spatial = output.spatial.permute(0, 2, 3, 1).reshape(len(batch), -1)
+            return Features(
+                pool=output.pool.float().cpu().numpy(),
+                spatial=spatial.float().cpu().numpy(),
+                logits=output.logits.float().cpu().numpy(),
+            )
