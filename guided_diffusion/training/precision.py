@@ -78,6 +78,8 @@ class MixedPrecisionTrainer:
         self.param_names = [name for name, _ in model.named_parameters()]
         self.model_params = list(model.parameters())
         self.master_params = self.model_params
+        if self.use_fp16 and getattr(model, "dtype", torch.float16) != torch.float16:
+            raise UserError("fp16 training needs a model built for it: pass --use_fp16 True (use_fp16=True) when creating the model")
         if self.use_fp16:
             # Copy before casting, so the masters keep the exact float32 values.
             self.master_params = [nn.Parameter(p.detach().float().clone()) for p in self.model_params]

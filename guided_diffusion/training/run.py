@@ -1,0 +1,218 @@
+"""Assemble and run a training job from parsed flags: process group, run directory, resume
+point, seed, network, data, trainer."""
+from __future__ import annotations
+
+import os
+import random
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.checkpoints import read_config_json, write_config_json
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
+from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, list_image_files
+from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
+from guided_diffusion.errors import UserError
+from guided_diffusion.training import checkpointing
+from guided_diffusion.training.classifier import ClassifierTrainer
+from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
+from guided_diffusion.training.rng import seed_everything
+from guided_diffusion.training.samplers import create_named_schedule_sampler
+
+KINDS = ("image", "superres", "classifier")
+
+
+def train_from_flags(args: Namespace, kind: str) -> int:
+    """Run the training job described by `args` (see `guided_diffusion.cli.train`)."""
+    created_group = not dist_util.is_initialized()
+    dist_util.setup_dist()
+    try:
+        _train(args, kind)
+    finally:
+        if created_group:
+            dist_util.teardown_dist()
+    return 0
+
+
+def _validate(args: Namespace, kind: str) -> None:
+    if args.use_bf16 and _uses_fp16(args, kind):
+        raise UserError("--use_fp16 and --use_bf16 exclude each other: pick one")
+    for name in ("log_interval", "save_interval") + (("eval_interval",) if kind == "classifier" else ()):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive (got {getattr(args, name)})")
+    if args.keep_last < 0:
+        raise UserError(f"--keep_last must be 0 (keep all) or positive (got {args.keep_last})")
+    if args.resume and args.resume_checkpoint:
+        raise UserError("pass either --resume or --resume_checkpoint, not both")
+    if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
+        raise UserError(f"--resume {args.resume!r} does not exist: use --resume auto or a checkpoint path")
+    dropout = getattr(args, "class_dropout_prob", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"--class_dropout_prob must be in [0, 1) (got {dropout})")
+    if dropout > 0 and not args.class_cond:
+        raise UserError("--class_dropout_prob needs --class_cond True (it drops class labels for classifier-free guidance)")
+    if args.grad_clip < 0:
+        raise UserError(f"--grad_clip must be 0 (off) or positive (got {args.grad_clip})")
+
+
+def _uses_fp16(args: Namespace, kind: str) -> bool:
+    return bool(args.classifier_use_fp16 if kind == "classifier" else args.use_fp16)
+
+
+def _log_formats(args: Namespace) -> list[str] | None:
+    if not args.tensorboard:
+        return None
+    if dist_util.get_rank() == 0:
+        formats = [f for f in os.environ.get("OPENAI_LOG_FORMAT", "stdout,log,csv").split(",") if f]
+        return formats + ([] if "tensorboard" in formats else ["tensorboard"])
+    return [f for f in os.environ.get("OPENAI_LOG_FORMAT_MPI", "log").split(",") if f]
+
+
+def _choose_seed(args: Namespace, point: checkpointing.ResumePoint | None) -> int:
+    if point is not None and point.state is not None and "seed" in point.state:
+        saved = int(point.state["seed"])
+        if args.seed >= 0 and args.seed != saved:
+            logger.log(f"--seed {args.seed} ignored: the resumed run was seeded with {saved}, which fixes its data order")
+        return saved
+    if args.seed >= 0:
+        return int(args.seed)
+    choice = [random.SystemRandom().randrange(1 << 62)]
+    if dist_util.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    return int(choice[0])
+
+
+def _configs(args: Namespace, kind: str) -> tuple[Any, DiffusionConfig]:
+    flags = vars(args)
+    diffusion_config = DiffusionConfig.from_flags(flags)
+    if kind == "classifier":
+        return ClassifierConfig.from_flags(flags), diffusion_config
+    if kind == "superres":
+        return SuperResConfig.from_flags(flags), diffusion_config
+    return ModelConfig.from_flags(flags), diffusion_config
+
+
+def _record_config(run_dir: Path, config: dict) -> None:
+    previous = read_config_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    if previous is not None and previous != config:
+        changed = sorted(
+            key
+            for section in ("model", "diffusion")
+            for key in set(previous.get(section, {})) | set(config.get(section, {}))
+            if previous.get(section, {}).get(key) != config.get(section, {}).get(key)
+        )
+        logger.log(f"config.json in {run_dir} had different settings ({', '.join(changed) or 'kind'}): rewriting it with this run's")
+    write_config_json(run_dir, config)
+
+
+def _check_class_count(class_map: ClassMap | None, num_classes: int, flag: str = "--num_classes") -> None:
+    if class_map is not None and len(class_map.names) > num_classes:
+        raise UserError(f"the data has {len(class_map.names)} classes but the model has {num_classes} outputs: pass {flag} {len(class_map.names)}")
+
+
+def _train(args: Namespace, kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(kind)
+    _validate(args, kind)
+    rank = dist_util.get_rank()
+    logger.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
+    run_dir = Path(logger.get_dir())
+    point = checkpointing.resolve_resume_point(args.resume or args.resume_checkpoint, run_dir, log=logger.log)
+    seed = _choose_seed(args, point)
+    logger.log(f"seed {seed}; {dist_util.get_world_size()} rank(s) on {dist_util.dev()}; run directory {run_dir}")
+
+    seed_everything(seed)  # identical initial weights on every rank
+    network_config, diffusion_config = _configs(args, kind)
+    logger.log("creating model and diffusion...")
+    model = network_config.build()
+    diffusion = diffusion_config.build()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _record_config(run_dir, config_to_dict(network_config, diffusion_config))
+
+    image_size = args.large_size if kind == "superres" else args.image_size
+    class_cond = True if kind == "classifier" else bool(args.class_cond)
+    spec = StreamSpec(
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        image_size=image_size,
+        class_cond=class_cond,
+        random_crop=args.random_crop,
+        random_flip=args.random_flip,
+        label_mode=args.label_mode,
+        num_workers=args.num_workers,
+        skip_bad_images=args.skip_bad_images,
+        seed=seed,
+    )
+    logger.log("creating data loader...")
+    paths = list_image_files(args.data_dir)
+    class_map = resolve_class_map(spec, paths, run_dir)
+    _check_class_count(class_map, args.num_classes)
+    data = ImageStream(spec, class_map, paths=paths)
+    if class_map is not None:
+        logger.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {'sub-folders' if class_map.label_mode == 'folder' else 'file-name prefixes'})")
+        if rank == 0:
+            class_map.save(run_dir / CLASS_MAP_NAME)
+    else:
+        logger.log(f"{len(paths)} images")
+
+    options = LoopOptions(
+        batch_size=args.batch_size,
+        microbatch=args.microbatch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ema_rate=getattr(args, "ema_rate", ""),
+        log_interval=args.log_interval,
+        save_interval=args.save_interval,
+        lr_anneal_steps=getattr(args, "lr_anneal_steps", 0),
+        iterations=args.iterations,
+        use_fp16=_uses_fp16(args, kind),
+        use_bf16=args.use_bf16,
+        fp16_scale_growth=getattr(args, "fp16_scale_growth", 1e-3),
+        initial_lg_loss_scale=16.0 if kind == "classifier" else 20.0,
+        min_lg_loss_scale=args.min_lg_loss_scale,
+        grad_clip=args.grad_clip,
+        sum_microbatch_grads=getattr(args, "sum_microbatch_grads", False),
+        keep_last=args.keep_last,
+        class_cond=class_cond,
+        class_dropout_prob=getattr(args, "class_dropout_prob", 0.0),
+        num_classes=args.num_classes,
+        low_res_size=args.small_size if kind == "superres" else 0,
+        progress=args.progress,
+        handle_signals=True,
+        seed=seed,
+    )
+    sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+    common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir, schedule_sampler=sampler)
+    if kind == "classifier":
+        val_data = None
+        if args.val_data_dir:
+            val_spec = StreamSpec(
+                data_dir=args.val_data_dir,
+                batch_size=args.batch_size,
+                image_size=image_size,
+                class_cond=True,
+                random_crop=False,
+                random_flip=False,
+                label_mode=class_map.label_mode if class_map else args.label_mode,
+                num_workers=min(1, args.num_workers) if args.num_workers >= 0 else 1,
+                skip_bad_images=args.skip_bad_images,
+                seed=mix_seed(seed, 0x7A1),
+            )
+            val_data = ImageStream(val_spec, class_map)
+        trainer: DiffusionTrainer | ClassifierTrainer = ClassifierTrainer(
+            noised=args.noised, val_data=val_data, eval_interval=args.eval_interval, anneal_lr=args.anneal_lr, **common
+        )
+    else:
+        trainer = DiffusionTrainer(**common)
+    trainer.prepare_run_dir()
+    if point is not None:
+        trainer.load_resume_point(point)
+    if trainer._restored_rng is None:  # noqa: SLF001 - fresh generators, different per rank
+        seed_everything(mix_seed(seed, rank, trainer.step))
+    logger.log("training...")
+    trainer.run()
+    logger.log(f"done: {trainer.step} steps; checkpoints in {run_dir}")
