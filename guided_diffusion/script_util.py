@@ -68,11 +68,7 @@ def create_model_and_diffusion(
         use_fp16=use_fp16, use_new_attention_order=use_new_attention_order, num_classes=num_classes,
         class_dropout_prob=class_dropout_prob,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(locals())
     return model, diffusion
 
 
@@ -106,11 +102,7 @@ def create_classifier_and_diffusion(
         classifier_channel_mult=classifier_channel_mult, classifier_num_head_channels=classifier_num_head_channels,
         num_classes=num_classes,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(locals())
     return classifier, diffusion
 
 
@@ -154,11 +146,7 @@ def sr_create_model_and_diffusion(
         use_fp16=use_fp16, channel_mult=channel_mult, use_new_attention_order=use_new_attention_order,
         num_classes=num_classes,
     )
-    diffusion = create_gaussian_diffusion(
-        steps=diffusion_steps, learn_sigma=learn_sigma, noise_schedule=noise_schedule, use_kl=use_kl,
-        predict_xstart=predict_xstart, rescale_timesteps=rescale_timesteps,
-        rescale_learned_sigmas=rescale_learned_sigmas, timestep_respacing=timestep_respacing,
-    )
+    diffusion = _diffusion_from_flags(locals())
     return model, diffusion
 
 
@@ -203,6 +191,11 @@ def create_gaussian_diffusion(
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
     )
+
+
+def _diffusion_from_flags(flags: dict) -> SpacedDiffusion:
+    """create_gaussian_diffusion from the diffusion flags among a factory's arguments."""
+    return DiffusionConfig.from_dict(flags).build()
 
 
 def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict) -> None:

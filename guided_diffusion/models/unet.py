@@ -168,6 +168,19 @@ class _Encoder(nn.Module):
     """The encoder and middle block shared by UNetModel and EncoderUNetModel (built in place so the
     parameter names stay `input_blocks.*` and `middle_block.*`)."""
 
+    _HYPERPARAMETERS = (
+        "image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
+        "dropout", "channel_mult", "conv_resample", "num_classes", "use_checkpoint", "num_heads",
+        "num_head_channels", "num_heads_upsample",
+    )
+
+    def _record_hyperparameters(self, values: dict) -> None:
+        """Keep the constructor arguments as attributes, as the original does (code reads model.num_classes)."""
+        for name in self._HYPERPARAMETERS:
+            if name in values:
+                setattr(self, name, values[name])
+        self.dtype = torch.float16 if values["use_fp16"] else torch.float32
+
     def _build_time_embed(self, model_channels: int) -> None:
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(linear(model_channels, emb_dim), nn.SiLU(), linear(emb_dim, emb_dim))
@@ -254,21 +267,7 @@ class UNetModel(_Encoder):
         super().__init__()
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.num_classes = num_classes
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
+        self._record_hyperparameters(locals())
 
         # Registration order = state-dict key order of the released checkpoints.
         self._build_time_embed(model_channels)
@@ -370,19 +369,7 @@ class EncoderUNetModel(_Encoder):
         pool: str = "adaptive",
     ):
         super().__init__()
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
+        self._record_hyperparameters(locals())
 
         self._build_time_embed(model_channels)
         ch, ds, _ = self._build_encoder(
