@@ -12,6 +12,7 @@ from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
 from guided_diffusion.sampling.noise import SampleNoise, random_labels, sample_seed
 from guided_diffusion.sampling.samplers import ddim, ddpm, dpmpp_2m
+from test_cli_sample import randomise_zero_layers
 
 TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="4",
             num_head_channels=8, resblock_updown=True, diffusion_steps=40, noise_schedule="cosine")
@@ -21,10 +22,7 @@ def tiny(seed: int = 0, **overrides):
     flags = {**model_and_diffusion_defaults(), **TINY, **overrides}
     torch.manual_seed(seed)
     model, diffusion = create_model_and_diffusion(**flags)
-    with torch.no_grad():  # the zero-initialised output layer would make every prediction 0
-        for p in model.out.parameters():
-            p.normal_(0, 0.3)
-    return model.eval(), diffusion
+    return randomise_zero_layers(model, seed).eval(), diffusion
 
 
 def start(n: int = 3, seed: int = 1) -> torch.Tensor:
@@ -174,9 +172,7 @@ def test_classifier_cond_fn_is_scaled_grad_of_log_softmax_in_one_pass():
     torch.manual_seed(0)
     classifier = create_classifier(8, False, 32, 1, "4", True, True, "attention", classifier_channel_mult="1,1",
                                    classifier_num_head_channels=8, num_classes=5).eval()
-    with torch.no_grad():
-        for p in classifier.out.parameters():
-            p.normal_(0, 0.3)
+    randomise_zero_layers(classifier, 1)
     counting = CountingModel(classifier)
     x, t, y = start(), torch.tensor([3, 10, 20]), torch.tensor([0, 2, 4])
     grad = classifier_cond_fn(counting, 2.5)(x, t, y=y)

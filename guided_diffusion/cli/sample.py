@@ -189,6 +189,11 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
         return {}
     kinds = ("upsampler",) if command == "super_res_sample" else ("diffusion",)
     preset = get_preset(args.preset, kinds, command)
+    if command == "classifier_sample" and preset.classifier is None:
+        raise UserError(
+            f"preset {preset.name!r} has no classifier; sample it with image_sample, or pass --classifier_path "
+            "and the classifier flags"
+        )
     _fill_from_preset(parser, args, explicit, dict(preset.flags), preset_name=preset.name,
                       architecture=_MODEL_ARCH, path_flag="model_path")
     to_fetch: dict[str, Any] = {}
@@ -200,11 +205,6 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
         if str(respacing).startswith("ddim") and "use_ddim" not in explicit and args.sampler is None:
             args.use_ddim = True  # the README's ddimN recipes are DDIM recipes
     if command == "classifier_sample":
-        if preset.classifier is None:
-            raise UserError(
-                f"preset {preset.name!r} has no classifier; sample it with image_sample, or pass --classifier_path "
-                "and the classifier flags"
-            )
         classifier = get_preset(preset.classifier, ("classifier",))
         _fill_from_preset(parser, args, explicit, dict(classifier.flags), preset_name=classifier.name,
                           architecture=_CLASSIFIER_ARCH, path_flag="classifier_path")
