@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from _train_helpers import child_env, free_port, run_python
+from _train_helpers import child_env, free_port
 
 from guided_diffusion import logger
 from guided_diffusion.errors import UserError
@@ -114,7 +114,11 @@ def test_metrics_are_averaged_over_ranks_and_ranks_share_the_default_dir():
     assert os.path.exists(f"{run_dir}/log-rank001.txt")
 
 
-def test_single_process_without_configure_still_logs():
-    result = run_python("from guided_diffusion import logger\nlogger.logkv('x', 3)\nlogger.dumpkvs()\nprint('DIR', logger.get_dir())")
-    assert result.returncode == 0, result.stderr
-    assert "| x " in result.stdout and "DIR " in result.stdout
+def test_logging_without_configure_uses_defaults(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_LOGDIR", str(tmp_path / "implicit"))
+    monkeypatch.delenv("OPENAI_LOG_FORMAT", raising=False)
+    logger.logkv("x", 3)
+    logger.dumpkvs()
+    assert "| x " in capsys.readouterr().out
+    assert logger.get_dir() == str(tmp_path / "implicit")
+    assert (tmp_path / "implicit" / "progress.csv").is_file() and (tmp_path / "implicit" / "log.txt").is_file()

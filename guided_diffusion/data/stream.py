@@ -179,6 +179,9 @@ class ImageStream:
             collate_fn=collate_samples,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers > 0 else None,
+            # Its own generator: creating an iterator must not consume draws of the global one,
+            # or a resumed run's dropout would diverge from an uninterrupted run's.
+            generator=torch.Generator().manual_seed(mix_seed(self.spec.seed, self.rank, self.position)),
         )
         return iter(loader)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from guided_diffusion.data.dataset import ImageBatch
+from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.training.loop import TrainBatch, TrainerBase, log_loss_dict
 from guided_diffusion.training.precision import autocast_context
 from guided_diffusion.training.samplers import LossAwareSampler
@@ -109,5 +110,5 @@ class ClassifierTrainer(TrainerBase):
         try:
             super().run()
         finally:
-            if self.val_data is not None and hasattr(self.val_data, "close"):
+            if isinstance(self.val_data, ImageStream):
                 self.val_data.close()

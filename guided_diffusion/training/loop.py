@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.data.dataset import ImageBatch
+from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
 from guided_diffusion.training import checkpointing
 from guided_diffusion.training.atomic import remove_stale_temp_files
@@ -283,7 +284,7 @@ class TrainerBase:
         finally:
             stop.restore()
             bar.close()
-            if hasattr(self.data, "close"):
+            if isinstance(self.data, ImageStream):  # ours; a caller's generator stays usable
                 self.data.close()
 
     def _stop_requested(self, local: bool) -> bool:
