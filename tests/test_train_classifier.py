@@ -34,7 +34,7 @@ def _rows(path):
 
 def test_classifier_learns_and_validates_with_training_class_indices(tmp_path):
     train = make_blob_dataset(tmp_path / "train", count=32, size=10, layout="folder")
-    val = make_blob_dataset(tmp_path / "val", count=16, size=10, layout="folder", seed=1)
+    val = make_blob_dataset(tmp_path / "val", count=16, size=10, layout="filename", seed=1)  # other layout, same classes
     run = tmp_path / "run"
     args = ["classifier_train", "--data_dir", str(train), "--val_data_dir", str(val), "--log_dir", str(run), "--noised", "False", "--iterations", "30", "--anneal_lr", "True", "--save_interval", "30", "--log_interval", "10", "--eval_interval", "2", "--seed", "3", *CLASSIFIER]
     assert main(args) == 0

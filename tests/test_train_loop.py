@@ -210,3 +210,49 @@ def test_original_fp16_optimizer_files_are_converted(tmp_path):
     index_of_first_large = next(i for i, p in enumerate(params) if p.ndim > 1)
     assert torch.all(trainer.opt.state[params[index_of_first_large]]["exp_avg"] == 100.0)
     assert trainer.opt.state[params[0]]["exp_avg"].shape == params[0].shape
+
+
+def test_bf16_autocast_trains_with_float32_weights(tmp_path):
+    trainer = _trainer(tmp_path, use_bf16=True)
+    dtypes = []
+    trainer.model.out.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    before = [p.detach().clone() for p in trainer.mp_trainer.master_params]
+    trainer.run_step(trainer.next_batch())
+    assert dtypes == [torch.bfloat16]  # convolutions ran under bfloat16 autocast
+    assert all(p.dtype == torch.float32 for p in trainer.mp_trainer.master_params)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.mp_trainer.master_params))
+
+
+def test_gradient_clipping_bounds_the_update():
+    model = _model()
+    trainer = MixedPrecisionTrainer(model=model, max_grad_norm=0.01)
+    opt = torch.optim.SGD(trainer.master_params, lr=1.0)
+    before = [p.detach().clone() for p in trainer.master_params]
+    loss = (model(torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)) - 1).pow(2).mean() * 1000
+    trainer.backward(loss)
+    assert trainer.optimize(opt)
+    step = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(trainer.master_params, before)])
+    assert step.norm().item() == pytest.approx(0.01, rel=1e-3)
+    assert logger.getkvs()["grad_norm"] > 0.01  # the logged norm is the one before clipping
+
+
+def test_sigterm_saves_and_stops_after_the_current_step(tmp_path):
+    import os
+    import signal
+
+    trainer = _trainer(tmp_path, handle_signals=True, iterations=50, keep_last=1, save_interval=2)
+    original_step = trainer.run_step
+
+    def step_then_signal(batch):
+        original_step(batch)
+        if trainer.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.run_step = step_then_signal
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer.run()
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+    assert trainer.step == 5
+    # Saved at 2 and 4 on schedule and at 5 on the signal; --keep_last 1 left only the last.
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["ema_0.99_000005.pt", "ema_0.9_000005.pt", "model000005.pt", "opt000005.pt", "train_state000005.pt"]

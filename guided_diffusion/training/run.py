@@ -13,7 +13,7 @@ import torch.distributed as dist
 from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import read_config_json, write_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
-from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, list_image_files
+from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
 from guided_diffusion.errors import UserError
 from guided_diffusion.training import checkpointing
@@ -47,6 +47,8 @@ def _validate(args: Namespace, kind: str) -> None:
         raise UserError(f"--keep_last must be 0 (keep all) or positive (got {args.keep_last})")
     if args.resume and args.resume_checkpoint:
         raise UserError("pass either --resume or --resume_checkpoint, not both")
+    if args.resume == "auto" and not (args.log_dir or os.environ.get("OPENAI_LOGDIR")):
+        raise UserError("--resume auto continues the run in its directory: pass --log_dir DIR (or set OPENAI_LOGDIR)")
     if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
         raise UserError(f"--resume {args.resume!r} does not exist: use --resume auto or a checkpoint path")
     dropout = getattr(args, "class_dropout_prob", 0.0)
@@ -197,12 +199,15 @@ def _train(args: Namespace, kind: str) -> None:
                 class_cond=True,
                 random_crop=False,
                 random_flip=False,
-                label_mode=class_map.label_mode if class_map else args.label_mode,
+                label_mode=args.label_mode,
                 num_workers=min(1, args.num_workers) if args.num_workers >= 0 else 1,
                 skip_bad_images=args.skip_bad_images,
                 seed=mix_seed(seed, 0x7A1),
             )
-            val_data = ImageStream(val_spec, class_map)
+            val_paths = list_image_files(args.val_data_dir)
+            # The training class indices, with labels read the way the validation folder is laid out.
+            val_map = ClassMap(names=class_map.names, label_mode=choose_label_mode(val_paths, args.val_data_dir, args.label_mode))
+            val_data = ImageStream(val_spec, val_map, paths=val_paths)
         trainer: DiffusionTrainer | ClassifierTrainer = ClassifierTrainer(
             noised=args.noised, val_data=val_data, eval_interval=args.eval_interval, anneal_lr=args.anneal_lr, **common
         )
