@@ -277,6 +277,8 @@ class Logger:
         values = dict(self.name2val)
         if self.reduce_over_ranks:
             values = _reduce_over_ranks(values, dict(self.name2cnt))
+        if not values:  # nothing recorded (on any rank): no empty rows
+            return values
         step = values.get("step", -1)
         step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else -1
         for fmt in self.output_formats:

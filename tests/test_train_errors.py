@@ -71,3 +71,12 @@ def test_inconsistent_flags(tmp_path, capsys):
     assert "needs --class_cond True" in _error_of(capsys, [*base, "--class_dropout_prob", "0.1"])
     assert "pass --num_classes 2" in _error_of(capsys, [*base, "--class_cond", "True", "--num_classes", "1"])
     assert "unknown schedule sampler" in _error_of(capsys, [*base, "--schedule_sampler", "bogus"])
+
+
+def test_resuming_weights_of_another_architecture_names_the_flag(tmp_path, capsys):
+    data = make_blob_dataset(tmp_path / "d", count=4, size=8)
+    run = tmp_path / "run"
+    assert main(["image_train", "--data_dir", str(data), "--log_dir", str(run), "--batch_size", "2", *TINY]) == 0
+    capsys.readouterr()
+    message = _error_of(capsys, ["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "run2"), "--batch_size", "2", "--learn_sigma", "True", "--resume_checkpoint", str(run / "model000002.pt"), *TINY])
+    assert "model000002.pt does not match the model flags" in message and "learn_sigma" in message

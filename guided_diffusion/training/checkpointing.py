@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from guided_diffusion import dist_util
+from guided_diffusion.checkpoints import load_state_dict
 from guided_diffusion.errors import UserError
 from guided_diffusion.training.atomic import atomic_torch_save, file_digest
 
@@ -206,9 +207,9 @@ def resolve_resume_point(resume: str, run_dir: str | os.PathLike | None, log=pri
 
 def load_resume_files(point: ResumePoint, device: torch.device) -> tuple[dict, dict | None, dict[str, dict]]:
     """(model state, optimizer state or None, {rate: EMA state}) of `point`, read by this rank alone."""
-    model_state = dist_util.load_state_dict(point.model, map_location="cpu")
+    model_state = load_state_dict(point.model, map_location="cpu")
     opt_state = dist_util.load_state_dict(point.opt, map_location=device) if point.opt is not None else None
-    emas = {rate: dist_util.load_state_dict(path, map_location="cpu") for rate, path in point.emas.items() if path.is_file()}
+    emas = {rate: load_state_dict(path, map_location="cpu") for rate, path in point.emas.items() if path.is_file()}
     return model_state, opt_state, emas
 
 

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util, logger
+from guided_diffusion.checkpoints import diagnose_mismatch
 from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
@@ -188,6 +189,9 @@ class TrainerBase:
         rank reads the files itself: no collective, no deadlock."""
         logger.log(point.describe())
         model_state, opt_state, ema_states = checkpointing.load_resume_files(point, self.device)
+        problems = diagnose_mismatch(model_state, self.model)
+        if problems:
+            raise UserError(f"{point.model} does not match the model flags: " + "; ".join(problems))
         self.mp_trainer.load_master_params(self.mp_trainer.state_dict_to_master_params(model_state))
         for rate, ema in zip(self.ema_rate, self.ema_params):
             state = ema_states.get(str(rate))

@@ -131,9 +131,6 @@ def _train(args: Namespace, kind: str) -> None:
     logger.log("creating model and diffusion...")
     model = network_config.build()
     diffusion = diffusion_config.build()
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _record_config(run_dir, config_to_dict(network_config, diffusion_config))
 
     image_size = args.large_size if kind == "superres" else args.image_size
     class_cond = True if kind == "classifier" else bool(args.class_cond)
@@ -156,8 +153,6 @@ def _train(args: Namespace, kind: str) -> None:
     data = ImageStream(spec, class_map, paths=paths)
     if class_map is not None:
         logger.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {'sub-folders' if class_map.label_mode == 'folder' else 'file-name prefixes'})")
-        if rank == 0:
-            class_map.save(run_dir / CLASS_MAP_NAME)
     else:
         logger.log(f"{len(paths)} images")
 
@@ -216,6 +211,10 @@ def _train(args: Namespace, kind: str) -> None:
     trainer.prepare_run_dir()
     if point is not None:
         trainer.load_resume_point(point)
+    if rank == 0:  # only once the weights are known to fit, so a wrong flag cannot clobber them
+        _record_config(run_dir, config_to_dict(network_config, diffusion_config))
+        if class_map is not None:
+            class_map.save(run_dir / CLASS_MAP_NAME)
     if trainer._restored_rng is None:  # noqa: SLF001 - fresh generators, different per rank
         seed_everything(mix_seed(seed, rank, trainer.step))
     logger.log("training...")
