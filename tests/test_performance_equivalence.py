@@ -1,0 +1,101 @@
+"""The opt-in fast paths agree with the plain path (no timing here: benchmarks/ measures speed)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from guided_diffusion import script_util
+from guided_diffusion.config import ClassifierConfig, ModelConfig
+from guided_diffusion.models.attention import attention_backend
+from guided_diffusion.performance import matmul_precision, optimize_model, unwrap
+
+TOL = 1e-4
+
+
+def randomised(module, seed):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return module.eval()
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    unet_cfg = ModelConfig(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                           attention_resolutions="8", num_head_channels=16, learn_sigma=True, class_cond=True,
+                           num_classes=10, resblock_updown=True, use_new_attention_order=True)
+    clf_cfg = ClassifierConfig(image_size=16, classifier_width=32, classifier_depth=1, classifier_channel_mult="1,2",
+                               classifier_attention_resolutions="8", classifier_num_head_channels=16, num_classes=10)
+    return (unet_cfg, randomised(unet_cfg.build(), 1)), (clf_cfg, randomised(clf_cfg.build(), 2))
+
+
+def copy_of(cfg, net):
+    other = cfg.build().eval()
+    other.load_state_dict(net.state_dict())
+    return other
+
+
+def guided_step(model, classifier, diffusion, x, t, y):
+    def cond_fn(x, t, y=None):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            logp = F.log_softmax(classifier(x_in, t), dim=-1)[torch.arange(len(y)), y]
+            return torch.autograd.grad(logp.sum(), x_in)[0] * 2.0
+
+    return diffusion.ddim_sample(model, x, t, cond_fn=cond_fn, model_kwargs={"y": y})["sample"]
+
+
+def inputs():
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn(3, 3, 16, 16, generator=gen), torch.tensor([3, 7, 9]), torch.tensor([1, 4, 8])
+
+
+def test_channels_last_guided_step_matches(nets):
+    (ucfg, unet), (ccfg, clf) = nets
+    diffusion = script_util.create_gaussian_diffusion(steps=100, learn_sigma=True, timestep_respacing="10")
+    x, t, y = inputs()
+    with attention_backend("math"):
+        plain = guided_step(unet, clf, diffusion, x, t, y)
+    fast = guided_step(optimize_model(copy_of(ucfg, unet), channels_last=True),
+                       optimize_model(copy_of(ccfg, clf), channels_last=True), diffusion, x, t, y)
+    assert rel(fast, plain) < TOL
+
+
+def test_channels_last_training_gradients_match(nets):
+    (ucfg, unet), _ = nets
+    diffusion = script_util.create_gaussian_diffusion(steps=100, learn_sigma=True)
+    x, _, y = inputs()
+    t = torch.tensor([5, 50, 95])
+    noise = torch.randn_like(x)
+    grads = []
+    for channels_last in (False, True):
+        model = optimize_model(copy_of(ucfg, unet).train(), channels_last=channels_last)
+        loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y}, noise=noise)["loss"].mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert rel(grads[1], grads[0]) < TOL
+
+
+def test_compiled_model_matches_and_unwraps(nets):
+    """torch.compile (inductor, CPU) gives the plain path's numbers; unwrap reaches the module."""
+    (ucfg, unet), _ = nets
+    x, t, y = inputs()
+    with torch.no_grad():
+        plain = unet(x, t, y=y)
+        compiled = optimize_model(copy_of(ucfg, unet), compile=True)
+        fast = compiled(x, t, y=y)
+    assert rel(fast, plain) < TOL
+    assert unwrap(compiled).num_classes == 10
+
+
+def test_matmul_precision_restores_flags():
+    before = torch.backends.cuda.matmul.allow_tf32
+    with matmul_precision(not before):
+        assert torch.backends.cuda.matmul.allow_tf32 is (not before)
+    assert torch.backends.cuda.matmul.allow_tf32 is before
