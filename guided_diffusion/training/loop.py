@@ -256,7 +256,8 @@ class TrainerBase:
             self._restored_rng = None
         total = self.options.total_steps()
         if total is None:
-            logger.log("no --iterations or --lr_anneal_steps: training runs until stopped (Ctrl-C saves a checkpoint and stops)")
+            how = " (Ctrl-C or SIGTERM saves a checkpoint and stops)" if self.options.handle_signals else ""
+            logger.log(f"no --iterations or --lr_anneal_steps: training runs until stopped{how}")
         stop = _StopRequest(self.options.handle_signals)
         test_mode = bool(os.environ.get("DIFFUSION_TRAINING_TEST", ""))
         bar = tqdm(
@@ -273,12 +274,10 @@ class TrainerBase:
                 bar.update(1)
                 if self.step % self.options.log_interval == 0:
                     self.dump_logs(bar)
-                saved = False
                 if self.step % self.options.save_interval == 0:
                     self.save()
-                    saved = True
-                if saved and test_mode:
-                    return
+                    if test_mode:  # DIFFUSION_TRAINING_TEST: stop after the first save, as the original
+                        return
                 if self._stop_requested(stop.requested):
                     break
             if self._last_saved_step != self.step and self.step != self.resumed_from:
