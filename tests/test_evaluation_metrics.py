@@ -84,6 +84,20 @@ def test_fid_methods_agree_on_full_rank_high_dimensional_statistics():
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
 
 
+def test_fid_eigh_handles_rank_deficient_covariances():
+    # S1 = X^T X from 5 points in 40-d: tr sqrtm(S1 S2) = sum of square roots of the eigenvalues of
+    # the 5x5 matrix X S2 X^T (computed here with a general eigensolver).
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 40))
+    s1, s2 = x.T @ x, _random_spd(rng, 40)
+    mu1, mu2 = rng.standard_normal(40), rng.standard_normal(40)
+    trace_sqrt = np.sum(np.sqrt(np.linalg.eigvals(x @ s2 @ x.T).real))
+    expected = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2, method="eigh") == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(mu2, s2, mu1, s1, method="eigh") == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(mu1, s1, mu1, s1, method="eigh") == pytest.approx(0, abs=1e-10 * np.trace(s1))
+
+
 def test_fid_retries_with_offset_when_sqrtm_is_not_finite(monkeypatch):
     rng = np.random.default_rng(5)
     mu1, mu2 = rng.standard_normal(2), rng.standard_normal(2)

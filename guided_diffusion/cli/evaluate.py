@@ -63,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not Path(path).is_file():
             raise UserError(f"{path} not found; pass the path of an .npz batch")
 
-    from guided_diffusion.evaluation import InceptionFeatureExtractor, evaluate, save_reference_batch
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
 
+    from guided_diffusion.evaluation import InceptionFeatureExtractor, evaluate, resolve_device, save_reference_batch
+
+    device = resolve_device(args.device)  # check before a possible weights download
     progress = not args.no_progress
     extractor = InceptionFeatureExtractor.from_weights(
-        args.inception_weights, device=args.device, batch_size=args.batch_size, progress=progress
+        args.inception_weights, device=device, batch_size=args.batch_size, progress=progress
     )
     if args.sample_batch is None:
         save_reference_batch(args.ref_batch, args.save_stats, extractor, max_images=args.save_stats_images,

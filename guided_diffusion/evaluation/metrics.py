@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 import torch
 
 from guided_diffusion.errors import UserError
@@ -42,13 +43,29 @@ def _sqrtm(matrix: np.ndarray) -> np.ndarray:
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrtm(S1 S2) for PSD S1, S2 via symmetric eigendecompositions (S1 S2 has the eigenvalues of
-    S1^1/2 S2 S1^1/2): several times faster than a Schur-based sqrtm and always real."""
-    values, vectors = np.linalg.eigh(sigma1)
-    root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-    middle = root @ sigma2 @ root
+    """tr sqrtm(S1 S2) for PSD S1, S2 from symmetric eigenvalues: with S1 = B B^T, S1 S2 has the
+    nonzero eigenvalues of the symmetric B^T S2 B. One decomposition instead of a Schur form, never
+    complex, and tiny when S1 has low rank. Eigenvalues at rounding level are dropped, since their
+    square roots would only add noise."""
+    factor = _psd_factor(sigma1)
+    if factor.shape[1] == 0:
+        return 0.0
+    middle = factor.T @ np.asarray(sigma2, dtype=np.float64) @ factor
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
-    return float(np.sum(np.sqrt(np.clip(eigenvalues, 0, None))))
+    floor = max(float(eigenvalues.max()), 0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+    return float(np.sum(np.sqrt(eigenvalues[eigenvalues > floor])))
+
+
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """B (d x rank) with B B^T = sigma, by LAPACK's pivoted Cholesky (rank-revealing, stops at
+    pivots below d * eps * max diagonal)."""
+    factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(np.asarray(sigma, dtype=np.float64), tol=-1.0, lower=1)
+    if info < 0:
+        raise ValueError(f"pivoted Cholesky failed (LAPACK info {info})")
+    lower = np.tril(factor)[:, :rank]
+    unpermuted = np.empty_like(lower)
+    unpermuted[pivots - 1] = lower  # sigma = P L L^T P^T
+    return unpermuted
 
 
 def frechet_distance(
@@ -60,8 +77,8 @@ def frechet_distance(
     `method="sqrtm"` is the original's computation: scipy's sqrtm of S1 S2; if that is not finite, again
     with `eps` added to both diagonals; a complex result is accepted when its diagonal's imaginary part
     is within 1e-3, else `UserError` (a ValueError, as the original raised). `method="eigh"` computes the
-    same trace from symmetric eigenvalues: equal up to rounding for well-conditioned covariances, faster,
-    and never complex.
+    same trace from a pivoted Cholesky factor and symmetric eigenvalues: equal up to rounding for
+    well-conditioned covariances, several times faster, never complex, and cleaner for singular ones.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)

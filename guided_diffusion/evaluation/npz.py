@@ -132,6 +132,7 @@ class NpzWriter:
         self._archive = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
         self._stream = None
         self._stream_left = 0
+        self._committed = False
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Store a whole array."""
@@ -177,24 +178,32 @@ class NpzWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self.path)
+        self._committed = True
         return self.path
 
     def discard(self) -> None:
         """Abandon the archive; `path` is left untouched."""
-        try:
-            if self._stream is not None:
-                self._stream.close()
-            self._archive.close()
-        except Exception:  # noqa: BLE001 - the archive is being thrown away anyway
-            pass
-        self._file.close()
+        if not self._file.closed:
+            try:
+                if self._stream is not None:
+                    self._stream.close()
+                self._archive.close()
+            except Exception:  # noqa: BLE001 - the archive is being thrown away anyway
+                pass
+            self._file.close()
         self._temp.unlink(missing_ok=True)
 
     def __enter__(self) -> "NpzWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and not self._file.closed:
-            self.commit()
-        elif not self._file.closed:
+        if self._committed:
+            return
+        if exc_type is not None:
             self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
