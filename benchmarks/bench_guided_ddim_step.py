@@ -1,29 +1,30 @@
 """One classifier-guided DDIM step (UNet forward + classifier gradient) on a released architecture with
-random weights: the package's path against a plain path in the same process.
+random weights: the plain path against each fast-path lever, in one process, on the same weights and inputs.
 
-The plain path is the original's arithmetic: attention as explicit matmuls and softmax, schedule arrays
-re-uploaded from NumPy at every lookup, the timestep map rebuilt at every model call. Both paths share
-weights and inputs; the script prints seconds per step, the speed ratio and the relative error.
+plain: the original's arithmetic and host work: explicit-math attention, schedule arrays re-uploaded from
+NumPy at every lookup, the timestep map rebuilt at every model call. Then, cumulatively: the package's
+default (SDPA attention, device-cached schedule), + channels-last, + torch.compile (opt-in, --compile).
 
-    python benchmarks/bench_guided_ddim_step.py                 # 64x64 ADM + classifier, batch 4
+    python benchmarks/bench_guided_ddim_step.py                      # 64x64 ADM + classifier, batch 4
     python benchmarks/bench_guided_ddim_step.py --preset 256x256_diffusion --batch 1
+    python benchmarks/bench_guided_ddim_step.py --unguided --compile
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import copy
 
 import torch
-import torch.nn.functional as F
 
-from guided_diffusion.checkpoints import preset_network_config
+from common import released_network, report, time_paths
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.diffusion.gaussian import _extract_into_tensor
 from guided_diffusion.diffusion.respace import SpacedDiffusion, _WrappedModel
 from guided_diffusion.diffusion.schedules import get_named_beta_schedule
 from guided_diffusion.models.attention import attention_backend
+from guided_diffusion.performance import optimize_model
 from guided_diffusion.presets import PRESETS
+from guided_diffusion.sampling.guidance import classifier_cond_fn
 
 
 class PlainDiffusion(SpacedDiffusion):
@@ -38,41 +39,24 @@ class PlainDiffusion(SpacedDiffusion):
         return _WrappedModel(model, self.timestep_map, self.rescale_timesteps, self.original_num_steps)
 
 
-def make_cond_fn(classifier, scale: float):
-    def cond_fn(x, t, y=None):
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_probs = F.log_softmax(classifier(x_in, t), dim=-1)
-            selected = log_probs[torch.arange(len(y)), y]
-            return torch.autograd.grad(selected.sum(), x_in)[0] * scale
-    return cond_fn
-
-
-def randomise(module: torch.nn.Module, seed: int) -> None:
-    """Give the zero-initialised output layers random weights, so every block contributes to the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="64x64_diffusion")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--unguided", action="store_true", help="model forward only, no classifier gradient")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     preset = PRESETS[args.preset]
-    model_cfg = preset_network_config(preset).replace(use_fp16=False)
-    classifier_cfg = preset_network_config(PRESETS[preset.classifier])
-    model, classifier = model_cfg.build().eval(), classifier_cfg.build().eval()
-    randomise(model, 0)
-    randomise(classifier, 1)
+    model_cfg, model = released_network(args.preset, 0)
+    _, classifier = released_network(preset.classifier, 1)
+    model, classifier = model.to(device), classifier.to(device)
     diff_cfg = DiffusionConfig.from_dict({**preset.flags, "timestep_respacing": "ddim25"})
     fast = diff_cfg.build()
     plain = PlainDiffusion(
@@ -84,36 +68,36 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(0)
     size = model_cfg.image_size
-    x = torch.randn(args.batch, 3, size, size, generator=gen)
-    y = torch.randint(0, 1000, (args.batch,), generator=gen)
-    t = torch.full((args.batch,), 12, dtype=torch.long)
-    cond_fn = make_cond_fn(classifier, preset.classifier_scale)
+    x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+    t = torch.full((args.batch,), 12, dtype=torch.long, device=device)
 
-    def step(diffusion):
-        return diffusion.ddim_sample(model, x, t, cond_fn=cond_fn, model_kwargs={"y": y})["sample"]
+    def step(diffusion, unet, clf):
+        cond_fn = None if args.unguided else classifier_cond_fn(clf, preset.classifier_scale)
 
-    def run_plain():
+        @torch.no_grad()  # as in the sampling loops; cond_fn enables gradients for the classifier only
+        def run():
+            return diffusion.ddim_sample(unet, x, t, cond_fn=cond_fn, model_kwargs={"y": y})["sample"]
+        return run
+
+    def plain_step():
         with attention_backend("math"):
-            return step(plain)
+            return step(plain, model, classifier)()
 
-    def run_fast():
-        return step(fast)
-
-    times = {"plain": [], "fast": []}
-    outputs = {}
-    for name, fn in (("plain", run_plain), ("fast", run_fast)):
-        outputs[name] = fn()  # warm-up
-    for _ in range(args.repeats):  # interleaved so drift in machine load hits both alike
-        for name, fn in (("plain", run_plain), ("fast", run_fast)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    plain_s, fast_s = statistics.median(times["plain"]), statistics.median(times["fast"])
-    rel = ((outputs["fast"] - outputs["plain"]).norm() / outputs["plain"].norm()).item()
-    print(f"guided DDIM step, {args.preset} + {preset.classifier}, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"plain: {plain_s:.3f} s/step   fast: {fast_s:.3f} s/step   speed-up: {plain_s / fast_s:.2f}x   "
-          f"relative error: {rel:.2e}")
+    cl_model = optimize_model(copy.deepcopy(model), channels_last=True)
+    cl_classifier = optimize_model(copy.deepcopy(classifier), channels_last=True)
+    paths = {
+        "plain (original arithmetic)": plain_step,
+        "default (SDPA, cached schedule)": step(fast, model, classifier),
+        "+ channels_last": step(fast, cl_model, cl_classifier),
+    }
+    if args.compile:
+        paths["+ channels_last + torch.compile"] = step(
+            fast, optimize_model(cl_model, compile=True), optimize_model(cl_classifier, compile=True))
+    seconds, outputs = time_paths(paths, args.repeats, sync)
+    kind = "unguided" if args.unguided else f"guided (scale {preset.classifier_scale})"
+    report(f"{kind} DDIM step, {args.preset} + {preset.classifier}, batch {args.batch}", seconds, outputs,
+           "plain (original arithmetic)", args.batch)
 
 
 if __name__ == "__main__":
