@@ -99,3 +99,28 @@ def test_matmul_precision_restores_flags():
     with matmul_precision(not before):
         assert torch.backends.cuda.matmul.allow_tf32 is (not before)
     assert torch.backends.cuda.matmul.allow_tf32 is before
+
+
+def test_training_cli_channels_last_matches_plain(tmp_path):
+    """`image_train --channels_last True` trains to the same weights as the default layout."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _train_helpers import make_blob_dataset, run_cli
+
+    data = make_blob_dataset(tmp_path / "data", count=8, size=8)
+    flags = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
+             "--attention_resolutions", "4", "--diffusion_steps", "50", "--num_workers", "0", "--batch_size", "4",
+             "--iterations", "4", "--save_interval", "2", "--seed", "3", "--progress", "False", "--lr", "1e-3"]
+    runs = {}
+    for layout in ("False", "True"):
+        run = tmp_path / f"run_{layout}"
+        result = run_cli(["image_train", "--data_dir", str(data), "--log_dir", str(run), "--channels_last", layout, *flags])
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[layout] = [torch.load(run / f"model00000{s}.pt", weights_only=True) for s in (2, 4)]
+    (plain2, plain4), (_, fast4) = runs["False"], runs["True"]
+    assert plain4.keys() == fast4.keys()
+    flat = lambda sd: torch.cat([v.flatten() for v in sd.values()])  # noqa: E731
+    update = flat(plain4) - flat(plain2)  # what two optimizer steps changed
+    assert update.norm() > 0
+    assert (flat(fast4) - flat(plain4)).norm() / update.norm() < 1e-3

@@ -29,6 +29,7 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "skip_bad_images": (False, "skip unreadable images (counted and logged) instead of stopping"),
     "tensorboard": (False, "also write TensorBoard logs (needs the tensorboard package)"),
     "progress": (True, "show a progress bar"),
+    "channels_last": (False, "channels-last (NHWC) memory layout: faster convolutions on CPU and GPU, same results"),
 }
 
 

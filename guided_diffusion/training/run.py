@@ -16,6 +16,7 @@ from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConf
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
 from guided_diffusion.errors import UserError
+from guided_diffusion.performance import optimize_model
 from guided_diffusion.training import checkpointing
 from guided_diffusion.training.classifier import ClassifierTrainer
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
@@ -129,7 +130,7 @@ def _train(args: Namespace, kind: str) -> None:
     seed_everything(seed)  # identical initial weights on every rank
     network_config, diffusion_config = _configs(args, kind)
     logger.log("creating model and diffusion...")
-    model = network_config.build()
+    model = optimize_model(network_config.build(), channels_last=args.channels_last)
     diffusion = diffusion_config.build()
 
     image_size = args.large_size if kind == "superres" else args.image_size
