@@ -18,21 +18,11 @@ import time
 
 import torch
 
-from guided_diffusion.checkpoints import preset_network_config
+from common import released_network
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.presets import PRESETS
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw, to_numpy_uint8
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
-
-
-def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values for the zero-initialised layers, so every block does real work."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-    return module.eval()
 
 
 def timed(fn) -> tuple[float, float]:
@@ -56,7 +46,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     preset = PRESETS[args.preset]
-    model = randomise(preset_network_config(preset).replace(use_fp16=False).build(), 0)
+    _, model = released_network(args.preset, 0)
     diffusion = DiffusionConfig.from_dict({**preset.flags, "timestep_respacing": str(args.steps)}).build()
     size = preset.resolution
     class_cond = bool(preset.flags.get("class_cond"))
@@ -64,7 +54,7 @@ def main() -> None:
     y = torch.from_numpy(labels)
     cond_fn = None
     if args.guided:
-        classifier = randomise(preset_network_config(PRESETS[preset.classifier]).build(), 1)
+        _, classifier = released_network(preset.classifier, 1)
         cond_fn = classifier_cond_fn(classifier, preset.classifier_scale)
 
     model_fn = GuidedModel(model, class_cond=class_cond)

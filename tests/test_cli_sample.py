@@ -149,6 +149,15 @@ def test_fixed_class_labels_cycle_over_samples(ckpt, tmp_path):
     assert labels.tolist() == [3, 7, 3, 7, 3]
 
 
+def test_bf16_autocast_runs_on_cpu_close_to_fp32(ckpt, tmp_path, capsys):
+    common = ("--model_path", str(ckpt["cond"]), "--num_samples", "2", "--steps", "2", "--seed", "4", "--sampler", "ddim")
+    fp32, _ = sample(tmp_path, "fp32", "image_sample", COND, *common)
+    bf16, _ = sample(tmp_path, "bf16", "image_sample", COND, *common, "--bf16", "--use_fp16", "True")
+    assert "running in fp32" not in capsys.readouterr().err  # --bf16 replaces fp16 weights: nothing to warn about
+    assert not np.array_equal(bf16, fp32)
+    assert np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 8
+
+
 # -- classifier_sample ------------------------------------------------------------------------------------
 
 
@@ -237,6 +246,7 @@ def test_image_nll_writes_terms_and_bits_per_dim_with_use_fp16(ckpt, tmp_path, c
         ("image_sample", f"{COND} --class_cond False", "class_cond"),
         ("image_sample", f"{COND} --eta 0.5", "--eta"),
         ("image_sample", f"{COND} --steps 3 --timestep_respacing 4", "disagree"),
+        ("image_sample", f"{COND} --steps 1", "at least 2"),
         ("image_sample", f"{COND} --use_ddim True --sampler dpm++2m", "--use_ddim"),
         ("image_sample", f"{COND} --cfg_scale 2", "null label"),
         ("image_sample", f"{COND} --class_labels 12", "class_labels"),

@@ -3,9 +3,7 @@ serving tiny checkpoints registered as presets for the test."""
 from __future__ import annotations
 
 import http.server
-import shlex
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from guided_diffusion import presets as presets_module
 from guided_diffusion.cli import main
 from guided_diffusion.presets import PRESETS, Preset
 from guided_diffusion.sampling import load_pipeline
-from test_cli_sample import CLASSIFIER, COND, load_npz, make_checkpoints, sample
+from test_cli_sample import CLASSIFIER, COND, make_checkpoints, sample
 
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"
 

@@ -11,6 +11,7 @@ import argparse
 import copy
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch.distributed as dist
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import load_model, read_config_json
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, SuperResConfig
 from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.generate import (
     SamplerSettings,
@@ -49,11 +50,11 @@ __all__ = ["image_sample", "classifier_sample", "super_res_sample", "image_nll",
 
 # Flags that change the weights or the arithmetic of a checkpoint: overriding them while sampling a
 # preset's own checkpoint can only fail (or silently give noise, for the attention order).
-_NOT_ARCHITECTURE = {"use_fp16", "use_checkpoint", "dropout", "timestep_respacing", "classifier_use_fp16"}
-_MODEL_ARCH = (
-    {f for f in SuperResConfig.__dataclass_fields__} | set(DiffusionConfig.__dataclass_fields__)
-) - _NOT_ARCHITECTURE
-_CLASSIFIER_ARCH = set(ClassifierConfig.__dataclass_fields__) - _NOT_ARCHITECTURE
+_NOT_ARCHITECTURE = {
+    "use_fp16", "use_checkpoint", "dropout", "timestep_respacing", "classifier_use_fp16", "use_kl", "rescale_learned_sigmas",
+}
+_MODEL_ARCH = {f.name for f in (*fields(SuperResConfig), *fields(DiffusionConfig))} - _NOT_ARCHITECTURE
+_CLASSIFIER_ARCH = {f.name for f in fields(ClassifierConfig)} - _NOT_ARCHITECTURE
 
 
 # -- argument parsing ----------------------------------------------------------------------------------
@@ -73,10 +74,6 @@ def _original_defaults(command: str) -> dict[str, Any]:
     raise ValueError(command)
 
 
-def _optional_bool(text: str) -> bool:
-    return str2bool(text)
-
-
 def _build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"guided-diffusion {command}",
@@ -92,9 +89,9 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
                        help="base seed; sample i depends only on (seed, i), whatever the batch size or process count "
                             "(default: a random seed, printed)")
     extra.add_argument("--out_dir", default=None, help="output directory (default: $OPENAI_LOGDIR, else a fresh temp dir)")
-    extra.add_argument("--progress", type=_optional_bool, nargs="?", const=True, default=None,
+    extra.add_argument("--progress", type=str2bool, nargs="?", const=True, default=None,
                        help="progress bars (default: on when stderr is a terminal)")
-    extra.add_argument("--bf16", type=_optional_bool, nargs="?", const=True, default=False,
+    extra.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False,
                        help="run the networks under bfloat16 autocast instead of --use_fp16's fp16 weights")
     if command == "image_nll":
         extra.add_argument("--random_flip", type=str2bool, default=False,
@@ -220,8 +217,8 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
 
 def _resolve_sampling(args: argparse.Namespace, explicit: set[str]) -> SamplerSettings:
     if args.steps is not None:
-        if args.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {args.steps}")
+        if args.steps < 2:  # one kept step leaves no posterior variance to compute (the original crashes too)
+            raise UserError(f"--steps must be at least 2, got {args.steps}")
         if "timestep_respacing" in explicit and args.timestep_respacing != str(args.steps):
             raise UserError(
                 f"--steps {args.steps} and --timestep_respacing {args.timestep_respacing} disagree; pass only one"
@@ -546,7 +543,7 @@ def download(argv: list[str]) -> int:
                                      description="Download released checkpoints into the cache (resumable).")
     parser.add_argument("names", nargs="*", metavar="NAME", help="preset names (see `guided-diffusion presets`)")
     parser.add_argument("--all", action="store_true", help="download every released checkpoint")
-    parser.add_argument("--progress", type=_optional_bool, nargs="?", const=True, default=None,
+    parser.add_argument("--progress", type=str2bool, nargs="?", const=True, default=None,
                         help="progress bars (default: on when stderr is a terminal)")
     args = parser.parse_args(argv)
     if not args.names and not args.all:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.checkpoints import load_model, preset_network_config, read_config_json
+from guided_diffusion.checkpoints import load_model, read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
 from guided_diffusion.errors import UserError
 from guided_diffusion.presets import PRESETS, Preset, get_preset, parse_flag_string
@@ -67,6 +67,8 @@ class Pipeline:
 
     def diffusion(self, steps: int | str | None = None) -> Any:
         """The diffusion respaced to `steps` (an int, or a --timestep_respacing string; None = default)."""
+        if isinstance(steps, int) and steps < 2:
+            raise UserError(f"steps must be at least 2, got {steps}")
         respacing = self.default_respacing if steps is None else str(steps)
         if respacing not in self._diffusions:
             self._diffusions[respacing] = self.diffusion_config.replace(timestep_respacing=respacing).build()
@@ -120,6 +122,8 @@ class Pipeline:
         """Upsample uint8 [n, small, small, 3] images to uint8 [n, large, large, 3], in order."""
         if not self.is_upsampler:
             raise UserError("this pipeline is not an upsampler: call pipe.sample(n) instead")
+        if self.model_config.class_cond and classes is None:
+            raise UserError("this upsampler is class-conditional: pass classes= (one class, or one per image)")
         small = self.model_config.small_size
         if low_res.dtype != np.uint8 or low_res.ndim != 4 or low_res.shape[1:] != (small, small, 3):
             raise UserError(f"low_res must be uint8 [n, {small}, {small}, 3], got {low_res.dtype} {low_res.shape}")
