@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from guided_diffusion.errors import UserError
 from guided_diffusion.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 from guided_diffusion.models.layers import mean_flat
 
@@ -108,6 +109,10 @@ class GaussianDiffusion:
         assert len(betas.shape) == 1, "betas must be 1-D"
         assert (betas > 0).all() and (betas <= 1).all()
         self.num_timesteps = int(betas.shape[0])
+        if self.num_timesteps < 2:
+            # The posterior's log-variance at t = 0 is borrowed from t = 1, so one step is not a process.
+            raise UserError(f"a diffusion needs at least 2 steps, got {self.num_timesteps}; "
+                            "ask for more with --timestep_respacing / --steps")
 
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
