@@ -356,3 +356,14 @@ def test_two_processes_write_the_same_file_as_one(ckpt, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     images, labels = load_npz(out / "samples_5x8x8x3.npz")
     assert np.array_equal(images, single) and np.array_equal(labels, single_labels)
+
+
+def test_channels_last_sampling_matches_default_layout(ckpt, tmp_path):
+    """--channels_last is a pure speed option: the guided samples agree with the default layout."""
+    flags = f"{UNCOND} {CLASSIFIER}"
+    common = ("--model_path", str(ckpt["uncond"]), "--classifier_path", str(ckpt["classifier"]), "--num_samples", "3",
+              "--steps", "3", "--seed", "1", "--sampler", "ddim", "--classifier_scale", "5")
+    plain, labels = sample(tmp_path, "nchw", "classifier_sample", flags, *common)
+    fast, fast_labels = sample(tmp_path, "nhwc", "classifier_sample", flags, *common, "--channels_last")
+    assert np.array_equal(labels, fast_labels)
+    assert_same_images(fast, plain)
