@@ -19,6 +19,7 @@ import torch
 from guided_diffusion.checkpoints import load_model, read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
 from guided_diffusion.errors import UserError
+from guided_diffusion.performance import optimize_model
 from guided_diffusion.presets import PRESETS, Preset, get_preset, parse_flag_string
 from guided_diffusion.sampling.fetch import fetch
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw, to_numpy_uint8
@@ -198,7 +199,8 @@ def _configs_for(source: str, flags: dict[str, Any]) -> tuple[Any, DiffusionConf
     raise UserError(f"no config saved with {source}: pass flags='--image_size 64 ...' (the flags it was trained with)")
 
 
-def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16: bool | None, progress: bool):
+def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16: bool | None, progress: bool,
+                  channels_last: bool = False):
     network_config, diffusion_config, preset = _configs_for(source, flags)
     path = fetch(preset, progress=progress) if preset is not None else Path(source)
     use_fp16_flag = "classifier_use_fp16" if isinstance(network_config, ClassifierConfig) else "use_fp16"
@@ -210,7 +212,7 @@ def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16
     network.to(device)
     if want_fp16:
         network.convert_to_fp16()
-    return network.eval(), network_config, diffusion_config, preset
+    return optimize_model(network.eval(), channels_last=channels_last), network_config, diffusion_config, preset
 
 
 def load_pipeline(
@@ -222,6 +224,7 @@ def load_pipeline(
     classifier_flags: str | dict[str, Any] | None = None,
     use_fp16: bool | None = None,
     bf16: bool = False,
+    channels_last: bool = False,
     progress: bool = True,
 ) -> Pipeline:
     """Load a released checkpoint by preset name (downloaded into the cache when missing) or a checkpoint
@@ -229,13 +232,14 @@ def load_pipeline(
 
     classifier: None, "auto" (the preset's README classifier and scale), a classifier preset name, or a
     path. flags / classifier_flags: overrides, as a dict or a README-style flag string. use_fp16: None
-    follows the checkpoint's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead.
+    follows the checkpoint's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead;
+    channels_last: NHWC memory layout (faster convolutions, same results).
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = os.fspath(preset_or_path)
     model_flags = parse_flag_string(flags) if isinstance(flags, str) else dict(flags or {})
     fp16 = False if bf16 else use_fp16
-    model, model_config, diffusion_config, preset = _load_network(source, model_flags, device, fp16, progress)
+    model, model_config, diffusion_config, preset = _load_network(source, model_flags, device, fp16, progress, channels_last)
     if isinstance(model_config, ClassifierConfig):
         raise UserError(f"{source} is a classifier; pass it as classifier=, with a diffusion model first")
 
@@ -247,7 +251,7 @@ def load_pipeline(
                 raise UserError("classifier='auto' needs a diffusion preset that has a README classifier")
             classifier_source, scale = preset.classifier, preset.classifier_scale
         cls_flags = parse_flag_string(classifier_flags) if isinstance(classifier_flags, str) else dict(classifier_flags or {})
-        classifier_net, cls_config, _, _ = _load_network(classifier_source, cls_flags, device, fp16, progress)
+        classifier_net, cls_config, _, _ = _load_network(classifier_source, cls_flags, device, fp16, progress, channels_last)
         if not isinstance(cls_config, ClassifierConfig):
             raise UserError(f"{classifier_source} is not a classifier checkpoint")
     return Pipeline(
