@@ -17,6 +17,7 @@ import torch
 
 from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.inception import InceptionV3
+from guided_diffusion.evaluation.weights import load_inception_network
 
 __all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "resolve_device"]
 
@@ -76,7 +77,8 @@ def _full_fp32() -> Iterator[None]:
 
 class InceptionFeatureExtractor(FeatureExtractor):
     """The evaluator's Inception-v3 features: pool_3 (2048), mixed_6/conv[..., :7] flattened in TF's
-    NHWC order (2023), and the 1008 bias-free IS logits."""
+    NHWC order (2023), and the 1008 bias-free IS logits. Takes over `network`: with `fuse_batchnorm`
+    its batch norms are folded into the convolutions in place."""
 
     def __init__(self, network: InceptionV3, *, device: str | torch.device | None = None, batch_size: int = 64,
                  fuse_batchnorm: bool = True) -> None:
@@ -93,8 +95,6 @@ class InceptionFeatureExtractor(FeatureExtractor):
     def from_weights(cls, path: Path | str | None = None, *, device: str | torch.device | None = None,
                      batch_size: int = 64, progress: bool = True) -> "InceptionFeatureExtractor":
         """Build from pytorch-fid's weights at `path`, or from the cached download when `path` is None."""
-        from guided_diffusion.evaluation.weights import load_inception_network
-
         return cls(load_inception_network(path, progress=progress), device=device, batch_size=batch_size)
 
     def extract(self, images: np.ndarray) -> Features:
