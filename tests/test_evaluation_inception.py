@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation_support import random_inception, write_random_weights
+from evaluation_support import write_random_weights
 from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import InceptionFeatureExtractor, InceptionV3, resize_bilinear_tf1
 from guided_diffusion.evaluation.inception import InceptionA, InceptionC, InceptionE
