@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from guided_diffusion.atomic import atomic_write_path
 from guided_diffusion.config import ClassifierConfig, ModelConfig, config_from_dict, config_to_dict
 from guided_diffusion.errors import UserError
 
@@ -17,33 +17,8 @@ CONFIG_FILENAME = "config.json"
 METADATA_KEY = "guided_diffusion_config"
 
 
-# -- atomic writes ------------------------------------------------------------------------------------
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write a file so that `path` is either the old file or the complete new one, never a torn mix:
-    `write(tmp)` fills a temporary file in the same directory, which is fsynced and renamed over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+# Path-based atomic writes (safetensors wants a file name); kept under this name for callers.
+atomic_write = atomic_write_path
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: dict | None = None) -> Path:

@@ -6,7 +6,6 @@ and the part file is fsynced and renamed into place once its size and sha256 che
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from guided_diffusion.atomic import file_digest, fsync_directory
 from guided_diffusion.errors import UserError
 
 __all__ = ["cache_dir", "download"]
@@ -170,7 +170,7 @@ def _verify_and_install(
                 f"download of {url} is corrupt: got {size} bytes but {wanted} were {source}; run again to retry"
             )
     if sha256 is not None:
-        digest = _sha256_of(part)
+        digest = file_digest(part)[1]
         if not digest.startswith(sha256):
             part.unlink(missing_ok=True)
             raise UserError(
@@ -178,26 +178,4 @@ def _verify_and_install(
                 f"{sha256[:16]}...; run again to retry, or check that the URL is right"
             )
     os.replace(part, dest)
-    _fsync_directory(dest.parent)
-
-
-def _sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as source:
-        for block in iter(lambda: source.read(_CHUNK_BYTES), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; not all platforms allow opening a directory, which is then skipped."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(dest.parent)

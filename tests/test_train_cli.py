@@ -99,7 +99,8 @@ def test_exact_resume_after_sigkill(reference_run, data_dir, tmp_path):
 
 KILL_DURING_SAVE = """
 import io, os, signal, sys, torch
-from guided_diffusion.training import atomic, checkpointing
+from guided_diffusion import atomic
+from guided_diffusion.training import checkpointing
 real_save = checkpointing.atomic_torch_save
 def dying_save(obj, path):
     if os.path.basename(str(path)) == "opt000020.pt":

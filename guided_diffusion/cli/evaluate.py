@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from guided_diffusion.atomic import atomic_write_bytes
 from guided_diffusion.errors import UserError
 
 DESCRIPTION = """\
@@ -36,18 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:

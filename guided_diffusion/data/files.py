@@ -86,7 +86,7 @@ class ClassMap:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
-        from guided_diffusion.training.atomic import atomic_write_bytes  # noqa: PLC0415 - avoid a cycle
+        from guided_diffusion.atomic import atomic_write_bytes  # noqa: PLC0415
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 

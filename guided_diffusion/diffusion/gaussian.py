@@ -8,8 +8,7 @@ step does no host-to-device copies (the original re-uploaded each array at every
 from __future__ import annotations
 
 import enum
-import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ import torch
 from guided_diffusion import dist_util
 from guided_diffusion.checkpoints import load_state_dict
 from guided_diffusion.errors import UserError
-from guided_diffusion.training.atomic import atomic_torch_save, file_digest
+from guided_diffusion.atomic import atomic_torch_save, file_digest
 
 STATE_FORMAT = 1
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")

@@ -28,7 +28,7 @@ from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
 from guided_diffusion.training import checkpointing
-from guided_diffusion.training.atomic import remove_stale_temp_files
+from guided_diffusion.atomic import remove_stale_temp_files
 from guided_diffusion.training.precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, autocast_context
 from guided_diffusion.training.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training.samplers import LossAwareSampler, ScheduleSampler, UniformSampler

@@ -17,7 +17,8 @@ import torch
 TMP_MARKER = ".tmp-"
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (skipped where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # e.g. directories cannot be opened on Windows
@@ -45,8 +46,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return size, digest
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Like atomic_write, for writers that want a file name (safetensors, PIL): `write(tmp)` fills a
+    temporary path in the same folder, which is then fsynced and renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, str]:
