@@ -321,6 +321,17 @@ def _guided_model(model: torch.nn.Module, args: argparse.Namespace, autocast_dty
                        autocast_dtype=autocast_dtype)
 
 
+def _draw_and_write(args: argparse.Namespace, settings, make_batch, description: str) -> int:
+    """Draw every sample across the ranks in index order; rank 0 writes the npz and the grid."""
+    logger.log(description + "...")
+    result = gather_in_order(args.num_samples, args.batch_size, make_batch, progress=settings.progress)
+    if result is not None:
+        _write(*result)
+    dist_util.barrier()
+    logger.log("sampling complete")
+    return 0
+
+
 def _write(images: np.ndarray, labels: np.ndarray | None) -> None:
     directory = Path(logger.get_dir())
     path = save_samples(directory, images, labels)
@@ -384,13 +395,8 @@ def _sample_images(command: str, argv: list[str]) -> int:
                  device=device, settings=settings, labels=labels, cond_fn=cond_fn)
         return to_numpy_uint8(x), labels
 
-    logger.log(f"sampling {args.num_samples} images with {settings.sampler} ({diffusion.num_timesteps} steps)...")
-    result = gather_in_order(args.num_samples, args.batch_size, make_batch, progress=settings.progress)
-    if result is not None:
-        _write(*result)
-    dist_util.barrier()
-    logger.log("sampling complete")
-    return 0
+    return _draw_and_write(args, settings, make_batch, f"sampling {args.num_samples} images with {settings.sampler} "
+                           f"({diffusion.num_timesteps} steps)")
 
 
 def super_res_sample(argv: list[str]) -> int:
@@ -411,13 +417,8 @@ def super_res_sample(argv: list[str]) -> int:
                  device=device, settings=settings, labels=labels, model_kwargs={"low_res": low_res})
         return to_numpy_uint8(x), labels
 
-    logger.log(f"upsampling {args.num_samples} images with {settings.sampler} ({diffusion.num_timesteps} steps)...")
-    result = gather_in_order(args.num_samples, args.batch_size, make_batch, progress=settings.progress)
-    if result is not None:
-        _write(*result)
-    dist_util.barrier()
-    logger.log("sampling complete")
-    return 0
+    return _draw_and_write(args, settings, make_batch, f"upsampling {args.num_samples} images with {settings.sampler} "
+                           f"({diffusion.num_timesteps} steps)")
 
 
 def _load_base_samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:

@@ -44,34 +44,36 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhts,bhsc->bhtc", weight, v)
 
 
-class QKVAttentionLegacy(nn.Module):
+class _QKVAttention(nn.Module):
+    """Multi-head attention over a fused [N, 3*H*C, T] qkv tensor; subclasses say how it is sliced."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+
+    def _split(self, qkv: torch.Tensor, ch: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        q, k, v = self._split(qkv, width // (3 * self.n_heads))  # each [N, H, T, C]
+        return attend(q, k, v).transpose(-1, -2).reshape(bs, -1, length)
+
+
+class QKVAttentionLegacy(_QKVAttention):
     """Heads split before q/k/v: qkv viewed as [N, H, 3C, T] (the 128x128 and 64->256 checkpoints)."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs, self.n_heads, 3 * ch, length).transpose(-1, -2).split(ch, dim=-1)
-        a = attend(q, k, v)  # [N, H, T, C]
-        return a.transpose(-1, -2).reshape(bs, -1, length)
+    def _split(self, qkv, ch):
+        bs, _, length = qkv.shape
+        return qkv.reshape(bs, self.n_heads, 3 * ch, length).transpose(-1, -2).split(ch, dim=-1)
 
 
-class QKVAttention(nn.Module):
+class QKVAttention(_QKVAttention):
     """q/k/v split before heads: qkv viewed as [N, 3, H, C, T] (the 64x64 model and attention pooling)."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs, 3, self.n_heads, ch, length).transpose(-1, -2).unbind(1)
-        a = attend(q, k, v)
-        return a.transpose(-1, -2).reshape(bs, -1, length)
+    def _split(self, qkv, ch):
+        bs, _, length = qkv.shape
+        return qkv.reshape(bs, 3, self.n_heads, ch, length).transpose(-1, -2).unbind(1)
 
 
 class AttentionBlock(nn.Module):
