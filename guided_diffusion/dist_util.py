@@ -12,6 +12,7 @@ NCCL is used when CUDA is available (each rank on `cuda:LOCAL_RANK`, within what
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from pathlib import Path
@@ -77,6 +78,9 @@ def setup_dist() -> None:
     """Start the default process group unless one is already running (see module docstring)."""
     if dist.is_available() and dist.is_initialized():
         return
+    # Scripts written for the original never destroy the group; tearing gloo down at interpreter exit
+    # (instead of leaving its threads to the C++ destructors) avoids "terminate called" aborts.
+    atexit.register(teardown_dist)
     if _launched_by_torchrun():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
