@@ -108,14 +108,18 @@ def setup_dist() -> None:
     )
 
 
+def int_from_env(names: tuple[str, ...], default: int) -> int:
+    """The first of the environment variables `names` that holds an integer, else `default`."""
+    for var in names:
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return default
+
+
 def _mpi_world_size_from_env() -> int:
-    for var in _MPI_SIZE_VARS:
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                continue
-    return 1
+    return int_from_env(_MPI_SIZE_VARS, 1)
 
 
 def is_initialized() -> bool:

@@ -194,13 +194,9 @@ def _dist_world() -> tuple[int, int]:
 
 
 def _rank_from_env() -> int:
-    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                continue
-    return 0
+    from guided_diffusion.dist_util import int_from_env  # noqa: PLC0415 - dist_util imports this module's peers
+
+    return int_from_env(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0)
 
 
 def _logging_rank() -> int:

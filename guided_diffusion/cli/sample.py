@@ -93,7 +93,7 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
     extra.add_argument("--progress", type=str2bool, nargs="?", const=True, default=None,
                        help="progress bars (default: on when stderr is a terminal)")
     extra.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False,
-                       help="channels-last (NHWC) memory layout: faster convolutions, same results (see benchmarks/)")
+                       help="channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)")
     extra.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False,
                        help="run the networks under bfloat16 autocast instead of --use_fp16's fp16 weights")
     if command == "image_nll":

@@ -29,47 +29,34 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "skip_bad_images": (False, "skip unreadable images (counted and logged) instead of stopping"),
     "tensorboard": (False, "also write TensorBoard logs (needs the tensorboard package)"),
     "progress": (True, "show a progress bar"),
-    "channels_last": (False, "channels-last (NHWC) memory layout: faster convolutions on CPU and GPU, same results"),
+    "channels_last": (False, "channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)"),
 }
 
 
+# The original image_train.py and super_res_train.py share these flags.
+_DIFFUSION_TRAIN_DEFAULTS = dict(
+    data_dir="",
+    schedule_sampler="uniform",
+    lr=1e-4,
+    weight_decay=0.0,
+    lr_anneal_steps=0,
+    batch_size=1,
+    microbatch=-1,  # -1 disables microbatches
+    ema_rate="0.9999",  # comma-separated list of EMA values
+    log_interval=10,
+    save_interval=10000,
+    resume_checkpoint="",
+    use_fp16=False,
+    fp16_scale_growth=1e-3,
+)
+
+
 def _image_train_defaults() -> dict:
-    defaults = dict(
-        data_dir="",
-        schedule_sampler="uniform",
-        lr=1e-4,
-        weight_decay=0.0,
-        lr_anneal_steps=0,
-        batch_size=1,
-        microbatch=-1,  # -1 disables microbatches
-        ema_rate="0.9999",  # comma-separated list of EMA values
-        log_interval=10,
-        save_interval=10000,
-        resume_checkpoint="",
-        use_fp16=False,
-        fp16_scale_growth=1e-3,
-    )
-    defaults.update(model_and_diffusion_defaults())
-    return defaults
+    return {**_DIFFUSION_TRAIN_DEFAULTS, **model_and_diffusion_defaults()}
 
 
 def _super_res_train_defaults() -> dict:
-    defaults = dict(
-        data_dir="",
-        schedule_sampler="uniform",
-        lr=1e-4,
-        weight_decay=0.0,
-        lr_anneal_steps=0,
-        batch_size=1,
-        microbatch=-1,
-        ema_rate="0.9999",
-        log_interval=10,
-        save_interval=10000,
-        resume_checkpoint="",
-        use_fp16=False,
-        fp16_scale_growth=1e-3,
-    )
-    defaults.update(sr_model_and_diffusion_defaults())
+    defaults = {**_DIFFUSION_TRAIN_DEFAULTS, **sr_model_and_diffusion_defaults()}
     defaults.setdefault("class_dropout_prob", 0.0)
     return defaults
 

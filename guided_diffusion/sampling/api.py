@@ -233,7 +233,7 @@ def load_pipeline(
     classifier: None, "auto" (the preset's README classifier and scale), a classifier preset name, or a
     path. flags / classifier_flags: overrides, as a dict or a README-style flag string. use_fp16: None
     follows the checkpoint's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead;
-    channels_last: NHWC memory layout (faster convolutions, same results).
+    channels_last: NHWC memory layout for the convolutions (a GPU option; same results).
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = os.fspath(preset_or_path)
