@@ -49,6 +49,24 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_ranks(code: str, world_size: int = 2, timeout: float = 120) -> list[tuple[int, str, str]]:
+    """Run `code` as `world_size` cooperating ranks (torchrun's environment, gloo on 127.0.0.1);
+    returns (returncode, stdout, stderr) per rank."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=child_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world_size)
+    ]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], env=env or child_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd

@@ -2,12 +2,10 @@
 and a checkpoint loader that is not a collective."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
-from _train_helpers import child_env, free_port, run_python
+from _train_helpers import child_env, run_python, run_ranks
 
 from guided_diffusion import dist_util
 from guided_diffusion.errors import UserError
@@ -36,20 +34,10 @@ def test_plain_process_gets_a_one_rank_group():
 
 
 def test_torchrun_environment_gives_two_cooperating_ranks():
-    port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", ORIGINAL_STYLE_SCRIPT],
-            env=child_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err
+    ranks = run_ranks(ORIGINAL_STYLE_SCRIPT)
+    for returncode, _, err in ranks:
+        assert returncode == 0, err
+    outputs = [(out, err) for _, out, err in ranks]
     assert "OK world=2 rank=0 sum=3 gathered=[0.0, 1.0] synced=[0.0, 0.0]" in outputs[0][0]
     assert "OK world=2 rank=1 sum=3 gathered=[0.0, 1.0] synced=[0.0, 0.0]" in outputs[1][0]
 

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from _train_helpers import child_env, free_port
+from _train_helpers import run_ranks
 
 from guided_diffusion import logger
 from guided_diffusion.errors import UserError
@@ -86,20 +84,10 @@ print("DIR", logger.get_dir(), "VALUES", sorted(logger.dumpkvs().items()))
 
 
 def test_metrics_are_averaged_over_ranks_and_ranks_share_the_default_dir():
-    port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", REDUCE_SCRIPT],
-            env=child_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for proc, (_, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err
+    ranks = run_ranks(REDUCE_SCRIPT)
+    for returncode, _, err in ranks:
+        assert returncode == 0, err
+    outputs = [(out, err) for _, out, err in ranks]
     lines = [next(line for line in out.splitlines() if line.startswith("DIR")) for out, _ in outputs]
     dirs = {line.split()[1] for line in lines}
     assert len(dirs) == 1  # rank 0 chose, everyone writes there
