@@ -46,39 +46,162 @@ def read_config_json(path: str | os.PathLike) -> dict | None:
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            text = (handle.metadata() or {}).get(METADATA_KEY)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                text = (handle.metadata() or {}).get(METADATA_KEY)
+        except Exception:  # noqa: BLE001 - a damaged file: say so in our words
+            raise UserError(_describe_unreadable(path, ValueError("header"))) from None
         if text:
-            return json.loads(text)
+            return parse_config_text(text, f"the config stored in {path}")
     candidate = path if path.name == CONFIG_FILENAME else path.parent / CONFIG_FILENAME
     if candidate.is_file():
-        return json.loads(candidate.read_text())
+        try:
+            text = candidate.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {candidate} ({type(exc).__name__}): fix or delete it") from None
+        return parse_config_text(text, str(candidate))
     return None
+
+
+def parse_config_text(text: str, source: str) -> dict:
+    """A saved model config from JSON text, checked: an object whose sections are objects and whose
+    values have the types of the config fields. Anything else is a one-line `UserError` naming `source`."""
+    fix = "fix or delete it (it is rewritten by training), or pass the model flags instead"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        reason = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise UserError(f"{source} is not valid JSON ({reason}): {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source} holds a JSON {type(data).__name__}, not an object with the model config: {fix}")
+    validate_config_dict(data, source)
+    return data
+
+
+_JSON_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def validate_config_dict(data: Mapping[str, Any], source: str) -> None:
+    """Check the structure and value types of a config dict (config_to_dict's form)."""
+    import dataclasses
+
+    from guided_diffusion.config import CONFIG_KINDS, DiffusionConfig
+
+    fix = "fix or delete it, or pass the model flags instead"
+    kind = data.get("kind", "unet")
+    if not isinstance(kind, str) or kind not in CONFIG_KINDS:
+        raise UserError(f"{source}: \"kind\" is {kind!r}, expected one of {sorted(CONFIG_KINDS)}: {fix}")
+    sections = [("model", CONFIG_KINDS[kind]), ("diffusion", DiffusionConfig), ("classifier", CONFIG_KINDS["classifier"])]
+    for section, cls in sections:
+        values = data.get(section)
+        if values is None and section != "model":
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: \"{section}\" must be an object of settings, got {type(values).__name__}: {fix}")
+        for field in dataclasses.fields(cls):
+            if field.name not in values:
+                continue
+            value = values[field.name]
+            allowed = _JSON_TYPES.get(str(field.type), (object,))
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise UserError(f"{source}: {section}.{field.name} is {value!r} ({type(value).__name__}), "
+                                f"expected a {field.type}: {fix}")
 
 
 # -- loading ------------------------------------------------------------------------------------------
 
-def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """Load a state dict from `.pt` (weights only, no pickled code runs) or `.safetensors`."""
+def _describe_unreadable(path: Path, exc: Exception) -> str:
+    """What is wrong with a checkpoint file that failed to load, in plain words."""
+    import zipfile
+
+    size = path.stat().st_size
+    message = str(exc)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if path.suffix == ".safetensors":
+        return (f"{path} is named .safetensors but is not a readable safetensors file (its header is "
+                "missing or damaged); save it again with safetensors.torch.save_file, or rename it if it is a .pt")
+    if "weights_only" in message.lower() or "Unsupported global" in message or "Unsupported operand" in message:
+        return (f"{path} contains pickled Python objects besides tensors, which could run code when loaded; "
+                "it was not loaded. Save only tensors (model.state_dict()) or use .safetensors")
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        return (f"{path} is cut short ({size} bytes, the end of its zip archive is missing): the download or "
+                "save did not finish; download or save it again")
+    if head.startswith(b"PK\x03\x04"):
+        return f"{path} is a zip archive but not a PyTorch checkpoint (or it is damaged); pass a file written by torch.save"
+    if head[:1] == b"\x80":
+        return (f"{path} looks like a legacy PyTorch file but cannot be read to the end ({size} bytes): it is "
+                "truncated or damaged; download or save it again")
+    return f"{path} is not a PyTorch checkpoint (it starts with bytes {head!r}); pass a file written by torch.save"
+
+
+def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+    """The object stored in a `.pt` (weights only: no pickled code runs) or `.safetensors` file, with
+    a one-line `UserError` saying what is wrong when the file is missing, empty, cut short, not a
+    checkpoint, or holds pickled objects."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path (or download it with `guided-diffusion download`)")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): the download or save did not finish; download or save it again")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
-            state = load_file(str(path), device=device)
-        else:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign files: say which, not a pickle traceback
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                        "the file is corrupt or not a state dict: re-download or re-save it") from None
+            return load_file(str(path), device=device)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files: say which, not a pickle traceback
+        if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be memory-mapped
+            return read_tensor_file(path, map_location)
+        raise UserError(_describe_unreadable(path, exc)) from None
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise `UserError` naming the file when floating-point weights hold NaN or infinity (a diverged
+    or damaged checkpoint gives black images otherwise)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. {bad[0]}): the weights "
+                        "are damaged or come from a diverged run; use an earlier checkpoint")
+
+
+def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from `.pt` (weights only, no pickled code runs) or `.safetensors`; refuses
+    files that are not a plain dict of tensors or whose weights are not finite."""
+    path = Path(path)
+    state = read_tensor_file(path, map_location)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a plain state dict of tensors; save model.state_dict() instead")
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
+    check_finite(state, path)
     return dict(state)
+
+
+def check_layout(path: str | os.PathLike, network_config, label: str) -> None:
+    """Raise `UserError` unless the checkpoint at `path` has exactly the keys and tensor shapes of
+    the network `network_config` builds (built on the "meta" device: no memory, no weights)."""
+    path = Path(path)
+    state = read_tensor_file(path, "cpu", mmap=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path.name} is not a state dict of tensors, so it is not {label}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in network_config.build().state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    if missing or unexpected or reshaped:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if reshaped:
+            k = reshaped[0]
+            details.append(f"{len(reshaped)} tensors of another shape (e.g. {k}: {given[k]} instead of {expected[k]})")
+        raise UserError(f"{path.name} does not have the layout of {label}: " + ", ".join(details))
 
 
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",

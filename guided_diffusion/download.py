@@ -1,35 +1,121 @@
 """Resumable, verified downloads into the local cache (checkpoints, Inception weights).
 
-A file only ever appears at its destination after it is complete and verified: bytes stream into
-`NAME.part` beside it, an interrupted transfer resumes from that part file with an HTTP Range request,
-and the part file is fsynced and renamed into place once its size and sha256 check out.
+A file only ever appears at its destination after it is complete and verified:
+
+* bytes stream into `NAME.part` beside it; `NAME.part.json` records the URL and the validator (strong
+  ETag or Last-Modified) of the response that started it. An interrupted transfer resumes from the part
+  file only with that validator (`Range` plus `If-Range`), so a server whose file changed answers with
+  the whole new file instead of a tail that would be glued onto old bytes. A part file without a
+  record (left by an older version, or by another file) is discarded.
+* the finished part must have exactly the size the server announced (Content-Length or the total of a
+  Content-Range) or the caller's expected size; a response without a length is accepted only when the
+  caller supplies the size or the sha256, since a cut-short body cannot otherwise be told from a whole one.
+* an optional `validate(path)` (for checkpoints: load without unpickling and compare keys and shapes
+  with the architecture) runs before the part is renamed into place; a failing file is deleted.
+* the sha256 of the installed file is written beside it as `NAME.sha256` (sha256sum format) and
+  checked on every later use (`verify_installed`).
+* a lock file `NAME.lock` (flock-based, released by the kernel if its holder dies) serialises
+  processes fetching the same file: the second waits, then finds the file installed and reuses it.
 """
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from guided_diffusion.atomic import file_digest, fsync_directory
+from guided_diffusion.atomic import atomic_write_bytes, file_digest, fsync_directory
 from guided_diffusion.errors import UserError
 
-__all__ = ["cache_dir", "download"]
+__all__ = ["cache_dir", "check_cache_dir", "download", "recorded_sha256", "sidecar_path", "verify_installed"]
 
 _CHUNK_BYTES = 1 << 20
 _ATTEMPTS = 5  # connection cuts tolerated within one call; each retry resumes where the last stopped
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _USER_AGENT = "guided-diffusion-downloader"
+CACHE_ENV = "GUIDED_DIFFUSION_CACHE"
 
 
 def cache_dir() -> Path:
     """Directory for downloaded files: `$GUIDED_DIFFUSION_CACHE`, else `~/.cache/guided-diffusion`."""
-    override = os.environ.get("GUIDED_DIFFUSION_CACHE")
+    override = os.environ.get(CACHE_ENV)
     return Path(override).expanduser() if override else Path.home() / ".cache" / "guided-diffusion"
+
+
+def check_cache_dir(directory: Path | None = None) -> Path:
+    """Create the cache directory if needed and make sure files can be written in it; a one-line
+    `UserError` naming GUIDED_DIFFUSION_CACHE otherwise (a file in the way, a parent that is a file,
+    no permission)."""
+    directory = cache_dir() if directory is None else Path(directory)
+    fix = f"set {CACHE_ENV} to a writable folder"
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"cache directory {directory} is a file, not a folder: {fix}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create cache directory {directory} ({exc.strerror or exc}): {fix}") from None
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cache directory {directory} is not writable ({exc.strerror or exc}): {fix}") from None
+    return directory
+
+
+def sidecar_path(path: Path | str) -> Path:
+    """Where the sha256 recorded at install time is kept: `NAME.sha256` beside the file."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _part_record_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def recorded_sha256(path: Path | str) -> str | None:
+    """The sha256 written beside `path` when it was installed, or None."""
+    side = sidecar_path(path)
+    try:
+        text = side.read_text().split()
+    except OSError:
+        return None
+    if text and re.fullmatch(r"[0-9a-f]{64}", text[0]):
+        return text[0]
+    return None
+
+
+def _record_sha256(path: Path, digest: str) -> None:
+    atomic_write_bytes(sidecar_path(path), f"{digest}  {path.name}\n".encode())
+
+
+def verify_installed(path: Path | str, sha256: str | None = None, *, record: bool = True) -> str:
+    """Hash an installed file and check it against `sha256` (the table's digest, which wins) or the
+    digest recorded at install; returns the digest. With neither (a file placed by hand), the digest
+    is recorded now when `record`, so later changes are caught. Raises `UserError` on a mismatch."""
+    path = Path(path)
+    digest = file_digest(path)[1]
+    expected, origin = (sha256.lower(), "the published") if sha256 else (recorded_sha256(path), "the recorded")
+    if expected is None:
+        if record:
+            try:
+                _record_sha256(path, digest)
+            except OSError:  # a read-only cache still works, just without the record
+                pass
+        return digest
+    if not digest.startswith(expected):
+        raise UserError(
+            f"{path} does not match {origin} sha256 (file {digest[:16]}..., expected {expected[:16]}...): "
+            "it changed or is damaged; delete it and download it again"
+        )
+    return digest
 
 
 class _Interrupted(Exception):
@@ -48,61 +134,110 @@ def download(
     expected_size: int | None = None,
     progress: bool = True,
     timeout: float = 60,
+    validate: Callable[[Path], None] | None = None,
 ) -> Path:
     """Download `url` to `dest` and return `dest`.
 
-    An existing `dest` is returned as is (only complete, verified files are ever moved there; a file
-    placed there by hand is trusted). `sha256` is the expected hex digest, or a prefix of it of at
-    least 8 digits (as carried in file names like `...-6726825d.pth`). `expected_size` must be exact.
+    An existing `dest` is checked against `sha256` or the digest recorded at its install and returned.
+    `sha256` is the expected hex digest, or a prefix of it of at least 8 digits (as carried in file
+    names like `...-6726825d.pth`). `expected_size` must be exact. `validate(part)` may raise
+    `UserError`/`ValueError` to reject the content (the file is then deleted).
     Raises `UserError` when the server fails, the connection keeps dropping (the part file is kept, so
-    running again resumes), or the result has the wrong size or hash (the part file is deleted).
+    running again resumes), or the result has the wrong size, hash or content (the part file is deleted).
     """
+    from filelock import FileLock, Timeout  # imported here: only downloads need it
+
     dest = Path(dest)
     if sha256 is not None:
         sha256 = sha256.lower()
         if len(sha256) < 8 or not re.fullmatch(r"[0-9a-f]+", sha256):
             raise ValueError(f"sha256 must be a hex digest or a prefix of at least 8 hex digits, got {sha256!r}")
-    if dest.exists():
-        if expected_size is not None and dest.stat().st_size != expected_size:
-            raise UserError(
-                f"{dest} has {dest.stat().st_size} bytes but {expected_size} are expected; delete it and run again"
-            )
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-
-    restarted = False
-    for attempt in range(_ATTEMPTS):
-        try:
-            total = _fetch_into(url, part, timeout=timeout, progress=progress, label=dest.name)
-            break
-        except _Interrupted:
-            if attempt == _ATTEMPTS - 1:
-                done = part.stat().st_size if part.exists() else 0
+    check_cache_dir(dest.parent)
+    lock = FileLock(str(dest.with_name(dest.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is downloading {dest.name} ...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        if dest.exists():  # installed earlier, or by the process we waited for
+            if expected_size is not None and dest.stat().st_size != expected_size:
                 raise UserError(
-                    f"download of {url} kept being interrupted ({done} bytes saved in {part}); "
-                    "check your network and run the same command again to resume"
-                ) from None
-        except _RestartNeeded:
-            part.unlink(missing_ok=True)
-            if restarted:
-                raise UserError(f"server for {url} rejected the download range twice; try again later") from None
-            restarted = True
+                    f"{dest} has {dest.stat().st_size} bytes but {expected_size} are expected; delete it and run again"
+                )
+            verify_installed(dest, sha256)
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        _discard_unresumable_part(part, url)
+        restarted = False
+        total = None
+        for attempt in range(_ATTEMPTS):
+            try:
+                total = _fetch_into(url, part, timeout=timeout, progress=progress, label=dest.name)
+                break
+            except _Interrupted:
+                if attempt == _ATTEMPTS - 1:
+                    done = part.stat().st_size if part.exists() else 0
+                    raise UserError(
+                        f"download of {url} kept being interrupted ({done} bytes saved in {part}); "
+                        "check your network and run the same command again to resume"
+                    ) from None
+                _discard_unresumable_part(part, url)
+            except _RestartNeeded:
+                _remove_part(part)
+                if restarted:
+                    raise UserError(f"server for {url} rejected the download range twice; try again later") from None
+                restarted = True
+        _verify_and_install(url, part, dest, total=total, sha256=sha256, expected_size=expected_size, validate=validate)
+        return dest
+    finally:
+        lock.release()
 
-    _verify_and_install(url, part, dest, total=total, sha256=sha256, expected_size=expected_size)
-    return dest
+
+def _remove_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _part_record_path(part).unlink(missing_ok=True)
+
+
+def _read_part_record(part: Path) -> dict | None:
+    try:
+        record = json.loads(_part_record_path(part).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _discard_unresumable_part(part: Path, url: str) -> None:
+    """Keep a part file only if it was started from `url` by a response that had a validator."""
+    if not part.exists():
+        _part_record_path(part).unlink(missing_ok=True)
+        return
+    record = _read_part_record(part)
+    if record is None or record.get("url") != url or not record.get("validator"):
+        _remove_part(part)
+
+
+def _validator(headers) -> str | None:
+    """The response's If-Range validator: a strong ETag, else Last-Modified (weak ETags may not be used)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
 
 
 def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool, label: str) -> int | None:
-    """One HTTP request appending to `part` (resuming if it exists); returns the full size if known.
+    """One HTTP request writing `part` (resuming it when it has a validator); returns the full size if
+    known.
 
     Raises `_Interrupted` on a short body, `_RestartNeeded` when the resume range is unusable, and
     `UserError` on HTTP/network errors.
     """
-    offset = part.stat().st_size if part.exists() else 0
+    record = _read_part_record(part) if part.exists() else None
+    offset = part.stat().st_size if record is not None else 0
     headers = {"User-Agent": _USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = record["validator"]
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -128,12 +263,16 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool, label: 
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
                 raise _RestartNeeded()
-            total = int(match.group(3)) if match.group(3) != "*" else None
+            total = int(match.group(3)) if match.group(3) != "*" else record.get("total")
+            if record.get("total") is not None and total != record["total"]:
+                raise _RestartNeeded()
             mode = "ab"
-        else:  # 200: a fresh body (the server may have ignored our Range header)
+        else:  # 200: a fresh body (no resume, validator changed, or the server ignored Range)
             offset = 0
             total = body_length
             mode = "wb"
+            new_record = {"url": url, "validator": _validator(response.headers), "total": total}
+            atomic_write_bytes(_part_record_path(part), json.dumps(new_record).encode())
         received = 0
         with open(part, mode) as sink, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
@@ -159,23 +298,45 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool, label: 
 
 
 def _verify_and_install(
-    url: str, part: Path, dest: Path, *, total: int | None, sha256: str | None, expected_size: int | None
+    url: str,
+    part: Path,
+    dest: Path,
+    *,
+    total: int | None,
+    sha256: str | None,
+    expected_size: int | None,
+    validate: Callable[[Path], None] | None,
 ) -> None:
-    """Check size and hash of the finished part file and atomically rename it to `dest`."""
+    """Check size, hash and content of the finished part file, atomically rename it to `dest` and
+    record its sha256 beside it."""
     size = part.stat().st_size
     for wanted, source in ((total, "the server announced"), (expected_size, "expected")):
         if wanted is not None and size != wanted:
-            part.unlink(missing_ok=True)
+            _remove_part(part)
             raise UserError(
-                f"download of {url} is corrupt: got {size} bytes but {wanted} were {source}; run again to retry"
+                f"download of {url} is corrupt: got {size} bytes but {wanted} were {source}; deleted it, run again to retry"
             )
-    if sha256 is not None:
-        digest = file_digest(part)[1]
-        if not digest.startswith(sha256):
-            part.unlink(missing_ok=True)
-            raise UserError(
-                f"download of {url} is corrupt: sha256 {digest[:16]}... does not match the expected "
-                f"{sha256[:16]}...; run again to retry, or check that the URL is right"
-            )
+    if total is None and expected_size is None and sha256 is None:
+        _remove_part(part)
+        raise UserError(
+            f"download of {url} cannot be verified: the server sent no Content-Length and no size or sha256 is "
+            f"known for the file, so a cut-short transfer cannot be told from a whole one; deleted the {size} bytes "
+            f"received. Fetch the file by hand and place it at {dest}"
+        )
+    digest = file_digest(part)[1]
+    if sha256 is not None and not digest.startswith(sha256):
+        _remove_part(part)
+        raise UserError(
+            f"download of {url} is corrupt: sha256 {digest[:16]}... does not match the expected "
+            f"{sha256[:16]}...; deleted it, run again to retry, or check that the URL is right"
+        )
+    if validate is not None:
+        try:
+            validate(part)
+        except (UserError, ValueError) as exc:
+            _remove_part(part)
+            raise UserError(f"download of {url} is not the expected file and was deleted: {exc}") from None
     os.replace(part, dest)
+    _part_record_path(part).unlink(missing_ok=True)
     fsync_directory(dest.parent)
+    _record_sha256(dest, digest)

@@ -2,11 +2,20 @@
 README's sampling recipe. The flags also catch what weights cannot show (the attention order)."""
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+MIRROR_ENV = "GUIDED_DIFFUSION_MIRROR"
+
+
+def release_base_url() -> str:
+    """Where released files are fetched from: `$GUIDED_DIFFUSION_MIRROR` (files at URL/FILENAME) when
+    set, else the original release host."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    return mirror.rstrip("/") if mirror else BASE_URL
 
 _COMMON = "--attention_resolutions 32,16,8 --diffusion_steps 1000 --learn_sigma True --noise_schedule linear --resblock_updown True --use_scale_shift_norm True"
 _LSUN = _COMMON + " --class_cond False --dropout 0.1 --image_size 256 --num_channels 256 --num_head_channels 64 --num_res_blocks 2 --use_fp16 True"
@@ -60,7 +69,7 @@ class Preset:
 
     @property
     def url(self) -> str:
-        return f"{BASE_URL}/{self.name}.pt"
+        return f"{release_base_url()}/{self.filename}"
 
     @property
     def filename(self) -> str:
@@ -108,3 +117,29 @@ def preset_for_file(path) -> Preset | None:
     from pathlib import Path
 
     return PRESETS.get(Path(path).name.removesuffix(".pt"))
+
+
+def check_preset_file(preset: Preset, path) -> None:
+    """Raise `UserError` unless `path` loads without unpickling code and has exactly the keys and
+    shapes of `preset`'s architecture (checked on an unallocated "meta" copy of the network)."""
+    from guided_diffusion.checkpoints import check_layout, preset_network_config
+
+    check_layout(path, preset_network_config(preset), f"the released {preset.name} checkpoint")
+
+
+def ensure_preset(preset: Preset, *, progress: bool = True, verify: bool = False):
+    """The cached file of `preset`, downloaded (size-, hash- and layout-checked) when missing. An
+    installed file is checked against the table's sha256, or the one recorded at its install, on
+    every call; `verify` also re-checks its layout. A file placed by hand is layout-checked once,
+    then its sha256 is recorded."""
+    from guided_diffusion.download import cache_dir, download, recorded_sha256, verify_installed
+
+    path = cache_dir() / preset.filename
+    if path.is_file():
+        first_use = preset.sha256 is None and recorded_sha256(path) is None
+        if verify or first_use:
+            check_preset_file(preset, path)
+        verify_installed(path, preset.sha256)
+        return path
+    return download(preset.url, path, sha256=preset.sha256, progress=progress,
+                    validate=lambda part: check_preset_file(preset, part))

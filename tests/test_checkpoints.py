@@ -81,7 +81,7 @@ def test_pt_is_loaded_weights_only(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"a": Evil()}, path)
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="pickled Python objects"):
         load_state_dict(path)
 
 
@@ -91,7 +91,7 @@ def test_missing_and_truncated_files(tmp_path):
     path = tmp_path / "cut.pt"
     save_checkpoint(path, make().state_dict())
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(UserError, match="corrupt"):
+    with pytest.raises(UserError, match="cut short"):
         load_state_dict(path)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from guided_diffusion import dist_util
-from guided_diffusion.download import cache_dir, download
+from guided_diffusion.download import cache_dir
 from guided_diffusion.errors import UserError
-from guided_diffusion.presets import PRESETS, Preset
+from guided_diffusion.presets import PRESETS, Preset, ensure_preset
 from guided_diffusion.presets import get_preset as _lookup
 
 __all__ = ["get_preset", "checkpoint_path", "cache_state", "fetch"]
@@ -44,9 +44,9 @@ def fetch(preset: Preset, *, progress: bool = True) -> Path:
     """
     path = checkpoint_path(preset)
     failure: UserError | None = None
-    if dist_util.is_main_process() and not path.is_file():
-        try:
-            download(preset.url, path, sha256=preset.sha256, progress=progress)
+    if dist_util.is_main_process():
+        try:  # downloads when missing (size, sha256 and layout checked); else checks the recorded sha256
+            ensure_preset(preset, progress=progress)
         except UserError as exc:  # reach the barrier first, so the other ranks do not wait forever
             failure = exc
     dist_util.barrier()
