@@ -100,3 +100,30 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
             entry.unlink(missing_ok=True)
             removed.append(entry.name)
     return sorted(removed)
+
+
+def directory_write_problem(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be written into `directory` (creating it if needed), or None when they can.
+
+    Checked before any work starts: the path must not be a file or sit under a file, and the directory
+    (or, when it does not exist yet, its nearest existing parent) must be writable.
+    """
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory"
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{path} sits under {probe}, which is a file"
+    if not probe.exists():
+        return f"{path} cannot be created"
+    test_file = probe / f".write-test{TMP_MARKER}{uuid.uuid4().hex[:8]}"
+    try:  # try it: permission bits say nothing for root or on read-only mounts
+        test_file.touch()
+        test_file.unlink()
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or exc})"
+    return None

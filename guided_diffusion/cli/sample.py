@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
+import os
+import shlex
+import signal
 import sys
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -20,29 +27,28 @@ import torch
 import torch.distributed as dist
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.checkpoints import load_model, read_config_json
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, SuperResConfig
+from guided_diffusion.atomic import directory_write_problem
+from guided_diffusion.checkpoints import read_config_json
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.errors import UserError
-from guided_diffusion.performance import optimize_model
-from guided_diffusion.sampling.generate import (
-    SamplerSettings,
-    class_labels_for,
-    draw,
-    gather_in_order,
-    to_numpy_uint8,
-)
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.guidance import GuidedModel
+from guided_diffusion.sampling.job import JobError, SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job, settings_option
 from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
+from guided_diffusion.sampling.runner import (
+    PartialRun,
+    ResumeError,
+    SamplingInterrupted,
+    draw_samples,
+    guidance_for,
+    load_network,
+    stop_on_signals,
+)
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
-    args_to_dict,
     classifier_defaults,
-    create_classifier,
-    create_model_and_diffusion,
     model_and_diffusion_defaults,
-    sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
     str2bool,
 )
@@ -79,6 +85,7 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"guided-diffusion {command}",
         description=f"The original scripts/{command}.py flags, plus the options below them.",
+        allow_abbrev=False,  # `--num_sample 2` is a typo to report, not --num_samples
     )
     add_dict_to_argparser(parser, _original_defaults(command))
     extra = parser.add_argument_group("additions to the original flags")
@@ -100,6 +107,9 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
         extra.add_argument("--random_flip", type=str2bool, default=False,
                            help="randomly flip the evaluated images (the original always did)")
         return parser
+    extra.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --out_dir (same flags and seed): finished batches are kept "
+                            "in samples_*.partial/ as they complete and only the rest is drawn")
     extra.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                        help="ddpm (ancestral, the default), ddim, or dpm++2m (DPM-Solver++(2M), good in 10-25 steps); "
                             "--use_ddim True means ddim")
@@ -215,210 +225,110 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
     return to_fetch
 
 
-# -- resolving options ---------------------------------------------------------------------------------
+# -- resolving flags into a job ------------------------------------------------------------------------
+
+# Job options whose flag is not simply --<option>, per command.
+_FLAG_OF_OPTION = {
+    "low_res": "--base_samples",
+    "low_res_digest": "--base_samples",
+    "dynamic_threshold": "--dynamic_threshold",
+}
 
 
-def _resolve_sampling(args: argparse.Namespace, explicit: set[str]) -> SamplerSettings:
-    if args.steps is not None:
-        if args.steps < 2:  # one kept step leaves no posterior variance to compute (the original crashes too)
-            raise UserError(f"--steps must be at least 2, got {args.steps}")
-        if "timestep_respacing" in explicit and args.timestep_respacing != str(args.steps):
-            raise UserError(
-                f"--steps {args.steps} and --timestep_respacing {args.timestep_respacing} disagree; pass only one"
-            )
-        args.timestep_respacing = str(args.steps)
-    sampler = args.sampler or ("ddim" if args.use_ddim else "ddpm")
-    if args.use_ddim and "use_ddim" in explicit and sampler != "ddim":
-        raise UserError(f"--use_ddim True asks for DDIM but --sampler is {sampler}; pass only one of them")
-    if args.eta is not None and sampler != "ddim":
-        raise UserError(f"--eta only applies to DDIM; add --sampler ddim (the sampler is {sampler})")
-    if args.dynamic_threshold is not None and not 0.0 < args.dynamic_threshold <= 1.0:
-        raise UserError(f"--dynamic_threshold is a percentile in (0, 1], e.g. 0.995; got {args.dynamic_threshold}")
-    if args.eta is not None and args.eta < 0:
-        raise UserError(f"--eta must be >= 0, got {args.eta}")
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise UserError("--num_samples and --batch_size must be at least 1")
-    return SamplerSettings(
-        sampler=sampler, eta=args.eta or 0.0, clip_denoised=args.clip_denoised,
-        dynamic_threshold=args.dynamic_threshold, progress=_progress(args),
-    )
+def _flag_error(command: str, exc: ValueError) -> UserError:
+    """A library error about an option as a one-line error naming the flag."""
+    if isinstance(exc, UserError):
+        return exc
+    option = exc.option if isinstance(exc, JobError) else settings_option(str(exc))
+    if command == "super_res_sample" and option == "class_labels":
+        return UserError(f"--base_samples has no labels (arr_1): {exc}; sample the base images with class labels, "
+                         "or pass --class_cond False for an unconditional upsampler")
+    if option is None:
+        return UserError(str(exc))
+    return UserError(f"{_FLAG_OF_OPTION.get(option, '--' + option)}: {exc}")
 
 
 def _progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
-def _resolve_precision(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
-    """Apply --use_fp16/--classifier_use_fp16/--bf16 to this device; returns the autocast dtype."""
-    fp16_flags = [name for name in ("use_fp16", "classifier_use_fp16") if getattr(args, name, False)]
-    if args.bf16:
-        for name in fp16_flags:
-            setattr(args, name, False)  # bf16 autocast replaces fp16 weights
-        return torch.bfloat16
-    if fp16_flags and device.type != "cuda":
-        if dist_util.is_main_process():
-            print(f"warning: --{' and --'.join(f + ' True' for f in fp16_flags)} needs a GPU; running in fp32 on {device.type}",
-                  file=sys.stderr)
-        for name in fp16_flags:
-            setattr(args, name, False)
-    return None
-
-
-def _parse_class_labels(text: str | None, num_classes: int) -> list[int] | None:
+def _parse_class_labels(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        labels = [int(part) for part in text.split(",") if part.strip()]
+        return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise UserError(f"--class_labels {text!r} must be an integer or a comma list of integers, e.g. 207 or 1,2,3") from None
-    bad = [c for c in labels if not 0 <= c < num_classes]
-    if not labels or bad:
-        raise UserError(f"--class_labels {text!r}: classes must be in 0..{num_classes - 1}")
-    return labels
 
 
-def _shared_seed(seed: int | None) -> int:
-    """The run's base seed: the given one, or one chosen on rank 0 and shared with every rank."""
-    if seed is None:
-        box = [fresh_seed()]
-        if dist_util.get_world_size() > 1:
-            dist.broadcast_object_list(box, src=0)
-        seed = int(box[0])
-        logger.log(f"seed: {seed} (pass --seed {seed} to draw the same samples again)")
-    elif seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
-    return seed
+def _precision(args: argparse.Namespace, device: torch.device) -> dict[str, bool]:
+    """The fp16 flags as they run on `device` (a one-line warning when a README flag asks for fp16 on a CPU)."""
+    resolved = {name: fp16_runs_on(device, getattr(args, name), bf16=args.bf16)
+                for name in ("use_fp16", "classifier_use_fp16") if hasattr(args, name)}
+    dropped = [name for name, on in resolved.items() if getattr(args, name) and not on and not args.bf16]
+    if dropped and dist_util.is_main_process():
+        print(f"warning: --{' and --'.join(f + ' True' for f in dropped)} needs a GPU; running in fp32 on {device.type}",
+              file=sys.stderr)
+    return resolved
 
 
-def _checkpoint_paths(args: argparse.Namespace, to_fetch: dict[str, Any], progress: bool) -> None:
-    from guided_diffusion.sampling.fetch import fetch  # noqa: PLC0415
-
-    for flag, preset in to_fetch.items():
-        setattr(args, flag, str(fetch(preset, progress=progress)))
-    for flag in ("model_path", "classifier_path"):
-        if hasattr(args, flag) and not getattr(args, flag):
-            raise UserError(f"no checkpoint given: pass --{flag} PATH, or --preset NAME for a released model")
-
-
-def _load(network: torch.nn.Module, path: str, device: torch.device, fp16: bool, flags: dict[str, Any],
-          channels_last: bool = False) -> torch.nn.Module:
-    """Weights from `path` (a one-line error naming mismatching flags), on `device`, in eval mode."""
-    load_model(path, model=network, flags=flags)
-    network.to(device)
-    if fp16:
-        network.convert_to_fp16()
-    return optimize_model(network.eval(), channels_last=channels_last)
-
-
-def _guided_model(model: torch.nn.Module, args: argparse.Namespace, autocast_dtype: torch.dtype | None) -> GuidedModel:
-    null_label = args.num_classes if getattr(args, "class_dropout_prob", 0.0) > 0 else None
-    if args.cfg_scale != 1.0 and (not args.class_cond or null_label is None):
-        raise UserError(
-            f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout "
-            "(--class_cond True --class_dropout_prob > 0, which gives it a null label); this model has none"
+def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], device: torch.device, *, seed: int,
+                   base: tuple[np.ndarray, np.ndarray | None] | None = None) -> SamplingJob:
+    """The sampling flags of `command` as a SamplingJob (the only place they are interpreted)."""
+    sampler = args.sampler or ("ddim" if args.use_ddim else "ddpm")
+    if args.use_ddim and "use_ddim" in explicit and sampler != "ddim":
+        raise UserError(f"--use_ddim True asks for DDIM but --sampler is {sampler}; pass only one of them")
+    precision = _precision(args, device)
+    model_cls = SuperResConfig if command == "super_res_sample" else ModelConfig
+    model = model_cls.from_flags(args).replace(use_fp16=precision["use_fp16"])
+    classifier = None
+    if command == "classifier_sample":
+        classifier = ClassifierConfig.from_flags(args).replace(classifier_use_fp16=precision["classifier_use_fp16"])
+    extra: dict[str, Any] = {}
+    if base is not None:
+        extra["low_res_digest"] = array_digest(base[0])
+        class_labels = tuple(int(c) for c in base[1]) if base[1] is not None and args.class_cond else None
+    else:
+        class_labels = _parse_class_labels(args.class_labels)
+    try:
+        if base is not None:
+            check_low_res(base[0], args.small_size)
+        return sampling_job(
+            model=model, diffusion=DiffusionConfig.from_flags(args), seed=seed, num_samples=args.num_samples,
+            sampler=sampler, steps=args.steps,
+            eta=0.0 if args.eta is None else args.eta, dynamic_threshold=args.dynamic_threshold,
+            clip_denoised=args.clip_denoised, progress=_progress(args), batch_size=args.batch_size,
+            classifier=classifier, classifier_scale=args.classifier_scale if classifier is not None else 0.0,
+            cfg_scale=args.cfg_scale, class_labels=class_labels, bf16=args.bf16, channels_last=args.channels_last,
+            model_path=args.model_path, classifier_path=getattr(args, "classifier_path", ""), **extra,
         )
-    return GuidedModel(model, class_cond=args.class_cond, cfg_scale=args.cfg_scale, null_label=null_label,
-                       autocast_dtype=autocast_dtype)
+    except ValueError as exc:
+        raise _flag_error(command, exc) from None
 
 
-def _draw_and_write(args: argparse.Namespace, settings, make_batch, description: str) -> int:
-    """Draw every sample across the ranks in index order; rank 0 writes the npz and the grid."""
-    logger.log(description + "...")
-    result = gather_in_order(args.num_samples, args.batch_size, make_batch, progress=settings.progress)
-    if result is not None:
-        _write(*result)
-    dist_util.barrier()
-    logger.log("sampling complete")
-    return 0
+# -- checks before any work ----------------------------------------------------------------------------
 
 
-def _write(images: np.ndarray, labels: np.ndarray | None) -> None:
-    directory = Path(logger.get_dir())
-    path = save_samples(directory, images, labels)
-    save_grid(path.with_suffix(".png"), images)
-    logger.log(f"saving to {path} (and a grid of the first images in {path.with_suffix('.png').name})")
+def _check_out_dir(args: argparse.Namespace) -> None:
+    target = args.out_dir or os.environ.get("OPENAI_LOGDIR")
+    if target:
+        problem = directory_write_problem(target)
+        if problem is not None:
+            flag = "--out_dir" if args.out_dir else "OPENAI_LOGDIR"
+            raise UserError(f"{flag} {target}: {problem}; choose another output directory")
 
 
-# -- sampling commands ---------------------------------------------------------------------------------
-
-
-def _prepare(command: str, argv: list[str]) -> tuple[argparse.Namespace, SamplerSettings, torch.device, torch.dtype | None, int]:
-    parser = _build_parser(command)
-    args, explicit = _parse(parser, argv)
-    to_fetch = _apply_preset(command, parser, args, explicit)
-    from_config = _apply_saved_config(parser, args, explicit)
-    settings = _resolve_sampling(args, explicit)
-    dist_util.setup_dist()
-    device = dist_util.dev()
-    autocast_dtype = _resolve_precision(args, device)
-    logger.configure(dir=args.out_dir)
-    if from_config:
-        logger.log(f"flags from the checkpoint's saved config: {', '.join(sorted(set(from_config)))}")
-    _checkpoint_paths(args, to_fetch, settings.progress)
-    seed = _shared_seed(args.seed)
-    return args, settings, device, autocast_dtype, seed
-
-
-def image_sample(argv: list[str]) -> int:
-    """`guided-diffusion image_sample`: unguided samples (DDPM, DDIM or DPM-Solver++) to an npz."""
-    return _sample_images("image_sample", argv)
-
-
-def classifier_sample(argv: list[str]) -> int:
-    """`guided-diffusion classifier_sample`: samples guided by a noisy classifier (ADM-G)."""
-    return _sample_images("classifier_sample", argv)
-
-
-def _sample_images(command: str, argv: list[str]) -> int:
-    args, settings, device, autocast_dtype, seed = _prepare(command, argv)
-    guided = command == "classifier_sample"
-    fixed_labels = _parse_class_labels(args.class_labels, args.num_classes)
-    if fixed_labels is not None and not (args.class_cond or guided):
-        raise UserError("--class_labels needs a class-conditional model (--class_cond True) or classifier_sample")
-
-    logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-    model = _load(model, args.model_path, device, args.use_fp16, vars(args), args.channels_last)
-    model_fn = _guided_model(model, args, autocast_dtype)
-    cond_fn = None
-    if guided:
-        logger.log("loading classifier...")
-        classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
-        classifier = _load(classifier, args.classifier_path, device, args.classifier_use_fp16, {}, args.channels_last)
-        if args.classifier_scale != 0:
-            cond_fn = classifier_cond_fn(classifier, args.classifier_scale, autocast_dtype=autocast_dtype)
-    with_labels = args.class_cond or guided
-
-    def make_batch(indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        labels = class_labels_for(indices, seed, args.num_classes, fixed_labels) if with_labels else None
-        x = draw(model_fn, diffusion, indices=indices, seed=seed, image_shape=(3, args.image_size, args.image_size),
-                 device=device, settings=settings, labels=labels, cond_fn=cond_fn)
-        return to_numpy_uint8(x), labels
-
-    return _draw_and_write(args, settings, make_batch, f"sampling {args.num_samples} images with {settings.sampler} "
-                           f"({diffusion.num_timesteps} steps)")
-
-
-def super_res_sample(argv: list[str]) -> int:
-    """`guided-diffusion super_res_sample`: upsample `--base_samples`, keeping their order and labels."""
-    args, settings, device, autocast_dtype, seed = _prepare("super_res_sample", argv)
-    base_images, base_labels = _load_base_samples(args)
-
-    logger.log("creating model...")
-    model, diffusion = sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys()))
-    model = _load(model, args.model_path, device, args.use_fp16, vars(args), args.channels_last)
-    model_fn = _guided_model(model, args, autocast_dtype)
-
-    def make_batch(indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        source = [i % len(base_images) for i in indices]  # as the original, cycle when asked for more
-        low_res = torch.from_numpy(base_images[source]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-        labels = base_labels[source] if base_labels is not None else None
-        x = draw(model_fn, diffusion, indices=indices, seed=seed, image_shape=(3, args.large_size, args.large_size),
-                 device=device, settings=settings, labels=labels, model_kwargs={"low_res": low_res})
-        return to_numpy_uint8(x), labels
-
-    return _draw_and_write(args, settings, make_batch, f"upsampling {args.num_samples} images with {settings.sampler} "
-                           f"({diffusion.num_timesteps} steps)")
+def _check_checkpoints_exist(args: argparse.Namespace, to_fetch: dict[str, Any]) -> None:
+    """Name a missing checkpoint before anything is built from flags that depend on it."""
+    for flag in ("model_path", "classifier_path"):
+        if not hasattr(args, flag) or flag in to_fetch:
+            continue
+        path = getattr(args, flag)
+        if not path:
+            raise UserError(f"no checkpoint given: pass --{flag} PATH, or --preset NAME for a released model")
+        if not Path(path).is_file():
+            what = "is a directory, not a checkpoint file" if Path(path).is_dir() else "does not exist"
+            raise UserError(f"--{flag} {path} {what}: check the path")
 
 
 def _load_base_samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
@@ -428,18 +338,161 @@ def _load_base_samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray
         with np.load(args.base_samples) as data:
             images = data["arr_0"]
             labels = data["arr_1"] if "arr_1" in data.files else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot read --base_samples {args.base_samples} ({exc}); expected an npz with arr_0") from None
-    expected = (args.small_size, args.small_size, 3)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
-        raise UserError(
-            f"--base_samples arr_0 is {images.dtype} {images.shape}, expected uint8 N x {'x'.join(map(str, expected))} "
-            f"for --small_size {args.small_size}"
-        )
-    if args.class_cond and labels is None:
-        raise UserError("the upsampler is class-conditional but --base_samples has no labels (arr_1); "
-                        "sample the base images with class labels, or pass --class_cond False for an unconditional upsampler")
-    return images, (labels.astype(np.int64) if args.class_cond else None)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise UserError(f"cannot read --base_samples {args.base_samples} ({reason}): it is not a complete npz with "
+                        "arr_0; write it again") from None
+    return images, (labels.astype(np.int64) if labels is not None else None)
+
+
+# -- seeds, checkpoints and the partial folder, agreed by every rank ---------------------------------------
+
+
+def _on_rank0(action: Callable[[], Any]) -> Any:
+    """Run `action` on rank 0 and give every rank its result, or raise its error on every rank (so no
+    rank is left waiting in a collective when rank 0 refuses)."""
+    result: Any = None
+    failure: str | None = None
+    if dist_util.is_main_process():
+        try:
+            result = action()
+        except (UserError, ResumeError) as exc:
+            failure = str(exc)
+    if dist_util.get_world_size() > 1:
+        box = [(result, failure)]
+        dist.broadcast_object_list(box, src=0)
+        result, failure = box[0]
+    if failure is not None:
+        raise UserError(failure)
+    return result
+
+
+def _run_seed(args: argparse.Namespace, partial_dir: Path | None) -> tuple[int, bool]:
+    """The run's base seed (the given one, the interrupted run's when resuming without --seed, else a
+    fresh one) and whether it was chosen here."""
+    if args.seed is not None:
+        return args.seed, False
+
+    def choose() -> tuple[int, bool]:
+        stored = PartialRun.stored_fingerprint(partial_dir) if args.resume and partial_dir is not None else None
+        return (int(stored["seed"]), False) if stored and "seed" in stored else (fresh_seed(), True)
+
+    return _on_rank0(choose)
+
+
+def _checkpoint_paths(args: argparse.Namespace, to_fetch: dict[str, Any], progress: bool) -> None:
+    from guided_diffusion.sampling.fetch import fetch  # noqa: PLC0415
+
+    for flag, preset in to_fetch.items():
+        setattr(args, flag, str(fetch(preset, progress=progress)))
+
+
+def _resume_command(command: str, argv: list[str], seed: int) -> str:
+    words = list(argv)
+    if "--seed" not in words and not any(w.startswith("--seed=") for w in words):
+        words += ["--seed", str(seed)]
+    if "--resume" not in words:
+        words.append("--resume")
+    world = dist_util.get_world_size()
+    launcher = ["guided-diffusion"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "guided_diffusion"]
+    return shlex.join([*launcher, command, *words])
+
+
+# -- sampling commands ---------------------------------------------------------------------------------
+
+
+def image_sample(argv: list[str]) -> int:
+    """`guided-diffusion image_sample`: unguided samples (any sampler in SAMPLERS) to an npz."""
+    return _sample("image_sample", argv)
+
+
+def classifier_sample(argv: list[str]) -> int:
+    """`guided-diffusion classifier_sample`: samples guided by a noisy classifier (ADM-G)."""
+    return _sample("classifier_sample", argv)
+
+
+def super_res_sample(argv: list[str]) -> int:
+    """`guided-diffusion super_res_sample`: upsample `--base_samples`, keeping their order and labels."""
+    return _sample("super_res_sample", argv)
+
+
+def _sample(command: str, argv: list[str]) -> int:
+    """Resolve the flags into a job, check everything that can be checked, then draw, keeping each batch
+    as it finishes; SIGINT/SIGTERM keep what was drawn and print how to resume (exit 128 + signal)."""
+    parser = _build_parser(command)
+    args, explicit = _parse(parser, argv)
+    to_fetch = _apply_preset(command, parser, args, explicit)
+    _check_out_dir(args)
+    _check_checkpoints_exist(args, to_fetch)
+    from_config = _apply_saved_config(parser, args, explicit)
+    base = _load_base_samples(args) if command == "super_res_sample" else None
+    dist_util.setup_dist()
+    device = dist_util.dev()
+    job = job_from_flags(command, args, explicit, device, seed=args.seed if args.seed is not None else 0, base=base)
+    logger.configure(dir=args.out_dir)
+    out_dir = Path(logger.get_dir())
+    if from_config:
+        logger.log(f"flags from the checkpoint's saved config: {', '.join(sorted(set(from_config)))}")
+    partial_dir = PartialRun.directory_for(out_dir, job)
+    store: PartialRun | None = None
+    seed = job.seed
+    with stop_on_signals() as received:
+        try:
+            seed, chosen = _run_seed(args, partial_dir)
+            if chosen:
+                logger.log(f"seed: {seed} (pass --seed {seed} to draw the same samples again)")
+            _checkpoint_paths(args, to_fetch, job.settings.progress)
+            job = dataclasses.replace(job, seed=seed, model_path=args.model_path,
+                                      classifier_path=getattr(args, "classifier_path", ""))
+            store = _on_rank0(lambda: PartialRun.open(out_dir, job, resume=args.resume))
+            if store is not None and dist_util.is_main_process() and store.finished():
+                logger.log(f"resuming: {store.count()} of {job.num_samples} samples already in {store.directory}")
+            return _draw_and_write(job, device, base, store)
+        except SamplingInterrupted as stop:
+            return _interrupted(command, argv, job, seed, stop.signum, store)
+        except Exception:
+            if received() is None:
+                raise
+            return _interrupted(command, argv, job, seed, received(), store)  # a collective broken by a stopped peer
+
+
+def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarray, Any] | None,
+                    store: PartialRun | None) -> int:
+    logger.log("loading networks...")
+    model = load_network(job.model, job.model_path, device, channels_last=job.channels_last)
+    classifier = None
+    if job.guided:
+        classifier = load_network(job.classifier, job.classifier_path, device, channels_last=job.channels_last)
+    model_fn, cond_fn = guidance_for(job, model, classifier)
+    diffusion = job.build_diffusion()
+    verb = "upsampling" if job.is_upsampler else "sampling"
+    logger.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({diffusion.num_timesteps} steps)...")
+    result = draw_samples(job, model_fn, cond_fn, device, diffusion=diffusion,
+                          low_res=base[0] if base is not None else None, store=store)
+    if result is not None:
+        images, labels = result
+        path = save_samples(Path(logger.get_dir()), images, labels)
+        save_grid(path.with_suffix(".png"), images)
+        if store is not None:
+            store.discard()
+        logger.log(f"saving to {path} (and a grid of the first images in {path.with_suffix('.png').name})")
+    dist_util.barrier()
+    logger.log("sampling complete")
+    return 0
+
+
+def _interrupted(command: str, argv: list[str], job: SamplingJob, seed: int, signum: int,
+                 store: PartialRun | None) -> int:
+    """One line on rank 0 (what was kept, the command that continues), and the conventional 128 + signal."""
+    if dist_util.is_main_process():
+        name = signal.Signals(signum).name
+        if store is None:
+            print(f"interrupted by {name} before sampling started; nothing to keep", file=sys.stderr)
+        else:
+            print(f"interrupted by {name}: kept {store.count()} of {job.num_samples} samples in {store.directory}; "
+                  f"resume with: {_resume_command(command, argv, seed)}", file=sys.stderr)
+    sys.stderr.flush()
+    return 128 + signum
 
 
 # -- image_nll -----------------------------------------------------------------------------------------
@@ -452,24 +505,28 @@ def image_nll(argv: list[str]) -> int:
     parser = _build_parser("image_nll")
     args, explicit = _parse(parser, argv)
     to_fetch = _apply_preset("image_nll", parser, args, explicit)
+    _check_out_dir(args)
+    _check_checkpoints_exist(args, to_fetch)
     _apply_saved_config(parser, args, explicit)
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num_samples and --batch_size must be at least 1")
     if not args.data_dir:
         raise UserError("pass --data_dir DIR: the images to evaluate")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     progress = _progress(args)
     dist_util.setup_dist()
     device = dist_util.dev()
-    autocast_dtype = _resolve_precision(args, device)
+    model_config = ModelConfig.from_flags(args).replace(use_fp16=_precision(args, device)["use_fp16"])
     logger.configure(dir=args.out_dir)
     _checkpoint_paths(args, to_fetch, progress)
     if args.seed is not None:
-        torch.manual_seed(_shared_seed(args.seed) + dist_util.get_rank())
+        torch.manual_seed(args.seed + dist_util.get_rank())
 
     logger.log("creating model and diffusion...")
-    model, diffusion = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-    model = _load(model, args.model_path, device, args.use_fp16, vars(args), args.channels_last)  # converted to fp16 when asked (fix of B14)
-    model_fn = GuidedModel(model, class_cond=args.class_cond, autocast_dtype=autocast_dtype)
+    model = load_network(model_config, args.model_path, device, channels_last=args.channels_last)
+    diffusion = DiffusionConfig.from_flags(args).build()
+    model_fn = GuidedModel(model, class_cond=args.class_cond, autocast_dtype=torch.bfloat16 if args.bf16 else None)
 
     logger.log("creating data loader...")
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,

@@ -1,12 +1,13 @@
 """Drawing the study's samples: a fixed set of per-sample seeds, every class equally often, with or
-without classifier guidance, through the sampling package's samplers."""
+without classifier guidance, through the same job and runner as `classifier_sample` and the Python API."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from guided_diffusion.sampling.generate import SamplerSettings, draw, to_numpy_uint8
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig
+from guided_diffusion.sampling.job import sampling_job
+from guided_diffusion.sampling.runner import draw_samples, guidance_for
 
 __all__ = ["balanced_labels", "sample_images"]
 
@@ -18,27 +19,25 @@ def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 def sample_images(
     model: torch.nn.Module,
-    diffusion,
+    model_config: ModelConfig,
+    diffusion_config: DiffusionConfig,
     classifier: torch.nn.Module,
+    classifier_config: ClassifierConfig,
     *,
     labels: np.ndarray,
     scale: float,
     sampler: str,
     seed: int,
-    image_size: int,
     batch_size: int,
     progress: bool = False,
 ) -> np.ndarray:
     """uint8 NHWC samples 0..len(labels)-1 of run `seed`, guided towards `labels` with classifier scale
     `scale` (0: unguided). Sample i depends only on (seed, i), so every setting starts from the same noise."""
-    device = next(model.parameters()).device
-    model_fn = GuidedModel(model, class_cond=False)
-    cond_fn = classifier_cond_fn(classifier, scale) if scale != 0 else None
-    settings = SamplerSettings(sampler=sampler, progress=progress)
-    chunks = []
-    for start in range(0, len(labels), batch_size):
-        indices = list(range(start, min(start + batch_size, len(labels))))
-        x = draw(model_fn, diffusion, indices=indices, seed=seed, image_shape=(3, image_size, image_size), device=device,
-                 settings=settings, labels=labels[indices], cond_fn=cond_fn)
-        chunks.append(to_numpy_uint8(x))
-    return np.concatenate(chunks)
+    job = sampling_job(
+        model=model_config, diffusion=diffusion_config, seed=seed, num_samples=len(labels), sampler=sampler,
+        progress=progress, batch_size=batch_size, classifier=classifier_config, classifier_scale=scale,
+        class_labels=tuple(int(c) for c in labels),
+    )
+    model_fn, cond_fn = guidance_for(job, model, classifier)
+    images, _ = draw_samples(job, model_fn, cond_fn, next(model.parameters()).device, split_over_ranks=False)
+    return images

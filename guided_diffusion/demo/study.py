@@ -114,7 +114,7 @@ def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progre
 
     begin = time.perf_counter()
     reference = Reference.of(judge.extract(test_images))
-    sampling_diffusion = s.diffusion.replace(timestep_respacing=s.respacing).build()
+    sampling_diffusion = s.diffusion.replace(timestep_respacing=s.respacing)
     labels = balanced_labels(s.num_samples, s.unet.num_classes)
     metrics: list[SettingMetrics] = []
     files: dict[str, Path] = {}
@@ -122,8 +122,8 @@ def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progre
     echo(f"sampling {s.num_samples} images ({s.samples_per_class} per class) with {', '.join(s.samplers)} in "
          f"{s.sampling_steps} steps at classifier scales {', '.join(f'{v:g}' for v in s.scales)}")
     for sampler, scale in tqdm(settings_list, desc="sampling", unit="setting", disable=not progress):
-        images = sample_images(unet.model, sampling_diffusion, guide.model, labels=labels, scale=scale, sampler=sampler,
-                               seed=seed, image_size=s.unet.image_size, batch_size=s.sample_batch_size)
+        images = sample_images(unet.model, s.unet, sampling_diffusion, guide.model, s.guide, labels=labels, scale=scale,
+                               sampler=sampler, seed=seed, batch_size=s.sample_batch_size)
         name = setting_name(sampler, scale)
         files[f"samples {name}"] = save_npz(out_dir / "samples" / f"{name}.npz", images, labels)
         files[f"grid {name}"] = write_grid(out_dir / "grids" / f"{name}.png", images, labels, s.unet.num_classes)

@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.checkpoints import load_model, read_config_json
+from guided_diffusion.checkpoints import read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
 from guided_diffusion.errors import UserError
-from guided_diffusion.performance import optimize_model
 from guided_diffusion.presets import PRESETS, Preset, get_preset, parse_flag_string
 from guided_diffusion.sampling.fetch import fetch
-from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw, to_numpy_uint8
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.job import SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job
+from guided_diffusion.sampling.runner import draw_samples, guidance_for, load_network
 
 __all__ = ["Pipeline", "load_pipeline"]
 
@@ -43,19 +42,26 @@ class Pipeline:
         *,
         device: torch.device,
         classifier: torch.nn.Module | None = None,
+        classifier_config: ClassifierConfig | None = None,
         classifier_scale: float = 1.0,
         default_respacing: str = "",
-        autocast_dtype: torch.dtype | None = None,
+        bf16: bool = False,
+        channels_last: bool = False,
+        model_path: str = "",
+        classifier_path: str = "",
     ):
         self.model = model
         self.model_config = model_config
         self.diffusion_config = diffusion_config
         self.device = device
         self.classifier = classifier
+        self.classifier_config = classifier_config
         self.classifier_scale = classifier_scale
         self.default_respacing = default_respacing
-        self.autocast_dtype = autocast_dtype
-        self._diffusions: dict[str, Any] = {}
+        self.bf16 = bf16
+        self.channels_last = channels_last
+        self.model_path = model_path
+        self.classifier_path = classifier_path
 
     @property
     def is_upsampler(self) -> bool:
@@ -65,15 +71,6 @@ class Pipeline:
     def image_size(self) -> int:
         cfg = self.model_config
         return cfg.large_size if isinstance(cfg, SuperResConfig) else cfg.image_size
-
-    def diffusion(self, steps: int | str | None = None) -> Any:
-        """The diffusion respaced to `steps` (an int, or a --timestep_respacing string; None = default)."""
-        if isinstance(steps, int) and steps < 2:
-            raise UserError(f"steps must be at least 2, got {steps}")
-        respacing = self.default_respacing if steps is None else str(steps)
-        if respacing not in self._diffusions:
-            self._diffusions[respacing] = self.diffusion_config.replace(timestep_respacing=respacing).build()
-        return self._diffusions[respacing]
 
     def sample(
         self,
@@ -92,18 +89,26 @@ class Pipeline:
         start_index: int = 0,
         progress: bool = False,
         return_labels: bool = False,
+        **solver_options: Any,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
         """Draw samples start_index .. start_index + n - 1 of run `seed` as uint8 [n, H, W, 3].
 
         classes: one class for all, a list cycled over the samples, or None for random classes (needed
         by class-conditional models and classifier guidance). guidance_scale: classifier scale (default:
         the preset's; 0 turns the classifier off). cfg_scale: classifier-free guidance (1 = off).
-        sampler: "ddpm", "ddim" or "dpm++2m"; steps: number of steps (or a respacing string).
+        sampler: a name in SAMPLERS; steps: number of steps on the sampler's step grid (or a
+        --timestep_respacing string such as "ddim25"); None = the preset's recipe. solver_options: the
+        other SamplerSettings fields (step_grid, sigma_min, sigma_max, s_churn, ..., guidance_interval).
+        Bad values raise ValueError naming the option.
         """
         if self.is_upsampler:
             raise UserError("this pipeline is an upsampler: call pipe.upsample(low_res_images) instead")
-        return self._run(n, None, classes, guidance_scale, cfg_scale, sampler, steps, seed, eta, dynamic_threshold,
-                         clip_denoised, batch_size, start_index, progress, return_labels)
+        job = self.job(n, classes=classes, guidance_scale=guidance_scale, cfg_scale=cfg_scale, sampler=sampler,
+                       steps=steps, seed=seed, eta=eta, dynamic_threshold=dynamic_threshold,
+                       clip_denoised=clip_denoised, batch_size=batch_size, start_index=start_index, progress=progress,
+                       **solver_options)
+        images, labels = self._draw(job)
+        return (images, labels) if return_labels else images
 
     def upsample(
         self,
@@ -119,60 +124,50 @@ class Pipeline:
         clip_denoised: bool = True,
         batch_size: int = 16,
         progress: bool = False,
+        **solver_options: Any,
     ) -> np.ndarray:
         """Upsample uint8 [n, small, small, 3] images to uint8 [n, large, large, 3], in order."""
         if not self.is_upsampler:
             raise UserError("this pipeline is not an upsampler: call pipe.sample(n) instead")
-        if self.model_config.class_cond and classes is None:
-            raise UserError("this upsampler is class-conditional: pass classes= (one class, or one per image)")
-        small = self.model_config.small_size
-        if low_res.dtype != np.uint8 or low_res.ndim != 4 or low_res.shape[1:] != (small, small, 3):
-            raise UserError(f"low_res must be uint8 [n, {small}, {small}, 3], got {low_res.dtype} {low_res.shape}")
-        return self._run(len(low_res), low_res, classes, None, cfg_scale, sampler, steps, seed, eta,
-                         dynamic_threshold, clip_denoised, batch_size, 0, progress, False)
+        check_low_res(low_res, self.model_config.small_size)
+        if isinstance(classes, (int, np.integer)):
+            classes = [int(classes)] * len(low_res)
+        job = self.job(len(low_res), classes=classes, guidance_scale=0.0, cfg_scale=cfg_scale, sampler=sampler,
+                       steps=steps, seed=seed, eta=eta, dynamic_threshold=dynamic_threshold,
+                       clip_denoised=clip_denoised, batch_size=batch_size, progress=progress,
+                       low_res_digest=array_digest(low_res), **solver_options)
+        return self._draw(job, low_res)[0]
 
-    def _run(self, n, low_res, classes, guidance_scale, cfg_scale, sampler, steps, seed, eta, dynamic_threshold,
-             clip_denoised, batch_size, start_index, progress, return_labels):
-        if n < 1 or batch_size < 1:
-            raise UserError("n and batch_size must be at least 1")
-        cfg = self.model_config
+    def job(self, n: int, *, classes: int | Sequence[int] | None = None, guidance_scale: float | None = None,
+            steps: int | str | None = 25, **options: Any) -> SamplingJob:
+        """The SamplingJob that `sample(n, ...)` runs (the command line builds the same one from its flags)."""
         scale = self.classifier_scale if guidance_scale is None else float(guidance_scale)
         if guidance_scale and self.classifier is None:
             raise UserError("guidance_scale needs a classifier: load_pipeline(..., classifier='auto' or a path)")
-        null_label = cfg.num_classes if cfg.class_dropout_prob > 0 else None
-        if cfg_scale != 1.0 and (not cfg.class_cond or null_label is None):
-            raise UserError("cfg_scale needs a class-conditional model trained with label dropout (class_dropout_prob > 0)")
-        model_fn = GuidedModel(self.model, class_cond=cfg.class_cond, cfg_scale=cfg_scale, null_label=null_label,
-                               autocast_dtype=self.autocast_dtype)
-        guided = self.classifier is not None and scale != 0
-        cond_fn = classifier_cond_fn(self.classifier, scale, autocast_dtype=self.autocast_dtype) if guided else None
-        fixed = [int(classes)] if isinstance(classes, (int, np.integer)) else (list(classes) if classes is not None else None)
-        if fixed is not None and not (cfg.class_cond or guided):
-            raise UserError("classes need a class-conditional model or a classifier")
-        if fixed is not None and any(not 0 <= c < cfg.num_classes for c in fixed):
-            raise UserError(f"classes must be in 0..{cfg.num_classes - 1}")
-        settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised,
-                                   dynamic_threshold=dynamic_threshold, progress=progress)
-        diffusion = self.diffusion(steps)
-        images, labels = [], []
-        for start in range(start_index, start_index + n, batch_size):
-            indices = list(range(start, min(start + batch_size, start_index + n)))
-            batch_labels = None
-            if cfg.class_cond or guided:
-                batch_labels = class_labels_for(indices, seed, cfg.num_classes, fixed)
-            kwargs = {}
-            if low_res is not None:
-                chunk = torch.from_numpy(low_res[[i - start_index for i in indices]]).to(self.device)
-                kwargs["low_res"] = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1
-            x = draw(model_fn, diffusion, indices=indices, seed=seed, image_shape=(3, self.image_size, self.image_size),
-                     device=self.device, settings=settings, labels=batch_labels, cond_fn=cond_fn, model_kwargs=kwargs)
-            images.append(to_numpy_uint8(x))
-            if batch_labels is not None:
-                labels.append(batch_labels)
-        out = np.concatenate(images)
-        if return_labels:
-            return out, (np.concatenate(labels) if labels else None)
-        return out
+        if isinstance(classes, (int, np.integer)):
+            classes = [int(classes)]
+        respacing = self.default_respacing if steps is None else steps if isinstance(steps, str) else None
+        job_fields = {k: options.pop(k) for k in list(options) if k in _JOB_FIELDS}
+        settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS_ARGS}
+        return sampling_job(
+            model=self.model_config, diffusion=self.diffusion_config.replace(timestep_respacing=""),
+            num_samples=n, steps=steps if isinstance(steps, int) else None, timestep_respacing=respacing,
+            classifier=self.classifier_config if self.classifier is not None else None,
+            classifier_scale=scale if self.classifier is not None else 0.0,
+            class_labels=tuple(int(c) for c in classes) if classes is not None else None,
+            bf16=self.bf16, channels_last=self.channels_last, model_path=self.model_path,
+            classifier_path=self.classifier_path, solver_options=options, **settings, **job_fields,
+        )
+
+    def _draw(self, job: SamplingJob, low_res: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        model_fn, cond_fn = guidance_for(job, self.model, self.classifier)
+        result = draw_samples(job, model_fn, cond_fn, self.device, low_res=low_res, split_over_ranks=False)
+        assert result is not None  # not split over ranks: every process gets its samples
+        return result
+
+
+_SETTINGS_ARGS = {"seed", "sampler", "eta", "dynamic_threshold", "clip_denoised", "progress"}
+_JOB_FIELDS = {"cfg_scale", "batch_size", "start_index", "low_res_digest"}
 
 
 def _is_preset_name(name: str) -> bool:
@@ -199,20 +194,15 @@ def _configs_for(source: str, flags: dict[str, Any]) -> tuple[Any, DiffusionConf
     raise UserError(f"no config saved with {source}: pass flags='--image_size 64 ...' (the flags it was trained with)")
 
 
-def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16: bool | None, progress: bool,
-                  channels_last: bool = False):
+def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16: bool | None, bf16: bool,
+                  progress: bool, channels_last: bool = False):
     network_config, diffusion_config, preset = _configs_for(source, flags)
     path = fetch(preset, progress=progress) if preset is not None else Path(source)
     use_fp16_flag = "classifier_use_fp16" if isinstance(network_config, ClassifierConfig) else "use_fp16"
-    want_fp16 = getattr(network_config, use_fp16_flag) if fp16 is None else fp16
-    want_fp16 = bool(want_fp16) and device.type == "cuda"  # fp16 weights only make sense on a GPU
-    network_config = network_config.replace(**{use_fp16_flag: want_fp16})
-    network = network_config.build()
-    load_model(path, model=network, flags=network_config.to_dict())
-    network.to(device)
-    if want_fp16:
-        network.convert_to_fp16()
-    return optimize_model(network.eval(), channels_last=channels_last), network_config, diffusion_config, preset
+    requested = getattr(network_config, use_fp16_flag) if fp16 is None else fp16
+    network_config = network_config.replace(**{use_fp16_flag: fp16_runs_on(device, requested, bf16=bf16)})
+    network = load_network(network_config, path, device, channels_last=channels_last)
+    return network, network_config, diffusion_config, preset, str(path)
 
 
 def load_pipeline(
@@ -238,12 +228,12 @@ def load_pipeline(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = os.fspath(preset_or_path)
     model_flags = parse_flag_string(flags) if isinstance(flags, str) else dict(flags or {})
-    fp16 = False if bf16 else use_fp16
-    model, model_config, diffusion_config, preset = _load_network(source, model_flags, device, fp16, progress, channels_last)
+    model, model_config, diffusion_config, preset, model_path = _load_network(
+        source, model_flags, device, use_fp16, bf16, progress, channels_last)
     if isinstance(model_config, ClassifierConfig):
         raise UserError(f"{source} is a classifier; pass it as classifier=, with a diffusion model first")
 
-    classifier_net, scale = None, 1.0
+    classifier_net, cls_config, classifier_path, scale = None, None, "", 1.0
     if classifier is not None:
         classifier_source = os.fspath(classifier)
         if classifier_source == "auto":
@@ -251,11 +241,12 @@ def load_pipeline(
                 raise UserError("classifier='auto' needs a diffusion preset that has a README classifier")
             classifier_source, scale = preset.classifier, preset.classifier_scale
         cls_flags = parse_flag_string(classifier_flags) if isinstance(classifier_flags, str) else dict(classifier_flags or {})
-        classifier_net, cls_config, _, _ = _load_network(classifier_source, cls_flags, device, fp16, progress, channels_last)
+        classifier_net, cls_config, _, _, classifier_path = _load_network(
+            classifier_source, cls_flags, device, use_fp16, bf16, progress, channels_last)
         if not isinstance(cls_config, ClassifierConfig):
             raise UserError(f"{classifier_source} is not a classifier checkpoint")
     return Pipeline(
-        model, model_config, diffusion_config, device=device, classifier=classifier_net, classifier_scale=scale,
-        default_respacing=preset.timestep_respacing if preset is not None else "",
-        autocast_dtype=torch.bfloat16 if bf16 else None,
+        model, model_config, diffusion_config, device=device, classifier=classifier_net, classifier_config=cls_config,
+        classifier_scale=scale, default_respacing=preset.timestep_respacing if preset is not None else "",
+        bf16=bf16, channels_last=channels_last, model_path=model_path, classifier_path=classifier_path,
     )

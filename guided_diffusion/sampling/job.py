@@ -1,0 +1,269 @@
+"""A sampling job: everything that decides which images a run draws, resolved once and frozen.
+
+The command line, the Python API and the demo all describe their work as a `SamplingJob` and hand it to
+`guided_diffusion.sampling.runner`, so a check on the options lives here and nowhere else. Checks raise
+`JobError`, a ValueError in library terms that carries the name of the option (`job.option`), which the
+command line turns into the flag it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
+from guided_diffusion.errors import UserError
+from guided_diffusion.sampling.generate import SamplerSettings
+from guided_diffusion.sampling.guidance import GuidedModel, dynamic_threshold
+
+__all__ = ["JobError", "SamplingJob", "sampling_job", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
+
+JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
+
+
+class JobError(ValueError):
+    """An option value that cannot work; `option` is its name (a SamplingJob or SamplerSettings field)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def settings_option(message: str) -> str | None:
+    """The SamplerSettings field a ValueError message is about (the first field name it mentions)."""
+    words = set(message.replace("=", " ").replace(",", " ").replace(":", " ").split())
+    for field in dataclasses.fields(SamplerSettings):
+        if field.name in words:
+            return field.name
+    return None
+
+
+def fp16_runs_on(device: torch.device, requested: bool, *, bf16: bool) -> bool:
+    """Whether fp16 weights are used: only on a GPU, and never together with bf16 autocast."""
+    return bool(requested) and not bf16 and device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class SamplingJob:
+    """What to draw: samples start_index .. start_index + num_samples - 1 of run `seed`.
+
+    model / diffusion / classifier: the networks' configs (fp16 already resolved for the device);
+    classifier_scale: classifier guidance (0 = off, the classifier is then not run); cfg_scale:
+    classifier-free guidance (1 = off); class_labels: fixed labels cycled over the samples (sample i
+    gets class_labels[i % len]), None = uniformly random per sample; bf16: bfloat16 autocast.
+    """
+
+    model: ModelConfig
+    diffusion: DiffusionConfig
+    settings: SamplerSettings
+    seed: int
+    num_samples: int
+    batch_size: int = 16
+    classifier: ClassifierConfig | None = None
+    classifier_scale: float = 0.0
+    cfg_scale: float = 1.0
+    class_labels: tuple[int, ...] | None = None
+    start_index: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    model_path: str = ""
+    classifier_path: str = ""
+    low_res_digest: str | None = None  # sha256 of an upsampler's low-resolution inputs
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise JobError(name, f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.start_index < 0:
+            raise JobError("start_index", f"start_index must be >= 0, got {self.start_index}")
+        if self.seed < 0:
+            raise JobError("seed", f"seed must be >= 0, got {self.seed}")
+        for name in ("classifier_scale", "cfg_scale"):
+            if not math.isfinite(getattr(self, name)):
+                raise JobError(name, f"{name} must be a finite number, got {getattr(self, name)}")
+        if not math.isfinite(self.settings.eta):
+            raise JobError("eta", f"eta must be a finite number, got {self.settings.eta}")
+        if self.settings.eta < 0:
+            raise JobError("eta", f"eta must be >= 0, got {self.settings.eta}")
+        if self.settings.eta and self.settings.sampler != "ddim":
+            raise JobError("eta", f"eta only applies to the ddim sampler (the sampler is {self.settings.sampler})")
+        if self.settings.dynamic_threshold is not None:
+            try:
+                dynamic_threshold(self.settings.dynamic_threshold)
+            except ValueError as exc:
+                raise JobError("dynamic_threshold", str(exc)) from None
+        try:  # the one copy of the classifier-free-guidance rule is GuidedModel's
+            GuidedModel(torch.nn.Identity(), class_cond=self.model.class_cond, cfg_scale=self.cfg_scale,
+                        null_label=self.null_label)
+        except ValueError:
+            raise JobError("cfg_scale", f"cfg_scale {self.cfg_scale} needs a class-conditional model trained with "
+                           "label dropout (class_dropout_prob > 0, which gives it a null label); this model has none") from None
+        if self.class_labels is not None:
+            if not self.class_labels:
+                raise JobError("class_labels", "class_labels is empty")
+            bad = [c for c in self.class_labels if not 0 <= c < self.model.num_classes]
+            if bad:
+                raise JobError("class_labels", f"classes must be in 0..{self.model.num_classes - 1}, got {bad[0]}")
+            if not self.with_labels:
+                raise JobError("class_labels", "class labels need a class-conditional model or a classifier")
+        if self.is_upsampler and self.model.class_cond and self.class_labels is None:
+            raise JobError("class_labels", "this upsampler is class-conditional: it needs the class of every image")
+        self.build_diffusion()  # a respacing the schedule cannot take fails here, before any network is loaded
+
+    # -- derived facts -------------------------------------------------------------------------------
+
+    @property
+    def is_upsampler(self) -> bool:
+        return isinstance(self.model, SuperResConfig)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.large_size if isinstance(self.model, SuperResConfig) else self.model.image_size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" of a model trained with label dropout."""
+        return self.model.num_classes if self.model.class_cond and self.model.class_dropout_prob > 0 else None
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier guidance runs (a classifier and a non-zero scale)."""
+        return self.classifier is not None and self.classifier_scale != 0
+
+    @property
+    def with_labels(self) -> bool:
+        """Whether samples have classes: a class-conditional model, or a classifier to guide towards them."""
+        return self.model.class_cond or self.classifier is not None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.bf16 else None
+
+    @property
+    def output_name(self) -> str:
+        """The original scripts' file name for this job's npz."""
+        return f"samples_{self.num_samples}x{self.image_size}x{self.image_size}x3.npz"
+
+    def batches(self) -> list[list[int]]:
+        """The sample indices of each batch, in order (the same batches whatever the number of ranks)."""
+        end = self.start_index + self.num_samples
+        return [list(range(s, min(s + self.batch_size, end))) for s in range(self.start_index, end, self.batch_size)]
+
+    def build_diffusion(self) -> Any:
+        """The diffusion the sampler walks (respaced only for `timestep_respacing`; with settings.steps the
+        samplers build their own grid from the un-respaced process)."""
+        try:
+            return self.diffusion.build()
+        except UserError:
+            raise  # already says which flag to fix
+        except ValueError as exc:
+            raise JobError("timestep_respacing", f"timestep_respacing {self.diffusion.timestep_respacing!r}: {exc}") from None
+
+    # -- identity for resuming -----------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides the drawn arrays, JSON-able (progress bars and paths' spelling excluded;
+        the checkpoints count by resolved path and size)."""
+        settings = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "progress"}
+        values: dict[str, Any] = {
+            "format": JOB_FORMAT,
+            "model": {"kind": type(self.model).kind, **self.model.to_dict()},
+            "diffusion": self.diffusion.to_dict(),
+            "classifier": self.classifier.to_dict() if self.classifier is not None else None,
+            "settings": settings,
+        }
+        for field in dataclasses.fields(self):
+            if field.name not in values and field.name not in ("model_path", "classifier_path"):
+                values[field.name] = getattr(self, field.name)
+        for name in ("model_path", "classifier_path"):
+            values[name] = _file_identity(getattr(self, name))
+        return json.loads(json.dumps(values, default=_jsonable))
+
+    def fingerprint_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sampling_job(
+    *,
+    model: ModelConfig,
+    diffusion: DiffusionConfig,
+    seed: int,
+    num_samples: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    timestep_respacing: str | None = None,
+    eta: float = 0.0,
+    dynamic_threshold: float | None = None,
+    clip_denoised: bool = True,
+    progress: bool = False,
+    solver_options: dict[str, Any] | None = None,
+    **job_fields: Any,
+) -> SamplingJob:
+    """The one way options become a `SamplingJob` (the command line, the Python API and the demo all call it).
+
+    steps: a grid of that many steps on the un-respaced diffusion; timestep_respacing: the original
+    respacing string (None keeps the diffusion config's own); solver_options: further SamplerSettings
+    fields (step_grid, sigma_min, s_churn, guidance_interval, ...). Other keywords are SamplingJob fields.
+    Raises JobError naming the option at fault.
+    """
+    if steps is not None and steps < 2:
+        raise JobError("steps", f"steps must be >= 2, got {steps}")
+    if timestep_respacing is not None:
+        diffusion = diffusion.replace(timestep_respacing=timestep_respacing)
+    if steps is not None and diffusion.timestep_respacing:
+        raise JobError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
+                       "choose the steps; give only one")
+    if steps is not None:
+        diffusion = diffusion.replace(timestep_respacing=str(steps))
+    try:
+        settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised,
+                                   dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
+    except ValueError as exc:
+        raise JobError(settings_option(str(exc)) or "sampler", str(exc)) from None
+    return SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
+                       **job_fields)
+
+
+def array_digest(array: np.ndarray) -> str:
+    """A short sha256 of an array's shape, dtype and bytes."""
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _file_identity(path: str) -> list[Any] | None:
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    return [str(resolved), resolved.stat().st_size if resolved.is_file() else None]
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value)  # e.g. a torch dtype
+
+
+def check_low_res(images: np.ndarray, small_size: int) -> None:
+    """Low-resolution inputs of an upsampler must be uint8 [n, small, small, 3] with n >= 1."""
+    expected = (small_size, small_size, 3)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
+        raise JobError("low_res", f"low-resolution images are {images.dtype} {images.shape}, expected uint8 "
+                       f"N x {'x'.join(map(str, expected))} for small_size {small_size}")
+
+
+def low_res_input(images: np.ndarray, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The upsampler's `low_res` input for samples `indices`: image i % len(images), as float NCHW in [-1, 1]
+    (cycling when more samples than images are asked for, as the original does)."""
+    chosen = images[[i % len(images) for i in indices]]
+    return torch.from_numpy(chosen).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
