@@ -401,9 +401,29 @@ def _unet_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
     if ckpt.get("use_scale_shift_norm") != mine.get("use_scale_shift_norm"):
         out.append(f"use --use_scale_shift_norm {ckpt.get('use_scale_shift_norm')}")
     if not out and ckpt["attention_ds"] != mine["attention_ds"] and image_size:
+        size = _size_that_places_attention(ckpt["attention_ds"], mine["attention_ds"], image_size)
         res = ",".join(str(image_size // ds) for ds in sorted(ckpt["attention_ds"], reverse=True))
-        out.append(f"checkpoint has attention at resolutions {res or 'none'}: use --attention_resolutions {res}")
+        if size is not None:
+            # The same --attention_resolutions at another image size moves attention by the same factor
+            # at every level: the likelier mistake is the size.
+            out.append(f"checkpoint was trained at another image size: its attention layers sit where --image_size {size} "
+                       f"puts them, so use --image_size {size} (the flags give {image_size})")
+        else:
+            out.append(f"checkpoint has attention at resolutions {res or 'none'}: use --attention_resolutions {res}")
     return out
+
+
+def _size_that_places_attention(ckpt_ds: set, mine_ds: set, image_size: int) -> int | None:
+    """The image size at which the flags' attention resolutions land on the checkpoint's attention
+    levels (every downsample factor scaled by one power of two), or None."""
+    if not ckpt_ds or len(ckpt_ds) != len(mine_ds):
+        return None
+    ratios = {c / m for c, m in zip(sorted(ckpt_ds), sorted(mine_ds))}
+    if len(ratios) != 1:
+        return None
+    ratio = ratios.pop()
+    size = image_size * ratio
+    return int(size) if ratio != 1 and size.is_integer() and size >= 1 else None
 
 
 def _classifier_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:

@@ -85,7 +85,8 @@ def _classifier_train_defaults() -> dict:
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The flag parser of training subcommand `name`."""
     defaults = {"image_train": _image_train_defaults, "super_res_train": _super_res_train_defaults, "classifier_train": _classifier_train_defaults}[name]()
-    parser = argparse.ArgumentParser(prog=f"guided-diffusion {name}", description=__doc__.split("\n")[0])
+    # allow_abbrev=False: `--iteration 5` is a typo to report, not silently --iterations.
+    parser = argparse.ArgumentParser(prog=f"guided-diffusion {name}", description=__doc__.split("\n")[0], allow_abbrev=False)
     add_dict_to_argparser(parser, defaults)
     extra = {key: value for key, (value, _) in NEW_FLAGS.items() if key not in defaults}
     if name == "classifier_train":
@@ -104,8 +105,10 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 def _run(name: str, kind: str, argv: list[str]) -> int:
     args = build_parser(name).parse_args(argv)
     from guided_diffusion.training.run import train_from_flags  # noqa: PLC0415 - keep --help fast
+    from guided_diffusion.training.rundir import tolerant_console  # noqa: PLC0415
 
-    return train_from_flags(args, kind)
+    with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
+        return train_from_flags(args, kind)
 
 
 def image_train(argv: list[str]) -> int:

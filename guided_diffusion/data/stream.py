@@ -9,6 +9,7 @@ can be restarted at any step without reading the skipped images.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,17 @@ class StreamSpec:
     seed: int = 0
 
 
+def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn signature
+    """Make a data-loader worker ignore SIGINT and SIGTERM.
+
+    `timeout`, SLURM, Kubernetes and Ctrl-C signal the whole process group; the main process owns the
+    shutdown (finish the step, save, stop) and ends the workers itself, so a worker that died first
+    would only turn a clean save into a crash.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def default_num_workers() -> int:
     """A few workers per rank, bounded by the CPUs this process may use."""
     try:
@@ -179,6 +191,7 @@ class ImageStream:
             collate_fn=collate_samples,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers > 0 else None,
+            worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None,
             # Its own generator: creating an iterator must not consume draws of the global one,
             # or a resumed run's dropout would diverge from an uninterrupted run's.
             generator=torch.Generator().manual_seed(mix_seed(self.spec.seed, self.rank, self.position)),

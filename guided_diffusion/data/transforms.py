@@ -53,9 +53,20 @@ def to_model_input(arr: np.ndarray) -> np.ndarray:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file fully (first frame of animations) as RGB."""
+    """Open an image file fully (first frame of animations) as RGB.
+
+    16-bit images (modes I;16*, and I holding values above 255) are scaled to 8 bits, v8 =
+    round(v16 / 257) so 65535 maps to 255; PIL's own conversion would clip every value above 255 to
+    white.
+    """
     with Image.open(path) as image:
         image.load()
+        if image.mode.startswith("I;16") or image.mode == "I":
+            values = np.asarray(image, dtype=np.float64)
+            if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+                values = values / 257.0
+            gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+            return Image.fromarray(gray).convert("RGB")
         return image.convert("RGB")
 
 

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from guided_diffusion import dist_util
-from guided_diffusion.checkpoints import load_state_dict
+from guided_diffusion.checkpoints import load_state_dict, read_tensor_file
 from guided_diffusion.errors import UserError
 from guided_diffusion.atomic import atomic_torch_save, file_digest
 
@@ -208,15 +207,18 @@ def resolve_resume_point(resume: str, run_dir: str | os.PathLike | None, log=pri
 def load_resume_files(point: ResumePoint, device: torch.device) -> tuple[dict, dict | None, dict[str, dict]]:
     """(model state, optimizer state or None, {rate: EMA state}) of `point`, read by this rank alone."""
     model_state = load_state_dict(point.model, map_location="cpu")
-    opt_state = dist_util.load_state_dict(point.opt, map_location=device) if point.opt is not None else None
+    opt_state = read_tensor_file(point.opt, map_location=device) if point.opt is not None else None
+    if opt_state is not None and not isinstance(opt_state, dict):
+        raise UserError(f"{point.opt} holds a {type(opt_state).__name__}, not an optimizer state dict: delete it to start the optimizer fresh")
     emas = {rate: load_state_dict(path, map_location="cpu") for rate, path in point.emas.items() if path.is_file()}
     return model_state, opt_state, emas
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int, protect: set[int] = frozenset()) -> list[int]:
-    """Delete complete checkpoint sets beyond the `keep_last` newest (none when keep_last <= 0);
-    returns the steps removed. Files are removed state file first, so a crash mid-way leaves an
-    incomplete set that resume skips."""
+    """Delete checkpoint sets beyond the `keep_last` newest (none when keep_last <= 0); returns the
+    steps removed. A set's state file is removed last: a kill mid-way leaves the state file, which
+    marks the set incomplete (resume skips it) and keeps it counted, so the next prune finishes the
+    job and no file is ever orphaned."""
     if keep_last <= 0:
         return []
     directory = Path(directory)
@@ -225,10 +227,10 @@ def prune_checkpoints(directory: str | os.PathLike, keep_last: int, protect: set
     for step in steps[keep_last:]:
         if step in protect:
             continue
-        (directory / state_name(step)).unlink(missing_ok=True)
         for entry in list(directory.iterdir()):
             if parse_resume_step_from_filename(entry.name) == step and entry.name != state_name(step) and _belongs_to_set(entry.name):
                 entry.unlink(missing_ok=True)
+        (directory / state_name(step)).unlink(missing_ok=True)
         removed.append(step)
     return removed
 

@@ -2,6 +2,7 @@
 point, seed, network, data, trainer."""
 from __future__ import annotations
 
+import math
 import os
 import random
 from argparse import Namespace
@@ -12,7 +13,15 @@ import torch.distributed as dist
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import read_config_json, write_config_json
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
+from guided_diffusion.config import (
+    SR_CHANNEL_MULT_BY_SIZE,
+    ClassifierConfig,
+    DiffusionConfig,
+    ModelConfig,
+    SuperResConfig,
+    config_to_dict,
+    parse_channel_mult,
+)
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
 from guided_diffusion.errors import UserError
@@ -21,6 +30,7 @@ from guided_diffusion.training import checkpointing
 from guided_diffusion.training.classifier import ClassifierTrainer
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
 from guided_diffusion.training.rng import seed_everything
+from guided_diffusion.training.rundir import RunDirLock
 from guided_diffusion.training.samplers import create_named_schedule_sampler
 
 KINDS = ("image", "superres", "classifier")
@@ -30,9 +40,12 @@ def train_from_flags(args: Namespace, kind: str) -> int:
     """Run the training job described by `args` (see `guided_diffusion.cli.train`)."""
     created_group = not dist_util.is_initialized()
     dist_util.setup_dist()
+    held: list[RunDirLock] = []  # the run directory's lock, released however the run ends
     try:
-        _train(args, kind)
+        _train(args, kind, held)
     finally:
+        for lock in held:
+            lock.release()
         if created_group:
             dist_util.teardown_dist()
     return 0
@@ -59,6 +72,43 @@ def _validate(args: Namespace, kind: str) -> None:
         raise UserError("--class_dropout_prob needs --class_cond True (it drops class labels for classifier-free guidance)")
     if args.grad_clip < 0:
         raise UserError(f"--grad_clip must be 0 (off) or positive (got {args.grad_clip})")
+    _validate_numbers(args, kind)
+
+
+def _validate_numbers(args: Namespace, kind: str) -> None:
+    """Values that would otherwise run forever, diverge silently or fail deep inside the network."""
+    if args.iterations < 0:
+        raise UserError(f"--iterations must be 0 (stop at --lr_anneal_steps, or never) or a positive step count (got {args.iterations})")
+    if getattr(args, "lr_anneal_steps", 0) < 0:
+        raise UserError(f"--lr_anneal_steps must be 0 (off) or positive (got {args.lr_anneal_steps})")
+    for name in ("lr", "weight_decay"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--{name} must be a finite number >= 0 (got {value})")
+    if kind != "classifier":
+        text = str(args.ema_rate).strip()
+        try:
+            rates = [float(part) for part in text.split(",")] if text else []
+        except ValueError:
+            raise UserError(f"--ema_rate {args.ema_rate!r} is not a comma list of numbers: use e.g. 0.9999 or 0.9999,0.999") from None
+        for rate in rates:
+            if not 0.0 < rate < 1.0:
+                raise UserError(f"--ema_rate {args.ema_rate}: every rate must lie strictly between 0 and 1 (e.g. 0.9999), got {rate}")
+    size_flag, size = ("--large_size", args.large_size) if kind == "superres" else ("--image_size", args.image_size)
+    if size < 1:
+        raise UserError(f"{size_flag} must be positive (got {size})")
+    mult_flag = "--classifier_channel_mult" if kind == "classifier" else "--channel_mult"
+    mult_text = args.classifier_channel_mult if kind == "classifier" else args.channel_mult
+    if kind == "superres":
+        mult = parse_channel_mult(mult_text, size, presets=SR_CHANNEL_MULT_BY_SIZE, flag=mult_flag)
+    else:
+        mult = parse_channel_mult(mult_text, size, flag=mult_flag)
+    halvings = len(mult) - 1
+    if size % (2**halvings):
+        raise UserError(
+            f"{size_flag} {size} cannot be halved {halvings} times ({mult_flag} {','.join(str(m) for m in mult)} has "
+            f"{len(mult)} levels): use a multiple of {2**halvings} for {size_flag}, or fewer levels in {mult_flag}"
+        )
 
 
 def _uses_fp16(args: Namespace, kind: str) -> bool:
@@ -116,13 +166,41 @@ def _check_class_count(class_map: ClassMap | None, num_classes: int, flag: str =
         raise UserError(f"the data has {len(class_map.names)} classes but the model has {num_classes} outputs: pass {flag} {len(class_map.names)}")
 
 
-def _train(args: Namespace, kind: str) -> None:
+def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
+    """Check the run directory can be written and lock it for the run's life (rank 0 holds the lock),
+    before anything is written there: a second trainer on a live directory stops here in one line."""
+    directory = args.log_dir or os.environ.get("OPENAI_LOGDIR")
+    if not directory:
+        return  # a fresh temporary directory: nobody else uses it
+    message = None
+    if dist_util.get_rank() == 0:
+        flag = "--log_dir" if args.log_dir else "OPENAI_LOGDIR"
+        try:
+            held.append(RunDirLock(directory).acquire())
+        except UserError as exc:
+            message = str(exc)
+        except OSError as exc:  # a file in the way, a parent that is a file, no permission
+            message = f"{flag} {directory} cannot be used as a run directory ({exc.strerror or exc}): pass a writable folder"
+    if dist_util.get_world_size() > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise UserError(message)
+
+
+def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> None:
     if kind not in KINDS:
         raise ValueError(kind)
     _validate(args, kind)
     rank = dist_util.get_rank()
+    _claim_run_dir(args, held if held is not None else [])
     logger.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
     run_dir = Path(logger.get_dir())
+    for lock in held or []:
+        if lock.previous_holder:
+            logger.log(f"took over the lock of a run that ended without releasing it (pid {lock.previous_holder.get('pid')}, "
+                       f"started {lock.previous_holder.get('started')}; that process is gone)")
     point = checkpointing.resolve_resume_point(args.resume or args.resume_checkpoint, run_dir, log=logger.log)
     seed = _choose_seed(args, point)
     logger.log(f"seed {seed}; {dist_util.get_world_size()} rank(s) on {dist_util.dev()}; run directory {run_dir}")
