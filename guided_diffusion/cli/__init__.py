@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "image_train": ("guided_diffusion.cli.train", "image_train", "train a diffusion model on an image folder"),
     "classifier_train": ("guided_diffusion.cli.train", "classifier_train", "train a noisy classifier for guidance"),
     "super_res_train": ("guided_diffusion.cli.train", "super_res_train", "train a super-resolution diffusion model"),
+    "report": ("guided_diffusion.cli.report", "main", "report.md and plots (loss, lr, samples, FID over time) of a training run"),
     "evaluate": ("guided_diffusion.cli.evaluate", "main", "FID, sFID, IS, precision and recall of two npz batches"),
     "demo": ("guided_diffusion.cli.demo", "main", "train, guide, sample and evaluate on scikit-learn digits (CPU, minutes)"),
 }

@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="images of REF kept in --save_stats for precision/recall (default 10000, seeded random)")
     parser.add_argument("--inception_weights", type=Path,
                         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: download once into the cache)")
+    parser.add_argument("--features", default="inception",
+                        help="feature space: inception (default, the published metric) or classifier:PATH, the penultimate "
+                             "features of one of this package's classifier checkpoints at t=0 (works offline; numbers are "
+                             "not comparable with published FIDs)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per Inception forward (default 64)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--fid_method", choices=("sqrtm", "eigh"), default="sqrtm",
@@ -54,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
 
-    from guided_diffusion.evaluation import InceptionFeatureExtractor, evaluate, resolve_device, save_reference_batch
+    from guided_diffusion.evaluation import evaluate, resolve_device, save_reference_batch
+    from guided_diffusion.evaluation.features import feature_extractor_from_spec, parse_feature_spec
 
+    try:
+        parse_feature_spec(args.features)
+    except ValueError as exc:
+        raise UserError(f"--features: {exc}") from None
     device = resolve_device(args.device)  # check before a possible weights download
     progress = not args.no_progress
-    extractor = InceptionFeatureExtractor.from_weights(
-        args.inception_weights, device=device, batch_size=args.batch_size, progress=progress
+    extractor = feature_extractor_from_spec(
+        args.features, inception_weights=args.inception_weights, device=device, batch_size=args.batch_size, progress=progress
     )
     if args.sample_batch is None:
         save_reference_batch(args.ref_batch, args.save_stats, extractor, max_images=args.save_stats_images,
@@ -79,5 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             "ref_batch": str(args.ref_batch),
             "sample_batch": str(args.sample_batch),
             "fid_method": args.fid_method,
+            "features": args.features,
         })
     return 0

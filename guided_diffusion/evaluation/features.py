@@ -1,8 +1,9 @@
 """Feature extractors: what turns uint8 images into the vectors the metrics compare.
 
 The evaluator works with any `FeatureExtractor`; `InceptionFeatureExtractor` gives the original's
-feature space (pool_3, mixed_6/conv, IS logits). Subclass `FeatureExtractor` to evaluate in another
-space, for example a small classifier trained on your own data.
+feature space (pool_3, mixed_6/conv, IS logits); `ClassifierFeatureExtractor` the penultimate features of
+one of this package's classifier checkpoints. Subclass `FeatureExtractor` to evaluate in another space,
+for example a small classifier trained on your own data.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.inception import InceptionV3
 from guided_diffusion.evaluation.weights import load_inception_network
 
-__all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "resolve_device"]
+__all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "ClassifierFeatureExtractor", "feature_extractor_from_spec",
+           "parse_feature_spec", "resolve_device"]
 
 
 @dataclass
@@ -111,3 +113,84 @@ class InceptionFeatureExtractor(FeatureExtractor):
                 spatial=spatial.float().cpu().numpy(),
                 logits=output.logits.float().cpu().numpy(),
             )
+
+
+class ClassifierFeatureExtractor(FeatureExtractor):
+    """Penultimate features of one of this package's classifiers (`EncoderUNetModel`), run on clean
+    images at timestep 0: the activations entering the pooling head, averaged over positions for the
+    `adaptive`/`attention` pools (after the head's normalization and SiLU), or the pooled vector the
+    final linear layer sees for the `spatial` pools. Logits are its class scores. For users without
+    the Inception weights (offline, or images unlike ImageNet's): the numbers are not comparable with
+    published FIDs."""
+
+    def __init__(self, classifier: torch.nn.Module, *, image_size: int | None = None,
+                 device: str | torch.device | None = None, batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise UserError(f"--batch_size must be positive, got {batch_size}")
+        head = getattr(classifier, "out", None)
+        if not isinstance(head, torch.nn.Sequential):
+            raise UserError("classifier features need one of this package's classifiers (EncoderUNetModel)")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.classifier = classifier.eval().to(self.device)
+        self.image_size = image_size
+        # adaptive/attention: out = [norm, SiLU, pool, ...]; spatial pools: out = [Linear, ..., Linear] on the
+        # already pooled vector.
+        self._spatial_head = isinstance(head[0], torch.nn.Linear)
+        self._hook_module = head if self._spatial_head else head[1]
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, *, device: str | torch.device | None = None,
+                        batch_size: int = 64) -> "ClassifierFeatureExtractor":
+        """Load a classifier checkpoint (architecture from config.json beside it, safetensors metadata,
+        or the released preset of that name)."""
+        from guided_diffusion.checkpoints import config_for_checkpoint, load_state_dict, load_weights  # noqa: PLC0415
+        from guided_diffusion.config import ClassifierConfig  # noqa: PLC0415
+
+        state = load_state_dict(path)
+        config = config_for_checkpoint(path, state)
+        if not isinstance(config, ClassifierConfig):
+            raise UserError(f"{path} is not a classifier checkpoint (its config describes a {type(config).__name__}); "
+                            "pass a classifier_train checkpoint or a released *_classifier.pt")
+        network = load_weights(config.build(), state, source=str(path))
+        return cls(network, image_size=config.image_size, device=device, batch_size=batch_size)
+
+    def _features_hook(self, store: list[torch.Tensor]):
+        if self._spatial_head:
+            return self._hook_module.register_forward_pre_hook(lambda _m, args: store.append(args[0].flatten(1)))
+        return self._hook_module.register_forward_hook(lambda _m, _i, out: store.append(out.float().mean(dim=(2, 3))))
+
+    def extract(self, images: np.ndarray) -> Features:
+        batch = torch.from_numpy(np.asarray(images)).to(self.device)
+        x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if self.image_size is not None and x.shape[-1] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        pooled: list[torch.Tensor] = []
+        hook = self._features_hook(pooled)
+        try:
+            with torch.inference_mode():
+                logits = self.classifier(x, torch.zeros(len(x), dtype=torch.long, device=self.device))
+        finally:
+            hook.remove()
+        return Features(pool=pooled[0].double().cpu().numpy(), logits=logits.float().cpu().numpy())
+
+
+def parse_feature_spec(spec: str) -> tuple[str, str | None]:
+    """'inception' -> ("inception", None); 'classifier:PATH' -> ("classifier", PATH); else ValueError."""
+    text = spec.strip()
+    if text == "inception":
+        return "inception", None
+    if text.startswith("classifier:") and len(text) > len("classifier:"):
+        return "classifier", text[len("classifier:"):]
+    raise ValueError(f"unknown feature space {spec!r}: use inception or classifier:PATH")
+
+
+def feature_extractor_from_spec(spec: str, *, device: str | torch.device | None = None, batch_size: int = 64,
+                                inception_weights: Path | str | None = None, progress: bool = True) -> FeatureExtractor:
+    """The extractor named by `spec` (see `parse_feature_spec`)."""
+    kind, path = parse_feature_spec(spec)
+    if kind == "classifier":
+        return ClassifierFeatureExtractor.from_checkpoint(path, device=device, batch_size=batch_size)
+    return InceptionFeatureExtractor.from_weights(inception_weights, device=device, batch_size=batch_size,
+                                                  progress=progress)

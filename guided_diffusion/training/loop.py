@@ -129,6 +129,10 @@ class TrainerBase:
 
     kind = "model"
     has_ema = True
+    # Set by the run assembly when asked for (None keeps the original behaviour): a
+    # `training.monitor.TrainingMonitor` (grids, metrics, time budget) and a `training.ema.EMAWarmup`.
+    monitor: Any = None
+    ema_warmup: Any = None
 
     def __init__(
         self,
@@ -272,13 +276,15 @@ class TrainerBase:
             while total is None or self.step < total:
                 self.run_step(self.next_batch())
                 bar.update(1)
+                if self.monitor is not None:
+                    self.monitor.after_step(self, bar)
                 if self.step % self.options.log_interval == 0:
                     self.dump_logs(bar)
                 if self.step % self.options.save_interval == 0:
                     self.save()
                     if test_mode:  # DIFFUSION_TRAINING_TEST: stop after the first save, as the original
                         return
-                if self._stop_requested(stop.requested):
+                if self._stop_requested(stop.requested or (self.monitor is not None and self.monitor.out_of_time())):
                     break
             if self._last_saved_step != self.step and self.step != self.resumed_from:
                 self.save()
@@ -362,14 +368,16 @@ class TrainerBase:
     def update_ema(self) -> None:
         masters = [p.detach() for p in self.mp_trainer.master_params]
         for rate, ema in zip(self.ema_rate, self.ema_params):
-            torch._foreach_mul_(ema, rate)  # noqa: SLF001 - fused EMA: ema = rate*ema + (1-rate)*p
-            torch._foreach_add_(ema, masters, alpha=1.0 - rate)  # noqa: SLF001
+            decay = rate if self.ema_warmup is None else self.ema_warmup.decay(rate, self.step)
+            torch._foreach_mul_(ema, decay)  # noqa: SLF001 - fused EMA: ema = decay*ema + (1-decay)*p
+            torch._foreach_add_(ema, masters, alpha=1.0 - decay)  # noqa: SLF001
 
     def dump_logs(self, bar: tqdm | None = None) -> None:
         with tqdm.external_write_mode() if self.rank == 0 else nullcontext():
             values = logger.dumpkvs()
         if bar is not None and "loss" in values:
-            bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+            extra = self.monitor.bar_fields(self.step) if self.monitor is not None else {}
+            bar.set_postfix({**extra, "loss": f"{values['loss']:.4g}"}, refresh=False)
 
     # --- saving ---------------------------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""Wiring the training add-ons into a run assembled from flags: validation and `--init_from` before
+the network is built, then the monitor (grids, metrics, time budget) and the EMA warm-up on the trainer."""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from guided_diffusion.errors import UserError
+from guided_diffusion.training.ema import EMAWarmup
+from guided_diffusion.training.finetune import InitWeights, resolve_init_from
+from guided_diffusion.training.monitor import (
+    TrainingMonitor,
+    WatchOptions,
+    estimated_save_seconds,
+)
+from guided_diffusion.training.watch_flags import PROCESS_START
+
+__all__ = ["attach_watchers", "prepare_watch"]
+
+
+def prepare_watch(args: Namespace, kind: str) -> InitWeights | None:
+    """Check the add-on flags (one-line errors, nothing written yet) and resolve `--init_from`, which
+    sets the architecture flags in `args` from the checkpoint."""
+    WatchOptions.from_flags(args).validate()
+    if getattr(args, "ema_warmup", False) and getattr(args, "ema_warmup_power", 1.0) <= 0:
+        raise UserError(f"--ema_warmup_power must be positive (got {args.ema_warmup_power})")
+    return resolve_init_from(args, kind)
+
+
+def attach_watchers(trainer: Any, args: Namespace, kind: str, diffusion_config: Any) -> TrainingMonitor:
+    """Give `trainer` its monitor (always: the progress bar's time to the next save) and, with
+    --ema_warmup, the warm-up schedule. Held-out statistics are computed here, before training."""
+    if getattr(args, "ema_warmup", False):
+        trainer.ema_warmup = EMAWarmup(power=float(args.ema_warmup_power))
+    size = int(args.large_size if kind == "superres" else args.image_size)
+    num_params = sum(p.numel() for p in trainer.model.parameters())
+    monitor = TrainingMonitor(
+        WatchOptions.from_flags(args),
+        run_dir=trainer.run_dir,
+        diffusion_config=diffusion_config,
+        image_shape=(3, size, size),
+        class_cond=bool(trainer.options.class_cond) and kind != "classifier",
+        num_classes=int(trainer.options.num_classes),
+        save_interval=int(trainer.options.save_interval),
+        final_save_seconds=estimated_save_seconds(num_params, len(trainer.ema_rate)),
+        rank=trainer.rank,
+        start=PROCESS_START,
+    )
+    monitor.prepare(trainer.device)
+    trainer.monitor = monitor
+    return monitor
