@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     classifier_and_diffusion_defaults,
@@ -99,11 +100,13 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     for action in group._group_actions:  # noqa: SLF001 - attach help text to the new flags
         key = action.dest
         action.help = NEW_FLAGS[key][1] if key in NEW_FLAGS else "sum microbatch gradients as the original did (default: average them)"
+    add_watch_flags(parser, name)  # samples/metrics during training, --init_from, --max_time, --ema_warmup
     return parser
 
 
 def _run(name: str, kind: str, argv: list[str]) -> int:
     args = build_parser(name).parse_args(argv)
+    args.explicit_flags = explicit_flags(argv)  # --init_from: which flags override the checkpoint's
     from guided_diffusion.training.run import train_from_flags  # noqa: PLC0415 - keep --help fast
     from guided_diffusion.training.rundir import tolerant_console  # noqa: PLC0415
 

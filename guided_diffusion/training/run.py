@@ -32,6 +32,8 @@ from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
 from guided_diffusion.training.rng import seed_everything
 from guided_diffusion.training.rundir import RunDirLock
 from guided_diffusion.training.samplers import create_named_schedule_sampler
+from guided_diffusion.training.finetune import load_initial_weights
+from guided_diffusion.training.watch import attach_watchers, prepare_watch
 
 KINDS = ("image", "superres", "classifier")
 
@@ -193,6 +195,7 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
     if kind not in KINDS:
         raise ValueError(kind)
     _validate(args, kind)
+    init = prepare_watch(args, kind)  # add-on flags checked; --init_from sets the architecture flags
     rank = dist_util.get_rank()
     _claim_run_dir(args, held if held is not None else [])
     logger.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
@@ -208,7 +211,10 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
     seed_everything(seed)  # identical initial weights on every rank
     network_config, diffusion_config = _configs(args, kind)
     logger.log("creating model and diffusion...")
-    model = optimize_model(network_config.build(), channels_last=args.channels_last)
+    model = network_config.build()
+    if init is not None and point is None:  # a resumed run continues from its own checkpoint instead
+        load_initial_weights(model, init)
+    model = optimize_model(model, channels_last=args.channels_last)
     diffusion = diffusion_config.build()
 
     image_size = args.large_size if kind == "superres" else args.image_size
@@ -294,6 +300,7 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
         _record_config(run_dir, config_to_dict(network_config, diffusion_config))
         if class_map is not None:
             class_map.save(run_dir / CLASS_MAP_NAME)
+    attach_watchers(trainer, args, kind, diffusion_config)  # grids, metrics, --max_time, --ema_warmup
     if trainer._restored_rng is None:  # noqa: SLF001 - fresh generators, different per rank
         seed_everything(mix_seed(seed, rank, trainer.step))
     logger.log("training...")
