@@ -69,6 +69,17 @@ def randn(shape: Sequence[int], generator: Generator = None, device=None, dtype=
     )
 
 
+class _GeneratorNoise:
+    """The original loops' noise draws (`randn` with an optional generator or list of them) as a sampler's
+    noise source."""
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return randn(x.shape, self.generator, device=x.device, dtype=x.dtype)
+
+
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
@@ -310,27 +321,25 @@ class GaussianDiffusion:
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                                   model_kwargs=None, device=None, progress=False,
                                   generator: Generator = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield p_sample's output at every step, from t = T-1 down to 0."""
-        yield from self._loop(
-            lambda img, t: self.p_sample(
-                model, img, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-                model_kwargs=model_kwargs, generator=generator,
-            ),
-            model, shape, noise, device, progress, generator, "DDPM",
-        )
+        """Yield p_sample's output at every step, from t = T-1 down to 0.
 
-    def _loop(self, step: Callable, model, shape, noise, device, progress, generator, desc: str):
+        A compatibility entry point: the loop is the package's one `ddpm` sampler (sampling/samplers.py)."""
+        from guided_diffusion.sampling.samplers import ddpm_steps
+
+        yield from self._loop(ddpm_steps, model, shape, noise, device, progress, generator, clip_denoised=clip_denoised,
+                              threshold=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, desc="DDPM")
+
+    def _loop(self, steps, model, shape, noise, device, progress, generator, **kwargs):
+        """Run sampler `steps` (ddpm_steps / ddim_steps) on this process, yielding the original's dicts."""
+        from guided_diffusion.sampling.denoiser import DiffusionDenoiser
+
         if device is None:
             device = next(model.parameters()).device
         assert isinstance(shape, (tuple, list))
         img = noise if noise is not None else randn(shape, generator, device=device)
-        # All step indices built once: no host-to-device copy inside the loop.
-        all_t = torch.arange(self.num_timesteps, device=device).unsqueeze(1).expand(-1, shape[0])
-        for i in _progress(range(self.num_timesteps - 1, -1, -1), progress, desc):
-            with torch.no_grad():
-                out = step(img, all_t[i])
-            yield out
-            img = out["sample"]
+        for out in steps(DiffusionDenoiser(model, self), img, noise=_GeneratorNoise(generator), progress=progress,
+                         **kwargs):
+            yield {"sample": out["x"], "pred_xstart": out["x0"]}
 
     # -- DDIM ---------------------------------------------------------------------------------------
 
@@ -406,14 +415,13 @@ class GaussianDiffusion:
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                                      model_kwargs=None, device=None, progress=False, eta=0.0,
                                      generator: Generator = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield ddim_sample's output at every step, from t = T-1 down to 0."""
-        yield from self._loop(
-            lambda img, t: self.ddim_sample(
-                model, img, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-                model_kwargs=model_kwargs, eta=eta, generator=generator,
-            ),
-            model, shape, noise, device, progress, generator, "DDIM",
-        )
+        """Yield ddim_sample's output at every step, from t = T-1 down to 0.
+
+        A compatibility entry point: the loop is the package's one `ddim` sampler (sampling/samplers.py)."""
+        from guided_diffusion.sampling.samplers import ddim_steps
+
+        yield from self._loop(ddim_steps, model, shape, noise, device, progress, generator, clip_denoised=clip_denoised,
+                              threshold=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, desc="DDIM")
 
     # -- the variational bound ----------------------------------------------------------------------
 

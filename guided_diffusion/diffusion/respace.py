@@ -59,7 +59,10 @@ class _WrappedModel:
     def __call__(self, x, ts, **kwargs):
         map_tensor = self._maps.get(ts.device)
         if map_tensor is None:
-            map_tensor = self._maps[ts.device] = torch.tensor(self.timestep_map, device=ts.device, dtype=torch.long)
+            # A grid of fractional timesteps (GridDiffusion) hands the model float t.
+            integral = all(float(t).is_integer() for t in self.timestep_map)
+            map_tensor = torch.tensor(self.timestep_map, device=ts.device, dtype=torch.long if integral else torch.float32)
+            self._maps[ts.device] = map_tensor
         new_ts = map_tensor[ts]
         if self.rescale_timesteps:
             new_ts = new_ts.float() * (1000.0 / self.original_num_steps)
@@ -110,6 +113,31 @@ class SpacedDiffusion(GaussianDiffusion):
 
     def _scale_timesteps(self, t):
         return t  # the wrapper scales
+
+
+class GridDiffusion(SpacedDiffusion):
+    """A diffusion over any grid of noise levels of a base process, fractional timesteps allowed.
+
+    Grid step k has `alphas_cumprod[k]` (ascending noise) and model timestep `timesteps[k]` in the base
+    process's 0..T-1 (a float when the level falls between two trained steps); betas are rebuilt from the
+    grid as SpacedDiffusion does, so p_sample's posterior and learned-variance interpolation apply on any
+    grid. The model and `cond_fn` receive `timesteps[k]` (times 1000 / T under rescale_timesteps).
+    `base_timesteps`/`base_alphas_cumprod` keep the base schedule, for evaluations between grid points.
+    """
+
+    def __init__(self, timesteps, alphas_cumprod, *, base_timesteps, base_alphas_cumprod, original_num_steps: int,
+                 **kwargs):
+        abar = np.asarray(alphas_cumprod, dtype=np.float64)
+        if len(abar) < 2 or not (np.diff(abar) < 0).all():
+            raise ValueError("a grid needs at least 2 levels with strictly increasing noise")
+        self.timestep_map = [float(t) for t in timesteps]
+        self.use_timesteps = set(self.timestep_map)
+        self.original_num_steps = int(original_num_steps)
+        self.base_timesteps = np.asarray(base_timesteps, dtype=np.float64)
+        self.base_alphas_cumprod = np.asarray(base_alphas_cumprod, dtype=np.float64)
+        self._wrapped = None
+        kwargs["betas"] = 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
+        GaussianDiffusion.__init__(self, **kwargs)
 
 
 def parse_respacing(num_timesteps: int, timestep_respacing: str) -> set[int]:

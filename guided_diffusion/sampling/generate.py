@@ -6,6 +6,9 @@ rounds in sample order.
 """
 from __future__ import annotations
 
+import copy
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,28 +19,81 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util
-from guided_diffusion.sampling.denoiser import CondFn, DiffusionDenoiser
-from guided_diffusion.sampling.guidance import dynamic_threshold
+from guided_diffusion.sampling.denoiser import CondFn, DiffusionDenoiser, grid_denoiser
+from guided_diffusion.sampling.grids import GRIDS, make_grid, saturated_first_step
+from guided_diffusion.sampling.guidance import (
+    GUIDANCE_SCHEDULES,
+    GuidedModel,
+    SteeredGuidance,
+    dynamic_threshold,
+    guidance_weight,
+)
 from guided_diffusion.sampling.noise import SampleNoise, random_labels
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import SAMPLERS
 
-__all__ = ["SamplerSettings", "draw", "class_labels_for", "gather_in_order"]
+__all__ = ["SamplerSettings", "draw", "class_labels_for", "gather_in_order", "warn_if_saturated"]
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to run the reverse process (the choices that do not change the model)."""
+    """How to run the reverse process (the choices that do not change the model).
+
+    `steps` None walks the given diffusion's own (possibly respaced) steps exactly as the original does;
+    an int samples on a `step_grid` of that many levels built from the diffusion's schedule (None = the
+    measured default, `grids.DEFAULT_GRID`), through the continuous-noise engine. `sigma_min`/`sigma_max`
+    (VE sigmas) bound karras/logsnr grids. `s_churn`, `s_tmin`, `s_tmax`, `s_noise` are EDM's (heun;
+    `s_noise` also scales the SDE samplers' noise), `order` is UniPC's. `guidance_interval` (LO, HI, in
+    original timesteps) and `guidance_schedule` steer classifier guidance, `cfg_interval` classifier-free
+    guidance. Defaults keep the original behaviour.
+    """
 
     sampler: str = "ddpm"
     eta: float = 0.0
     clip_denoised: bool = True
     dynamic_threshold: float | None = None  # percentile, e.g. 0.995; None = off
     progress: bool = False
+    steps: int | None = None
+    step_grid: str | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    order: int = 3
+    guidance_interval: tuple[float, float] | None = None
+    guidance_schedule: str = "constant"
+    cfg_interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if self.step_grid is not None and self.step_grid not in GRIDS:
+            raise ValueError(f"unknown step grid {self.step_grid!r}; choose one of {', '.join(GRIDS)}")
+        if self.steps is None and (self.step_grid, self.sigma_min, self.sigma_max) != (None, None, None):
+            raise ValueError("step_grid, sigma_min and sigma_max need steps (they describe a grid of `steps` levels)")
+        for name in ("sigma_min", "sigma_max"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
+            raise ValueError("need s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
+        if self.s_churn > 0 and self.sampler != "heun":
+            raise ValueError(f"s_churn applies to the heun sampler, not {self.sampler}")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {self.order}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"unknown guidance schedule {self.guidance_schedule!r}; "
+                             f"choose one of {', '.join(GUIDANCE_SCHEDULES)}")
+        for name in ("guidance_interval", "cfg_interval"):
+            interval = getattr(self, name)
+            if interval is not None and (len(interval) != 2 or not 0 <= interval[0] <= interval[1]):
+                raise ValueError(f"{name} must be (LO, HI) with 0 <= LO <= HI, got {interval}")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -47,7 +103,47 @@ class SamplerSettings:
         }
         if self.sampler == "ddim":
             kwargs["eta"] = self.eta
+        elif self.sampler == "heun":
+            kwargs.update(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
+        elif self.sampler in ("dpm++2m_sde", "dpm++3m_sde"):
+            kwargs["s_noise"] = self.s_noise
+        elif self.sampler == "unipc":
+            kwargs["order"] = self.order
         return kwargs
+
+    def denoiser(self, model: Callable[..., torch.Tensor], diffusion: Any) -> DiffusionDenoiser:
+        """The model on the grid these settings sample: the diffusion's own steps, or a `steps`-level grid."""
+        if self.steps is None:
+            return DiffusionDenoiser(model, diffusion)
+        steps, table = DiffusionDenoiser(model, diffusion)._timestep_table()
+        grid = make_grid(self.step_grid, self.steps, table, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        # Grid timesteps count the table's rows; a respaced diffusion's rows map to original timesteps.
+        grid = type(grid)(grid.name, grid.alphas_cumprod, np.interp(grid.timesteps, np.arange(len(steps)), steps))
+        return grid_denoiser(model, diffusion, grid)
+
+    def steered(self, cond_fn: CondFn | None, diffusion: Any) -> CondFn | None:
+        """cond_fn with this run's guidance interval and schedule (unchanged when both are at defaults)."""
+        if cond_fn is None or (self.guidance_interval is None and self.guidance_schedule == "constant"):
+            return cond_fn
+        num_timesteps = getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
+        return SteeredGuidance(cond_fn, num_timesteps=num_timesteps, interval=self.guidance_interval,
+                               schedule=self.guidance_schedule)
+
+
+def warn_if_saturated(denoiser: DiffusionDenoiser, cond_fn: CondFn | None) -> float | None:
+    """Warn (once per call site) when classifier guidance takes a saturated first step; return its multiplier."""
+    k = denoiser.num_steps - 1
+    if guidance_weight(cond_fn, denoiser.original_timestep(k)) == 0.0:
+        return None
+    multiplier = saturated_first_step(denoiser.alphas_cumprod.numpy())
+    if multiplier is not None:
+        warnings.warn(
+            f"the first guided step starts at t={denoiser.original_timestep(k):g}, where one unit of classifier "
+            f"gradient moves the sample by {multiplier:.3g}; use the default step grid (e.g. --steps N without "
+            "--step_grid), a ddimN respacing, or a guidance interval that excludes it",
+            stacklevel=3,
+        )
+    return multiplier
 
 
 def draw(
@@ -62,21 +158,29 @@ def draw(
     labels: np.ndarray | None = None,
     cond_fn: CondFn | None = None,
     model_kwargs: dict[str, torch.Tensor] | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Samples `indices` of run `seed` as a float NCHW batch; sample i uses only its own noise stream.
 
     `model` is called as model(x, t, y=..., **model_kwargs) (see `GuidedModel`); `labels` become `y`.
+    `x_init` replaces the starting noise (the sampler's later noise still comes from the per-sample streams).
     """
     noise = SampleNoise(seed, indices)
     x = noise.randn((len(indices), *image_shape), device=device)
+    if x_init is not None:
+        x = x_init.to(device=device, dtype=x.dtype)
     kwargs = dict(model_kwargs or {})
     if labels is not None:
         kwargs["y"] = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    if settings.cfg_interval is not None and isinstance(model, GuidedModel):
+        model = copy.copy(model)
+        model.cfg_interval = settings.cfg_interval
+    denoiser = settings.denoiser(model, diffusion)
+    cond_fn = settings.steered(cond_fn, diffusion)
+    if cond_fn is not None:
+        warn_if_saturated(denoiser, cond_fn)
     sampler = SAMPLERS[settings.sampler]
-    return sampler(
-        DiffusionDenoiser(model, diffusion), x, noise=noise, cond_fn=cond_fn, model_kwargs=kwargs,
-        **settings.sampler_kwargs(),
-    )
+    return sampler(denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=kwargs, **settings.sampler_kwargs())
 
 
 def class_labels_for(

@@ -1,0 +1,152 @@
+"""Step grids: which noise levels a sampler visits, for a model trained on T discrete steps.
+
+A grid is K noise levels, index 0 the least noisy and K-1 the noisiest (the `Denoiser` convention),
+given as `alphas_cumprod` plus the matching, possibly fractional, model timestep in 0..T-1. The sampler
+walks it from K-1 down to 0 and then to clean data.
+
+- linspace, leading, trailing: integer timesteps, defined as diffusers' `timestep_spacing` (Lin et al.
+  2024, table 2): linspace = round(linspace(0, T-1, K)) (this package's old `--steps K`, ends at T-1),
+  leading = (0, 1, ..., K-1) * (T // K) (the original's `ddimK` when K divides T), trailing =
+  round(arange(T, 0, -T/K)) - 1 (starts at T-1, ends at T/K - 1).
+- karras: sigma_i = (sigma_max^(1/rho) + i/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7
+  (Karras et al. 2022, eq. 5), in the variance-exploding sigma = sqrt((1 - abar) / abar) of the model.
+- logsnr: uniform in lambda = log(alpha / sigma) = -log(sigma_VE).
+
+`sigma_min` / `sigma_max` (VE sigmas) bound karras and logsnr grids; sigma_min defaults to the model's
+sigma(t=0) and sigma_max to min(80, sigma(t=T-1)): 80 is EDM's sigma_max for ADM models (Karras et al.
+2022, table 1), and above it a cosine schedule (sigma(T-1) = 2e4 after beta clipping) only spends steps
+on pure noise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "GRIDS", "DEFAULT_GRID", "StepGrid", "make_grid", "integer_timesteps", "timestep_of_alphas_cumprod",
+    "guidance_multipliers", "saturated_first_step",
+]
+
+GRIDS = ("linspace", "leading", "trailing", "karras", "logsnr")
+KARRAS_RHO = 7.0
+DEFAULT_SIGMA_MAX = 80.0
+# The grid `--steps` uses when none is named; chosen by benchmarks/bench_samplers.py (see RESULTS.md).
+DEFAULT_GRID = "leading"
+# A DDIM step whose x_{k-1} moves by more than this many units per unit of classifier gradient is
+# "saturated": the guidance overwhelms the sample (the old linspace grid's first step on a cosine
+# schedule is far beyond it; every leading/karras-from-t=T/K grid stays below about 2).
+SATURATION_MULTIPLIER = 10.0
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """K noise levels: `alphas_cumprod[k]` and the model timestep `timesteps[k]` (float, 0..T-1)."""
+
+    name: str
+    alphas_cumprod: np.ndarray
+    timesteps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.alphas_cumprod)
+
+
+def integer_timesteps(kind: str, num_steps: int, num_timesteps: int) -> np.ndarray:
+    """Ascending integer timesteps of a linspace/leading/trailing grid (diffusers' `timestep_spacing`)."""
+    if kind == "linspace":
+        steps = np.round(np.linspace(0, num_timesteps - 1, num_steps))
+    elif kind == "leading":
+        steps = np.arange(num_steps) * (num_timesteps // num_steps)
+    elif kind == "trailing":
+        steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps))[::-1] - 1
+    else:
+        raise ValueError(f"{kind!r} is not an integer grid; choose linspace, leading or trailing")
+    steps = np.unique(steps.astype(np.int64))
+    if len(steps) != num_steps:
+        raise ValueError(f"a {kind} grid of {num_steps} steps does not fit {num_timesteps} diffusion steps")
+    return steps
+
+
+def _log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    abar = np.asarray(alphas_cumprod, dtype=np.float64)
+    return 0.5 * (np.log(abar) - np.log1p(-abar))
+
+
+def timestep_of_alphas_cumprod(
+    alphas_cumprod: np.ndarray, table_timesteps: np.ndarray, table_alphas_cumprod: np.ndarray
+) -> np.ndarray:
+    """The fractional model timestep of each noise level: linear interpolation in log-SNR between the
+    neighbouring steps of the model's discrete schedule (`table_*`, ascending timesteps)."""
+    lam_table = _log_snr(table_alphas_cumprod)[::-1]  # ascending log-SNR
+    t_table = np.asarray(table_timesteps, dtype=np.float64)[::-1]
+    # Beyond the table's ends the nearest trained step is used (np.interp clamps).
+    return np.interp(_log_snr(alphas_cumprod), lam_table, t_table)
+
+
+def _ve_sigma(abar: float) -> float:
+    return math.sqrt((1.0 - abar) / abar)
+
+
+def make_grid(
+    kind: str | None,
+    num_steps: int,
+    alphas_cumprod: np.ndarray,
+    *,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> StepGrid:
+    """A `num_steps`-level grid of kind `kind` (None = `DEFAULT_GRID`) for a model whose discrete schedule
+    is `alphas_cumprod[t]`, t = 0..T-1. `sigma_min`/`sigma_max` are VE sigmas (karras and logsnr only)."""
+    kind = kind or DEFAULT_GRID
+    if kind not in GRIDS:
+        raise ValueError(f"unknown step grid {kind!r}; choose one of {', '.join(GRIDS)}")
+    if num_steps < 2:
+        raise ValueError(f"steps must be >= 2, got {num_steps}")
+    table = np.asarray(alphas_cumprod, dtype=np.float64)
+    num_timesteps = len(table)
+    if num_steps > num_timesteps:
+        raise ValueError(f"steps must be <= the model's {num_timesteps} diffusion steps, got {num_steps}")
+    if kind in ("linspace", "leading", "trailing"):
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError(f"sigma_min/sigma_max apply to karras and logsnr grids, not {kind}")
+        steps = integer_timesteps(kind, num_steps, num_timesteps)
+        return StepGrid(kind, table[steps], steps.astype(np.float64))
+    model_min, model_max = _ve_sigma(table[0]), _ve_sigma(table[-1])
+    lo = model_min if sigma_min is None else float(sigma_min)
+    hi = min(model_max, DEFAULT_SIGMA_MAX) if sigma_max is None else float(sigma_max)
+    if not model_min * (1 - 1e-9) <= lo < hi <= model_max * (1 + 1e-9):
+        raise ValueError(
+            f"need {model_min:.4g} <= sigma_min < sigma_max <= {model_max:.4g} (the model's range), "
+            f"got sigma_min={lo:.4g}, sigma_max={hi:.4g}"
+        )
+    lo, hi = max(lo, model_min), min(hi, model_max)
+    ramp = np.linspace(0.0, 1.0, num_steps)  # 0 = sigma_max end
+    if kind == "karras":
+        inv_rho = 1.0 / KARRAS_RHO
+        sigmas = (hi**inv_rho + ramp * (lo**inv_rho - hi**inv_rho)) ** KARRAS_RHO
+    else:  # logsnr: lambda = -log sigma, uniform
+        sigmas = np.exp(np.log(hi) + ramp * (np.log(lo) - np.log(hi)))
+    abar = (1.0 / (1.0 + sigmas**2))[::-1]  # ascending noise
+    t = timestep_of_alphas_cumprod(abar, np.arange(num_timesteps), table)
+    return StepGrid(kind, abar, t)
+
+
+def guidance_multipliers(grid_alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Per step k (from level k to k-1, the last to clean data): how far one unit of classifier gradient
+    moves the next state of a DDIM/Euler step, |alpha_{k-1} sigma_k^2 / alpha_k - sigma_{k-1} sigma_k|.
+
+    The guided score shift eps' = eps - sigma_k g moves x0 by sigma_k^2 / alpha_k g and eps by -sigma_k g,
+    and x_{k-1} = alpha_{k-1} x0 + sigma_{k-1} eps. At alpha_k -> 0 (the top of a cosine schedule) the
+    first term explodes: that is the saturated first step."""
+    abar = np.asarray(grid_alphas_cumprod, dtype=np.float64)
+    prev = np.concatenate([[1.0], abar[:-1]])
+    alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
+    alpha_prev, sigma_prev = np.sqrt(prev), np.sqrt(1 - prev)
+    return np.abs(alpha_prev * sigma**2 / alpha - sigma_prev * sigma)
+
+
+def saturated_first_step(grid_alphas_cumprod: np.ndarray) -> float | None:
+    """The first step's guidance multiplier when it exceeds `SATURATION_MULTIPLIER`, else None."""
+    first = float(guidance_multipliers(grid_alphas_cumprod)[-1])
+    return first if first > SATURATION_MULTIPLIER else None
