@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from guided_diffusion.presets import PRESETS
 
-__all__ = ["Recipe", "RECIPES", "recipe_command"]
+__all__ = ["RECIPES", "Recipe", "recipe_command"]
 
 _CLASSIFIER_TRAIN = "--anneal_lr True --batch_size 256 --lr 3e-4 --save_interval 10000 --weight_decay 0.05"
 _CLASSIFIER_ARCH = ("--classifier_attention_resolutions 32,16,8 --classifier_depth 2 --classifier_width 128 "
