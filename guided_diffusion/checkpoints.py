@@ -111,27 +111,29 @@ def validate_config_dict(data: Mapping[str, Any], source: str) -> None:
 # -- loading ------------------------------------------------------------------------------------------
 
 def _describe_unreadable(path: Path, exc: Exception) -> str:
-    """What is wrong with a checkpoint file that failed to load, in plain words."""
+    """What is wrong with a checkpoint file that failed to load, in plain words (judged from the file's
+    first bytes and structure, not from the loader's message)."""
     import zipfile
 
     size = path.stat().st_size
-    message = str(exc)
     with open(path, "rb") as handle:
         head = handle.read(8)
+    refused = ("contains pickled Python objects besides tensors, which could run code when loaded; it was not "
+               "loaded. Save only tensors (model.state_dict()) with torch.save, or use .safetensors")
     if path.suffix == ".safetensors":
         return (f"{path} is named .safetensors but is not a readable safetensors file (its header is "
                 "missing or damaged); save it again with safetensors.torch.save_file, or rename it if it is a .pt")
-    if "weights_only" in message.lower() or "Unsupported global" in message or "Unsupported operand" in message:
-        return (f"{path} contains pickled Python objects besides tensors, which could run code when loaded; "
-                "it was not loaded. Save only tensors (model.state_dict()) or use .safetensors")
-    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
-        return (f"{path} is cut short ({size} bytes, the end of its zip archive is missing): the download or "
-                "save did not finish; download or save it again")
     if head.startswith(b"PK\x03\x04"):
-        return f"{path} is a zip archive but not a PyTorch checkpoint (or it is damaged); pass a file written by torch.save"
-    if head[:1] == b"\x80":
-        return (f"{path} looks like a legacy PyTorch file but cannot be read to the end ({size} bytes): it is "
-                "truncated or damaged; download or save it again")
+        if not zipfile.is_zipfile(path):
+            return (f"{path} is cut short ({size} bytes, the end of its zip archive is missing): the download or "
+                    "save did not finish; download or save it again")
+        if "Unsupported global" in str(exc):
+            return f"{path} {refused}"
+        return f"{path} is a zip archive but not a readable PyTorch checkpoint (damaged, or another kind of zip)"
+    if head[:1] == b"\x80":  # a pickle stream: torch's legacy format, or a plain pickle
+        if isinstance(exc, EOFError) or "ran out of input" in str(exc).lower():
+            return f"{path} is cut short ({size} bytes): the download or save did not finish; download or save it again"
+        return f"{path} is a Python pickle that {refused.removeprefix('contains ')}"
     return f"{path} is not a PyTorch checkpoint (it starts with bytes {head!r}); pass a file written by torch.save"
 
 

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from guided_diffusion.atomic import atomic_write_bytes
+from guided_diffusion.atomic import atomic_write_bytes, directory_write_problem
 from guided_diffusion.errors import UserError
 
 DESCRIPTION = """\
@@ -17,7 +17,7 @@ only writes a reference file for REF (statistics of all its images plus 10k of t
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guided-diffusion evaluate", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="guided-diffusion evaluate", description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument("ref_batch", help="reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz)")
     parser.add_argument("sample_batch", nargs="?", help="sample .npz to evaluate")
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
@@ -36,6 +36,30 @@ def _parser() -> argparse.ArgumentParser:
                         help="sqrtm: scipy's sqrtm as the original (default); eigh: same value, several times faster")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars or status lines")
     return parser
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail in one line before any feature is computed when --json or --save_stats cannot be written, or
+    when the Inception weights would have to be downloaded into an unusable cache."""
+    for flag, path in (("--json", args.json), ("--save_stats", args.save_stats)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a directory: pass a file name")
+        problem = directory_write_problem(path.parent)
+        if problem is not None:
+            raise UserError(f"{flag} {path} cannot be written: {problem}")
+    from guided_diffusion.evaluation.npz import NpzArrayReader, npz_keys  # noqa: PLC0415
+
+    for path in (args.ref_batch, args.sample_batch):  # a damaged or object-holding batch fails here, not after the weights load
+        if path is not None and "arr_0" in npz_keys(path):
+            NpzArrayReader(path).close()
+    if args.inception_weights is None and getattr(args, "features", "inception") == "inception":
+        from guided_diffusion.download import cache_dir, check_cache_dir  # noqa: PLC0415
+        from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL  # noqa: PLC0415
+
+        if not (cache_dir() / INCEPTION_WEIGHTS_URL.rsplit("/", 1)[-1]).is_file():
+            check_cache_dir()
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -57,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    _check_outputs(args)
 
     from guided_diffusion.evaluation import evaluate, resolve_device, save_reference_batch
     from guided_diffusion.evaluation.features import feature_extractor_from_spec, parse_feature_spec

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -23,8 +24,22 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; pass the path of an .npz batch") from None
-    except (zipfile.BadZipFile, IsADirectoryError, PermissionError) as exc:
-        raise UserError(f"{path} is not a readable .npz file ({exc}); pass a file written by np.savez") from None
+    except zipfile.BadZipFile:
+        raise UserError(f"{path} is not a readable .npz file: it is cut short or not a zip archive at all; "
+                        "re-create it with np.savez or download it again") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise UserError(f"{path} is not a readable .npz file ({exc.strerror}); pass a file written by np.savez") from None
+
+
+# What a damaged zip member raises while being read: bad CRC or header (BadZipFile), corrupt deflate
+# data (zlib.error), a member cut short (EOFError), or the file shrinking under us (OSError).
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+
+
+def _damaged(path: Path, name: str, exc: BaseException) -> UserError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return UserError(f"{path} is damaged: reading {name} fails its integrity check ({reason}); "
+                     "re-create the file or download it again")
 
 
 def npz_keys(path: Path | str) -> set[str]:
@@ -40,6 +55,8 @@ def read_npz_arrays(path: Path | str, names: list[str]) -> dict[str, np.ndarray]
             return {name: archive[name] for name in names}
     except ValueError as exc:
         raise UserError(f"cannot read {names} from {path}: {exc}") from None
+    except _DAMAGE as exc:
+        raise _damaged(Path(path), ", ".join(names), exc) from None
 
 
 class NpzArrayReader:
@@ -59,14 +76,18 @@ class NpzArrayReader:
         if member_name not in self._archive.namelist():
             self._archive.close()
             raise UserError(f"{self.path} has no array named {name!r}; it holds {sorted(npz_keys(self.path))}")
-        member = self._archive.open(member_name)
-        version = np.lib.format.read_magic(member)
-        if version in ((1, 0), (2, 0)):
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read_header(member)
-        else:
-            shape, fortran_order, dtype = None, True, None
+        try:
+            member = self._archive.open(member_name)
+            version = np.lib.format.read_magic(member)
+            if version in ((1, 0), (2, 0)):
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(member)
+            else:
+                shape, fortran_order, dtype = None, True, None
+        except (*_DAMAGE, ValueError) as exc:  # ValueError: not an .npy header
+            self._archive.close()
+            raise _damaged(self.path, name, exc) from None
         if dtype is not None and dtype.hasobject:
             member.close()
             self._archive.close()
@@ -101,7 +122,10 @@ class NpzArrayReader:
             view = memoryview(block).cast("B")
             filled = 0
             while filled < len(view):
-                count = self._member.readinto(view[filled:])
+                try:
+                    count = self._member.readinto(view[filled:])
+                except _DAMAGE as exc:
+                    raise _damaged(self.path, self.name, exc) from None
                 if not count:
                     raise UserError(f"{self.path}:{self.name} is truncated at row {start}; re-create the file")
                 filled += count
