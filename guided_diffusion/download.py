@@ -15,10 +15,12 @@ A file only ever appears at its destination after it is complete and verified:
 * the sha256 of the installed file is written beside it as `NAME.sha256` (sha256sum format) and
   checked on every later use (`verify_installed`).
 * a lock file `NAME.lock` (flock-based, released by the kernel if its holder dies) serialises
-  processes fetching the same file: the second waits, then finds the file installed and reuses it.
+  processes fetching the same file: the second waits, then finds the file installed and reuses it;
+  the holder removes the lock file on release.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -27,9 +29,14 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from guided_diffusion.atomic import atomic_write_bytes, file_digest, fsync_directory
 from guided_diffusion.errors import UserError
@@ -145,21 +152,13 @@ def download(
     Raises `UserError` when the server fails, the connection keeps dropping (the part file is kept, so
     running again resumes), or the result has the wrong size, hash or content (the part file is deleted).
     """
-    from filelock import FileLock, Timeout  # imported here: only downloads need it
-
     dest = Path(dest)
     if sha256 is not None:
         sha256 = sha256.lower()
         if len(sha256) < 8 or not re.fullmatch(r"[0-9a-f]+", sha256):
             raise ValueError(f"sha256 must be a hex digest or a prefix of at least 8 hex digits, got {sha256!r}")
     check_cache_dir(dest.parent)
-    lock = FileLock(str(dest.with_name(dest.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"waiting for another process that is downloading {dest.name} ...", file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+    with _download_lock(dest.with_name(dest.name + ".lock")):
         if dest.exists():  # installed earlier, or by the process we waited for
             if expected_size is not None and dest.stat().st_size != expected_size:
                 raise UserError(
@@ -190,8 +189,43 @@ def download(
                 restarted = True
         _verify_and_install(url, part, dest, total=total, sha256=sha256, expected_size=expected_size, validate=validate)
         return dest
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if needed) for the block, waiting for another holder
+    with a message. The lock file is removed on release, safely: a waiter that then gets the lock on
+    the removed file notices that the path no longer names it and locks the new file instead."""
+    if fcntl is None:  # Windows: the filelock package, whose lock file stays behind
+        from filelock import FileLock
+
+        with FileLock(str(path)):
+            yield
+        return
+    announced = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not announced:
+                print(f"waiting for another process that is downloading {path.name.removesuffix('.lock')} ...",
+                      file=sys.stderr, flush=True)
+                announced = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # we locked a file its holder had already removed: try the current one
+    try:
+        yield
     finally:
-        lock.release()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still holding the lock, so no one can lock this file afterwards and believe it current
+        os.close(fd)
 
 
 def _remove_part(part: Path) -> None:

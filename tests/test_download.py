@@ -61,11 +61,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        if mode == "slow":  # lets a second process arrive while the first is still downloading
-            for i in range(0, len(body), len(body) // 8 + 1):
-                self.wfile.write(body[i : i + len(body) // 8 + 1])
-                self.wfile.flush()
-                time.sleep(0.15)
+        if mode == "gated":  # half the body, then wait until the test lets the rest go
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            server.gate.wait(timeout=120)
+            self.wfile.write(body[len(body) // 2 :])
             return
         self.wfile.write(body)
 
@@ -78,6 +78,7 @@ def server():
     httpd.payload = PAYLOAD
     httpd.etag = '"v1"'
     httpd.send_length = True
+    httpd.gate = threading.Event()
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
@@ -101,8 +102,8 @@ def _part_record(dest: Path, url: str, validator: str | None = '"v1"', total: in
 
 
 def _leftovers(directory: Path) -> list[str]:
-    """Files a later run could pick up (lock files hold no data)."""
-    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
+    """Every file left in the directory (lock files included: they are removed on release)."""
+    return sorted(p.name for p in directory.iterdir())
 
 
 def test_cache_dir_honours_environment(monkeypatch, tmp_path):
@@ -307,17 +308,28 @@ print("ok")
 
 
 def test_two_processes_downloading_the_same_file_share_one_transfer(server, tmp_path):
-    server.mode = "slow"
+    server.mode = "gated"
     dest = tmp_path / "weights.bin"
-    procs = []
-    for _ in range(2):
-        procs.append(subprocess.Popen([sys.executable, "-c", CONCURRENT, _url(server), str(dest)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], results
-    assert len(server.requests) == 1  # the second waited for the lock, then reused the installed file
-    assert any("waiting for another process" in err for _, err in results)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", CONCURRENT, _url(server), str(dest)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    deadline = time.time() + 120
+    while not server.requests and time.time() < deadline:  # the first holds the lock and is mid-transfer
+        time.sleep(0.01)
+    second = start()
+    waiting = second.stderr.readline()  # blocks until the second announces it waits for the lock
+    assert "waiting for another process that is downloading weights.bin" in waiting
+    assert _part(dest).exists() and not dest.exists()
+    server.gate.set()
+    results = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], results
+    assert len(server.requests) == 1  # the second reused the file the first installed
     assert dest.read_bytes() == PAYLOAD and recorded_sha256(dest) == PAYLOAD_SHA256
+    assert _leftovers(tmp_path) == ["weights.bin", "weights.bin.sha256"]
+    assert not dest.with_name("weights.bin.lock").exists()
 
 
 @pytest.mark.parametrize("layout", ["file", "under_file"])

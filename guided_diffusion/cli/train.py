@@ -3,6 +3,7 @@ names and defaults, booleans as True/False/yes/no/1/0) plus the new ones listed 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
 from guided_diffusion.script_util import (
@@ -111,7 +112,12 @@ def _run(name: str, kind: str, argv: list[str]) -> int:
     from guided_diffusion.training.rundir import tolerant_console  # noqa: PLC0415
 
     with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
-        return train_from_flags(args, kind)
+        try:
+            return train_from_flags(args, kind)
+        except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while a save was pending
+            print("training stopped by Ctrl-C without a final save; checkpoint sets saved before are intact: "
+                  "continue with --resume auto", file=sys.stderr)
+            return 130
 
 
 def image_train(argv: list[str]) -> int:
