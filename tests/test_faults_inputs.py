@@ -175,6 +175,27 @@ def test_malicious_pickles_in_npz_files_run_nothing(checkpoints, tmp_path, capsy
     assert not marker.exists()
 
 
+def test_malicious_pickles_as_evaluator_and_fine_tuning_weights_run_nothing(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": _Marker(marker)}, evil)
+    ref = _images_npz(tmp_path / "ref.npz")
+    code = main(["evaluate", str(ref), str(ref), "--inception_weights", str(evil)])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err
+    code = main(["evaluate", str(ref), str(ref), "--features", f"classifier:{evil}"])
+    assert code == 2 and "Traceback" not in capsys.readouterr().err
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        from PIL import Image
+
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(data / f"{i}.png")
+    code = main(["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "run"), "--init_from", str(evil),
+                 "--iterations", "1", "--num_workers", "0"])
+    _one_line(capsys, code, "pickled Python objects")
+    assert not marker.exists()
+
+
 # -- the evaluator: damaged inputs, unusable outputs, checked before any work ----------------------------
 
 
