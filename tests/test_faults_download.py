@@ -78,7 +78,7 @@ def test_mirror_serves_a_good_file_which_installs_with_its_sha256_verified_later
     assert _cache_files(cache) == ["tiny_classifier.pt", "tiny_classifier.pt.sha256"]
     assert (cache / "tiny_classifier.pt").read_bytes() == checkpoints["classifier"].read_bytes()
     assert main(["presets", "--verify"]) == 0
-    line = [row for row in capsys.readouterr().out.splitlines() if row.startswith("tiny_classifier ")][0]
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("tiny_classifier "))
     assert line.split()[-1] == "verified"
     # Damage one byte: every later use notices, and --verify reports it.
     data = bytearray((cache / "tiny_classifier.pt").read_bytes())
@@ -108,7 +108,7 @@ def test_truncated_file_without_content_length_is_refused(mirror, capsys):
 
 
 def test_stale_part_of_another_file_is_not_installed(mirror, checkpoints, capsys):
-    httpd, cache = mirror
+    _, cache = mirror
     cache.mkdir()
     (cache / "tiny_classifier.pt.part").write_bytes(checkpoints["cond"].read_bytes()[:4000])
     assert main(["download", "tiny_classifier"]) == 0

@@ -64,5 +64,5 @@ class _Terminated(Exception):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _raise_terminated(signum, frame) -> None:  # signal handler signature
     raise _Terminated(signum)

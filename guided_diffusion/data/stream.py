@@ -100,7 +100,7 @@ class StreamSpec:
     seed: int = 0
 
 
-def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_init_fn signature
+def ignore_stop_signals(worker_id: int) -> None:  # DataLoader's worker_init_fn signature
     """Make a data-loader worker ignore SIGINT and SIGTERM.
 
     `timeout`, SLURM, Kubernetes and Ctrl-C signal the whole process group; the main process owns the
