@@ -396,7 +396,12 @@ def _unet_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
     if ckpt["num_res_blocks"] != mine["num_res_blocks"]:
         out.append(f"checkpoint has {ckpt['num_res_blocks']} res blocks per level: use --num_res_blocks {ckpt['num_res_blocks']}")
     elif ckpt["channel_mult"] != mine["channel_mult"]:
-        out.append(f"checkpoint has channel_mult {_fmt_mult(ckpt['channel_mult'])}: use --channel_mult {_fmt_mult(ckpt['channel_mult'])}")
+        size = _size_with_default_mult(ckpt["channel_mult"], mine["channel_mult"], image_size)
+        if size is not None:  # both are the defaults of their image sizes: the size is what differs
+            out.append(f"checkpoint has the default channel_mult of --image_size {size} ({_fmt_mult(ckpt['channel_mult'])}), "
+                       f"the flags give --image_size {image_size}: use --image_size {size}")
+        else:
+            out.append(f"checkpoint has channel_mult {_fmt_mult(ckpt['channel_mult'])}: use --channel_mult {_fmt_mult(ckpt['channel_mult'])}")
     if "resblock_updown" in ckpt and "resblock_updown" in mine and ckpt["resblock_updown"] != mine["resblock_updown"]:
         out.append(f"checkpoint {'resamples with ResBlocks' if ckpt['resblock_updown'] else 'uses conv resampling'}: "
                    f"use --resblock_updown {ckpt['resblock_updown']}")
@@ -413,6 +418,20 @@ def _unet_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
         else:
             out.append(f"checkpoint has attention at resolutions {res or 'none'}: use --attention_resolutions {res}")
     return out
+
+
+def _size_with_default_mult(ckpt_mult: tuple, mine_mult: tuple, image_size: int | None) -> int | None:
+    """The image size whose default channel_mult the checkpoint has, when the flags' channel_mult is the
+    default of their own image size (so --image_size, not --channel_mult, is the mistake); else None."""
+    from guided_diffusion.config import CHANNEL_MULT_BY_SIZE
+
+    def same(a, b) -> bool:
+        return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
+
+    if image_size is None or not same(mine_mult, CHANNEL_MULT_BY_SIZE.get(image_size, ())):
+        return None
+    sizes = [size for size, mult in CHANNEL_MULT_BY_SIZE.items() if size != image_size and same(ckpt_mult, mult)]
+    return sizes[0] if len(sizes) == 1 else None
 
 
 def _size_that_places_attention(ckpt_ds: set, mine_ds: set, image_size: int) -> int | None:

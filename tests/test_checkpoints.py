@@ -4,6 +4,7 @@ import torch
 
 from guided_diffusion import script_util
 from guided_diffusion.checkpoints import (
+    diagnose_mismatch,
     load_model,
     load_state_dict,
     load_weights,
@@ -151,3 +152,18 @@ def test_ddp_prefix_is_stripped(tmp_path):
     model = make()
     save_checkpoint(tmp_path / "m.pt", {f"module.{k}": v for k, v in model.state_dict().items()})
     load_weights(make(), load_state_dict(tmp_path / "m.pt"))
+
+
+def test_checkpoint_of_another_image_size_names_image_size():
+    """The same flags at another --image_size move attention and (with default multipliers) change
+    channel_mult; the error names --image_size, not the flags that merely follow from it."""
+    def build(size: int, **extra):
+        with torch.device("meta"):
+            return ModelConfig(image_size=size, num_channels=32, num_res_blocks=1, **extra).build()
+
+    defaults = diagnose_mismatch(build(64, attention_resolutions="16").state_dict(), build(128, attention_resolutions="16"))
+    assert defaults == ["checkpoint has the default channel_mult of --image_size 64 (1,2,3,4), the flags give "
+                        "--image_size 128: use --image_size 64"]
+    fixed = diagnose_mismatch(build(64, attention_resolutions="16", channel_mult="1,2,2").state_dict(),
+                              build(32, attention_resolutions="16", channel_mult="1,2,2"))
+    assert len(fixed) == 1 and "use --image_size 64" in fixed[0] and "--attention_resolutions" not in fixed[0]
