@@ -606,7 +606,14 @@ def presets(argv: list[str]) -> int:
                                      description="List the released checkpoints usable with --preset NAME.")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash every cached checkpoint against its recorded sha256 and re-check its layout")
+    parser.add_argument("--training", action="store_true",
+                        help="print the released models' training recipes instead (batch, lr, iterations, flags)")
     args = parser.parse_args(argv)
+    if args.training:
+        from guided_diffusion.training.recipes import recipes_text  # noqa: PLC0415
+
+        print(recipes_text())
+        return 0
     rows = [("name", "kind", "resolution", "size", "cached")]
     problems = []
     for preset in PRESETS.values():
