@@ -593,11 +593,6 @@ def _verified_state(preset) -> str:
 
 def presets(argv: list[str]) -> int:
     """`guided-diffusion presets [--verify]`: the released checkpoints, and whether each is in the cache."""
-    if argv == ["--training"]:  # the released models' training recipes (training/recipes.py)
-        from guided_diffusion.training.recipes import recipes_text  # noqa: PLC0415
-
-        print(recipes_text())
-        return 0
     from guided_diffusion.download import cache_dir  # noqa: PLC0415
     from guided_diffusion.presets import PRESETS  # noqa: PLC0415
     from guided_diffusion.sampling.fetch import cache_state  # noqa: PLC0415
