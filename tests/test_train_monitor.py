@@ -210,3 +210,21 @@ def test_max_time_saves_and_stops_cleanly(setup):
     state = _load(run / f"train_state{step:06d}.pt")
     assert state["kind"] == "diffusion"
     assert json.loads((run / "config.json").read_text())["model"]["num_channels"] == 32
+
+
+def test_classifier_run_reports_held_out_accuracy_per_noise_level(setup, tmp_path):
+    """classifier_train keeps its own --eval_interval (validation batches); the report plots the
+    held-out accuracy per noise quarter."""
+    run = tmp_path / "classifier"
+    result = run_cli(["classifier_train", "--data_dir", str(setup["data"]), "--val_data_dir", str(setup["heldout"]),
+                      "--log_dir", str(run), "--iterations", "6", "--eval_interval", "2", "--log_interval", "2",
+                      "--save_interval", "6", "--image_size", "8", "--classifier_width", "32", "--classifier_depth", "1",
+                      "--classifier_attention_resolutions", "", "--classifier_channel_mult", "1", "--classifier_pool", "adaptive", "--classifier_num_head_channels", "32",
+                      "--num_classes", "2", "--batch_size", "4", "--num_workers", "0", "--diffusion_steps", "50",
+                      "--max_time", "1", "--seed", "0", "--progress", "False"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_acc@1_q" in (run / "progress.csv").read_text().splitlines()[0]
+    result = run_cli(["report", str(run)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "report_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Held-out accuracy per noise level" in (run / "report.md").read_text()

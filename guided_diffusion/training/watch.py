@@ -18,10 +18,18 @@ from guided_diffusion.training.watch_flags import PROCESS_START
 __all__ = ["attach_watchers", "prepare_watch"]
 
 
+def watch_options(args: Namespace, kind: str) -> WatchOptions:
+    """The add-on settings of this run. A classifier run draws no samples (its own --eval_interval is
+    the validation interval), so it only takes --max_time."""
+    if kind == "classifier":
+        return WatchOptions(max_time=float(getattr(args, "max_time", 0.0)))
+    return WatchOptions.from_flags(args)
+
+
 def prepare_watch(args: Namespace, kind: str) -> InitWeights | None:
     """Check the add-on flags (one-line errors, nothing written yet) and resolve `--init_from`, which
     sets the architecture flags in `args` from the checkpoint."""
-    WatchOptions.from_flags(args).validate()
+    watch_options(args, kind).validate()
     if getattr(args, "ema_warmup", False) and getattr(args, "ema_warmup_power", 1.0) <= 0:
         raise UserError(f"--ema_warmup_power must be positive (got {args.ema_warmup_power})")
     return resolve_init_from(args, kind)
@@ -35,7 +43,7 @@ def attach_watchers(trainer: Any, args: Namespace, kind: str, diffusion_config: 
     size = int(args.large_size if kind == "superres" else args.image_size)
     num_params = sum(p.numel() for p in trainer.model.parameters())
     monitor = TrainingMonitor(
-        WatchOptions.from_flags(args),
+        watch_options(args, kind),
         run_dir=trainer.run_dir,
         diffusion_config=diffusion_config,
         image_shape=(3, size, size),
