@@ -116,9 +116,11 @@ def test_image_sample_writes_the_original_npz_and_a_grid(ckpt, tmp_path):
     assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
     assert labels.dtype == np.int64 and labels.shape == (5,) and ((0 <= labels) & (labels < 10)).all()
     assert images.std() > 0 and len({images[i].tobytes() for i in range(5)}) == 5
-    grid = Image.open(out / "samples_5x8x8x3.png")
-    assert grid.size == (24, 16)  # 3 columns x 2 rows of 8x8 images
-    assert np.array_equal(np.asarray(grid)[:8, 8:16], images[1])
+    grid = np.asarray(Image.open(out / "samples_5x8x8x3.png"))
+    zoom = 22  # 3 columns of 8 pixels, enlarged by the smallest whole factor that reaches 512 pixels
+    assert grid.shape == (2 * 8 * zoom, 3 * 8 * zoom, 3) and grid.shape[1] >= 512
+    assert np.array_equal(grid[:8 * zoom, 8 * zoom:16 * zoom][::zoom, ::zoom], images[1])  # nearest neighbour
+    assert np.array_equal(grid[zoom - 1::zoom, zoom - 1::zoom][:8, 8:16], images[1])
     assert (out / "log.txt").is_file()
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 

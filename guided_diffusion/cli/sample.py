@@ -31,7 +31,8 @@ from guided_diffusion.atomic import directory_write_problem
 from guided_diffusion.checkpoints import read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.errors import UserError
-from guided_diffusion.sampling.guidance import GuidedModel
+from guided_diffusion.sampling.grids import DEFAULT_GRID, GRIDS
+from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
 from guided_diffusion.sampling.job import JobError, SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job, settings_option
 from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
@@ -44,7 +45,7 @@ from guided_diffusion.sampling.runner import (
     load_network,
     stop_on_signals,
 )
-from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.samplers import SAMPLERS, NonFiniteSampleError
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     classifier_defaults,
@@ -82,7 +83,7 @@ def _original_defaults(command: str) -> dict[str, Any]:
 
 
 def _build_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"guided-diffusion {command}",
         description=f"The original scripts/{command}.py flags, plus the options below them.",
         allow_abbrev=False,  # `--num_sample 2` is a typo to report, not --num_samples
@@ -111,10 +112,28 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
                        help="continue an interrupted run in --out_dir (same flags and seed): finished batches are kept "
                             "in samples_*.partial/ as they complete and only the rest is drawn")
     extra.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                       help="ddpm (ancestral, the default), ddim, or dpm++2m (DPM-Solver++(2M), good in 10-25 steps); "
-                            "--use_ddim True means ddim")
+                       help="ddpm (ancestral, the default), ddim, euler, heun, dpm++2m, dpm++2m_sde, dpm++3m_sde or "
+                            "unipc; --use_ddim True means ddim")
     extra.add_argument("--steps", type=int, default=None,
-                       help="number of sampling steps: shorthand for --timestep_respacing N (evenly spaced)")
+                       help="sample on a grid of N noise levels (see --step_grid) of the trained schedule; "
+                            "--timestep_respacing keeps the original respacing instead")
+    extra.add_argument("--step_grid", choices=list(GRIDS), default=None,
+                       help=f"how --steps places its levels: linspace, leading (the original's ddimN), trailing, "
+                            f"karras (rho 7) or logsnr (default: {DEFAULT_GRID})")
+    extra.add_argument("--sigma_min", type=float, default=None, help="smallest noise level (VE sigma) of a karras/logsnr grid "
+                       "(default: the model's schedule)")
+    extra.add_argument("--sigma_max", type=float, default=None, help="largest noise level of a karras/logsnr grid")
+    extra.add_argument("--s_churn", type=float, default=None, help="heun: EDM's stochasticity (0 = the deterministic Algorithm 1)")
+    extra.add_argument("--s_tmin", type=float, default=None, help="heun: churn only at sigma >= s_tmin")
+    extra.add_argument("--s_tmax", type=float, default=None, help="heun: churn only at sigma <= s_tmax")
+    extra.add_argument("--s_noise", type=float, default=None, help="heun and the SDE samplers: noise scale (default 1)")
+    extra.add_argument("--order", type=int, default=None, help="unipc: order 1, 2 or 3 (default 3)")
+    extra.add_argument("--guidance_interval", type=_interval, default=None, metavar="LO,HI",
+                       help="classifier guidance only at original timesteps LO <= t <= HI (the classifier is not run outside)")
+    extra.add_argument("--guidance_schedule", choices=list(GUIDANCE_SCHEDULES), default=None,
+                       help="classifier scale over t: constant (default), linear or cosine")
+    extra.add_argument("--cfg_interval", type=_interval, default=None, metavar="LO,HI",
+                       help="classifier-free guidance only at timesteps LO <= t <= HI")
     extra.add_argument("--eta", type=float, default=None, help="DDIM noise scale (0 = deterministic, the default)")
     extra.add_argument("--dynamic_threshold", type=float, default=None, metavar="PERCENTILE",
                        help="dynamic thresholding of the predicted x0 at this percentile, e.g. 0.995 (for large guidance)")
@@ -126,6 +145,26 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
                            help="class of every sample (one int), or a comma list cycled over the samples "
                                 "(default: uniformly random per sample)")
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage of ~60 flags would bury the message)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers, e.g. 0,600)") from None
+    return lo, hi
+
+
+# Flags that become SamplerSettings fields as they are (None = the field's default).
+_SOLVER_FLAGS = ("step_grid", "sigma_min", "sigma_max", "s_churn", "s_tmin", "s_tmax", "s_noise", "order",
+                 "guidance_interval", "guidance_schedule", "cfg_interval")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
@@ -298,6 +337,7 @@ def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], d
             sampler=sampler, steps=args.steps,
             eta=0.0 if args.eta is None else args.eta, dynamic_threshold=args.dynamic_threshold,
             clip_denoised=args.clip_denoised, progress=_progress(args), batch_size=args.batch_size,
+            solver_options={name: getattr(args, name) for name in _SOLVER_FLAGS if getattr(args, name) is not None},
             classifier=classifier, classifier_scale=args.classifier_scale if classifier is not None else 0.0,
             cfg_scale=args.cfg_scale, class_labels=class_labels, bf16=args.bf16, channels_last=args.channels_last,
             model_path=args.model_path, classifier_path=getattr(args, "classifier_path", ""), **extra,
@@ -448,6 +488,10 @@ def _sample(command: str, argv: list[str]) -> int:
             if store is not None and dist_util.is_main_process() and store.finished():
                 logger.log(f"resuming: {store.count()} of {job.num_samples} samples already in {store.directory}")
             return _draw_and_write(job, device, base, store)
+        except NonFiniteSampleError as exc:
+            kept = f"; the {store.count()} finished samples stay in {store.directory}" if store is not None else ""
+            raise UserError(f"sampling stopped: {exc} (try a smaller --classifier_scale/--cfg_scale, or "
+                            f"--dynamic_threshold 0.995){kept}") from None
         except SamplingInterrupted as stop:
             return _interrupted(command, argv, job, seed, stop.signum, store)
         except Exception:

@@ -39,10 +39,10 @@ class JobError(ValueError):
 
 def settings_option(message: str) -> str | None:
     """The SamplerSettings field a ValueError message is about (the first field name it mentions)."""
-    words = set(message.replace("=", " ").replace(",", " ").replace(":", " ").split())
-    for field in dataclasses.fields(SamplerSettings):
-        if field.name in words:
-            return field.name
+    names = {field.name for field in dataclasses.fields(SamplerSettings)}
+    for word in message.replace("=", " ").replace(",", " ").replace(":", " ").split():
+        if word in names:
+            return word
     return None
 
 
@@ -89,10 +89,8 @@ class SamplingJob:
         for name in ("classifier_scale", "cfg_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise JobError(name, f"{name} must be a finite number, got {getattr(self, name)}")
-        if not math.isfinite(self.settings.eta):
+        if not math.isfinite(self.settings.eta):  # SamplerSettings checks the sign
             raise JobError("eta", f"eta must be a finite number, got {self.settings.eta}")
-        if self.settings.eta < 0:
-            raise JobError("eta", f"eta must be >= 0, got {self.settings.eta}")
         if self.settings.eta and self.settings.sampler != "ddim":
             raise JobError("eta", f"eta only applies to the ddim sampler (the sampler is {self.settings.sampler})")
         if self.settings.dynamic_threshold is not None:
@@ -162,8 +160,8 @@ class SamplingJob:
         return [list(range(s, min(s + self.batch_size, end))) for s in range(self.start_index, end, self.batch_size)]
 
     def build_diffusion(self) -> Any:
-        """The diffusion the sampler walks (respaced only for `timestep_respacing`; with settings.steps the
-        samplers build their own grid from the un-respaced process)."""
+        """The diffusion given to the sampler: respaced for `timestep_respacing`, else the trained process
+        (with settings.steps the samplers build their own grid from it)."""
         try:
             return self.diffusion.build()
         except UserError:
@@ -218,17 +216,13 @@ def sampling_job(
     fields (step_grid, sigma_min, s_churn, guidance_interval, ...). Other keywords are SamplingJob fields.
     Raises JobError naming the option at fault.
     """
-    if steps is not None and steps < 2:
-        raise JobError("steps", f"steps must be >= 2, got {steps}")
     if timestep_respacing is not None:
         diffusion = diffusion.replace(timestep_respacing=timestep_respacing)
     if steps is not None and diffusion.timestep_respacing:
         raise JobError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
                        "choose the steps; give only one")
-    if steps is not None:
-        diffusion = diffusion.replace(timestep_respacing=str(steps))
-    try:
-        settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised,
+    try:  # with `steps` the samplers build their grid from the un-respaced diffusion
+        settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised, steps=steps,
                                    dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
     except ValueError as exc:
         raise JobError(settings_option(str(exc)) or "sampler", str(exc)) from None

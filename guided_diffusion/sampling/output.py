@@ -14,6 +14,7 @@ from guided_diffusion.atomic import atomic_write_path as atomic_write
 __all__ = ["to_uint8", "samples_filename", "save_samples", "save_npz", "save_grid"]
 
 GRID_MAX_IMAGES = 64
+GRID_MIN_WIDTH = 512  # pixels; smaller grids are enlarged by nearest neighbour
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -46,12 +47,18 @@ def _savez(path: Path, arrays: list[np.ndarray]) -> None:
         np.savez(handle, *arrays)
 
 
-def save_grid(path: str | Path, images: np.ndarray, max_images: int = GRID_MAX_IMAGES) -> Path:
-    """A PNG contact sheet of the first `max_images` images (rows of ceil(sqrt(n)))."""
+def save_grid(path: str | Path, images: np.ndarray, max_images: int = GRID_MAX_IMAGES,
+              min_width: int = GRID_MIN_WIDTH) -> Path:
+    """A PNG contact sheet of the first `max_images` images (rows of ceil(sqrt(n))), each image enlarged
+    by a whole factor (nearest neighbour: every pixel stays a visible square) until the sheet is at least
+    `min_width` pixels wide, so 8x8 samples are not a 24-pixel thumbnail."""
     images = images[:max_images]
     n, h, w, c = images.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
+    zoom = max(1, math.ceil(min_width / (cols * w)))
+    images = images.repeat(zoom, axis=1).repeat(zoom, axis=2)
+    h, w = h * zoom, w * zoom
     sheet = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
     for i, image in enumerate(images):
         r, q = divmod(i, cols)
