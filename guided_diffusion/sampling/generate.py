@@ -11,7 +11,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from guided_diffusion.sampling.noise import SampleNoise, random_labels
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import SAMPLERS
 
-__all__ = ["SamplerSettings", "draw", "class_labels_for", "gather_in_order", "warn_if_saturated"]
+__all__ = ["SamplerSettings", "draw", "class_labels_for", "gather_in_order", "BatchStore", "warn_if_saturated"]
 
 
 @dataclass(frozen=True)
@@ -193,43 +193,69 @@ def class_labels_for(
     return random_labels(seed, indices, num_classes)
 
 
+class BatchStore(Protocol):
+    """Where finished batches go as they are gathered (see `runner.PartialRun`)."""
+
+    def finished(self) -> list[int]: ...
+    def write(self, start: int, images: np.ndarray, labels: np.ndarray | None) -> None: ...
+    def read(self, start: int) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
 def gather_in_order(
     num_samples: int,
     batch_size: int,
     make_batch: Callable[[list[int]], tuple[np.ndarray, np.ndarray | None]],
     *,
     progress: bool = False,
+    start_index: int = 0,
+    store: BatchStore | None = None,
+    split_over_ranks: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Run `make_batch(indices) -> (uint8 NHWC images, labels or None)` over samples 0..num_samples-1,
-    split over the torch.distributed ranks. Returns everything, in sample order, on rank 0; None elsewhere.
+    """Run `make_batch(indices) -> (uint8 NHWC images, labels or None)` over samples start_index ..
+    start_index + num_samples - 1 in batches of `batch_size`, split over the torch.distributed ranks.
+    Returns everything, in sample order, on rank 0; None elsewhere (split_over_ranks=False: this process
+    does every batch and returns them).
 
-    Each round, rank r handles indices [round_start + r * batch_size, ...) so one gather per round puts
-    the round in order, and memory on rank 0 grows only by what it keeps.
+    Round k gives rank r the (k * world + r)-th batch still to draw, so one gather per round keeps the
+    order. With a `store`, batches it already holds are skipped, and rank 0 writes each gathered batch
+    there at once (so a stopped run keeps them) instead of keeping it in memory.
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError("num_samples and batch_size must be positive")
-    rank, world = dist_util.get_rank(), dist_util.get_world_size()
-    per_round = batch_size * world
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    with tqdm(total=num_samples, desc="samples", unit="img", disable=not progress or rank != 0) as bar:
-        for round_start in range(0, num_samples, per_round):
-            start = round_start + rank * batch_size
-            mine = list(range(start, min(start + batch_size, num_samples)))
-            result = make_batch(mine) if mine else None
+    rank, world = (dist_util.get_rank(), dist_util.get_world_size()) if split_over_ranks else (0, 1)
+    end = start_index + num_samples
+    batches = [list(range(s, min(s + batch_size, end))) for s in range(start_index, end, batch_size)]
+    done = set(store.finished()) if store is not None and rank == 0 else set()
+    if world > 1:
+        box = [sorted(done)]
+        dist.broadcast_object_list(box, src=0)
+        done = set(box[0])
+    todo = [b for b in batches if b[0] not in done]
+    kept: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    already = sum(len(b) for b in batches if b[0] in done)
+    with tqdm(total=num_samples, initial=already, desc="samples", unit="img", disable=not progress or rank != 0) as bar:
+        for round_start in range(0, len(todo), world):
+            mine = todo[round_start + rank] if round_start + rank < len(todo) else None
+            result = (mine[0], *make_batch(mine)) if mine else None
             parts = [result]
             if world > 1:
                 parts = [None] * world
                 dist.all_gather_object(parts, result)
-            for part in parts:
-                if part is not None:
-                    images.append(part[0])
-                    if part[1] is not None:
-                        labels.append(part[1])
-            bar.update(min(per_round, num_samples - round_start))
+            if rank == 0:
+                for part in parts:
+                    if part is None:
+                        continue
+                    start, images, labels = part
+                    if store is not None:
+                        store.write(start, images, labels)
+                    else:
+                        kept[start] = (images, labels)
+            bar.update(sum(len(b) for b in todo[round_start:round_start + world]))
     if rank != 0:
         return None
-    return np.concatenate(images), (np.concatenate(labels) if labels else None)
+    ordered = [kept[b[0]] if b[0] in kept else store.read(b[0]) for b in batches]  # type: ignore[union-attr]
+    labels = [part_labels for _, part_labels in ordered if part_labels is not None]
+    return np.concatenate([images for images, _ in ordered]), (np.concatenate(labels) if labels else None)
 
 
 def to_numpy_uint8(x: torch.Tensor) -> np.ndarray:

@@ -20,15 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from guided_diffusion import dist_util
 from guided_diffusion.atomic import atomic_write_bytes, remove_stale_temp_files
 from guided_diffusion.checkpoints import load_model
 from guided_diffusion.performance import optimize_model
 from guided_diffusion.sampling.denoiser import CondFn
-from guided_diffusion.sampling.generate import class_labels_for, draw, to_numpy_uint8
+from guided_diffusion.sampling.generate import class_labels_for, draw, gather_in_order, to_numpy_uint8
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.job import SamplingJob, low_res_input
 from guided_diffusion.sampling.output import save_npz
@@ -95,48 +92,15 @@ def draw_samples(
     store: PartialRun | None = None,
     split_over_ranks: bool = True,
 ) -> Batch | None:
-    """Draw every batch of `job` split over the ranks; returns (images, labels) in sample order on rank 0
-    and None on the other ranks (split_over_ranks=False: this process draws everything and returns it).
-
-    Round k gives rank r the (k * world + r)-th batch still to draw, so one gather per round keeps the
-    order; rank 0 hands each gathered batch to `store` (written at once) or keeps it in memory.
-    """
+    """Draw every batch of `job` split over the ranks (`gather_in_order`); returns (images, labels) in
+    sample order on rank 0 and None on the other ranks (split_over_ranks=False: this process draws
+    everything and returns it). With `store`, each finished batch is on disk as soon as it is gathered."""
     diffusion = job.build_diffusion() if diffusion is None else diffusion
-    rank, world = (dist_util.get_rank(), dist_util.get_world_size()) if split_over_ranks else (0, 1)
-    batches = job.batches()
-    done = set(store.finished()) if store is not None and rank == 0 else set()
-    if world > 1:
-        box = [sorted(done)]
-        dist.broadcast_object_list(box, src=0)
-        done = set(box[0])
-    todo = [b for b in batches if b[0] not in done]
-    kept: dict[int, Batch] = {}
-    already = sum(len(b) for b in batches if b[0] in done)
-    show = job.settings.progress and rank == 0
-    with tqdm(total=job.num_samples, initial=already, desc="samples", unit="img", disable=not show) as bar:
-        for round_start in range(0, len(todo), world):
-            mine = todo[round_start + rank] if round_start + rank < len(todo) else None
-            result = (mine[0], *draw_batch(job, model_fn, cond_fn, diffusion, mine, device, low_res)) if mine else None
-            parts = [result]
-            if world > 1:
-                parts = [None] * world
-                dist.all_gather_object(parts, result)
-            if rank == 0:
-                for part in parts:
-                    if part is None:
-                        continue
-                    start, images, labels = part
-                    if store is not None:
-                        store.write(start, images, labels)
-                    else:
-                        kept[start] = (images, labels)
-            bar.update(sum(len(b) for b in todo[round_start:round_start + world]))
-    if rank != 0:
-        return None
-    ordered = [kept[b[0]] if b[0] in kept else store.read(b[0]) for b in batches]  # type: ignore[union-attr]
-    images = np.concatenate([images for images, _ in ordered])
-    labels = [labels for _, labels in ordered if labels is not None]
-    return images, (np.concatenate(labels) if labels else None)
+    return gather_in_order(
+        job.num_samples, job.batch_size,
+        lambda indices: draw_batch(job, model_fn, cond_fn, diffusion, indices, device, low_res),
+        progress=job.settings.progress, start_index=job.start_index, store=store, split_over_ranks=split_over_ranks,
+    )
 
 
 # -- surviving a stop ----------------------------------------------------------------------------------
