@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("guided_diffusion.cli.report", "main", "report.md and plots (loss, lr, samples, FID over time) of a training run"),
     "evaluate": ("guided_diffusion.cli.evaluate", "main", "FID, sFID, IS, precision and recall of two npz batches"),
     "demo": ("guided_diffusion.cli.demo", "main", "train, guide, sample and evaluate on scikit-learn digits (CPU, minutes)"),
+    "invert": ("guided_diffusion.cli.edit", "invert", "DDIM inversion of images to noise (latents.npz), with the round-trip PSNR"),
+    "img2img": ("guided_diffusion.cli.edit", "img2img", "SDEdit: re-sample images from part-way noise, optionally guided to a class"),
+    "inpaint": ("guided_diffusion.cli.edit", "inpaint", "fill masked pixels (RePaint or DPS); kept pixels unchanged"),
+    "restore": ("guided_diffusion.cli.edit", "restore", "posterior sampling from a measurement: inpaint, super_res, deblur"),
 }
 
 

@@ -1,0 +1,49 @@
+"""Editing and restoring images with the same models, samplers, seeds and guidance as sampling.
+
+- `ddim_invert`: images -> the noise DDIM maps back to them (round trip measured by `psnr`).
+- `sdedit`: noise images part-way (or invert them) and sample back, e.g. with a classifier towards a class.
+- `repaint`: inpainting with the known region re-noised every step and resampling jumps.
+- `measurement_cond_fn` with `MaskOperator`, `DownsampleOperator`, `BlurOperator`: diffusion posterior
+  sampling as a cond_fn for every sampler, added to classifier guidance with `sum_cond_fns`.
+"""
+from guided_diffusion.editing.grid import start_points
+from guided_diffusion.editing.inversion import ddim_invert, psnr
+from guided_diffusion.editing.io import (
+    load_images,
+    load_latents,
+    load_mask,
+    read_latents,
+    save_latents,
+)
+from guided_diffusion.editing.measurement import (
+    BlurOperator,
+    DownsampleOperator,
+    MaskOperator,
+    X0Predictor,
+    measurement_cond_fn,
+    paste_known,
+    sum_cond_fns,
+)
+from guided_diffusion.editing.repaint import repaint, repaint_schedule
+from guided_diffusion.editing.sdedit import sdedit
+
+__all__ = [
+    "BlurOperator",
+    "DownsampleOperator",
+    "MaskOperator",
+    "X0Predictor",
+    "ddim_invert",
+    "load_images",
+    "load_latents",
+    "load_mask",
+    "measurement_cond_fn",
+    "paste_known",
+    "psnr",
+    "read_latents",
+    "repaint",
+    "repaint_schedule",
+    "save_latents",
+    "sdedit",
+    "start_points",
+    "sum_cond_fns",
+]
