@@ -142,3 +142,30 @@ def test_cache_directory_that_is_a_file_is_one_line_naming_the_variable(layout, 
     monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(blocker if layout == "file" else blocker / "sub"))
     assert main(["download", "tiny_classifier"]) == 2
     _one_line_error(capsys, "GUIDED_DIFFUSION_CACHE")
+
+
+COMPAT = Path(__file__).parent / "compat"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in COMPAT.glob("*.json")))
+def test_layout_check_accepts_each_released_layout_and_nothing_else(name, tmp_path):
+    """The released files' keys and shapes (recorded from the original's networks, tests/compat) pass the
+    check that guards installs; one missing key or one other shape fails it. Meta tensors keep the files tiny."""
+    import json
+
+    import torch
+
+    from guided_diffusion.errors import UserError
+    from guided_diffusion.presets import check_preset_file
+
+    layout = json.loads((COMPAT / f"{name}.json").read_text())["keys"]
+    state = {key: torch.empty(shape, device="meta") for key, shape in layout}
+    torch.save(state, tmp_path / "exact.pt")
+    check_preset_file(PRESETS[name], tmp_path / "exact.pt")
+    first = layout[0][0]
+    torch.save({k: v for k, v in state.items() if k != first}, tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="1 missing keys"):
+        check_preset_file(PRESETS[name], tmp_path / "missing.pt")
+    torch.save({**state, first: torch.empty(3, device="meta")}, tmp_path / "reshaped.pt")
+    with pytest.raises(UserError, match="1 tensors of another shape"):
+        check_preset_file(PRESETS[name], tmp_path / "reshaped.pt")
