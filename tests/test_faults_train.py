@@ -278,3 +278,26 @@ def test_malicious_pickle_as_a_resume_file_runs_nothing(victim, tmp_path, capsys
         assert code == 0 and "incomplete or corrupt" in out.out
     else:
         assert code == 2 and "pickled Python objects" in out.err and out.err.count("\n") == 1, out.err
+
+
+def test_second_ctrl_c_aborts_in_one_line_with_130(monkeypatch, capsys):
+    from guided_diffusion.training import loop, run
+
+    stop = loop._StopRequest(enabled=True)  # noqa: SLF001 - the trainer's signal handling itself
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks for a save and a stop
+        time.sleep(0.05)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):  # the second, while that save is pending, aborts
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        stop.restore()
+
+    def interrupted(args, kind):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_from_flags", interrupted)
+    assert main(["image_train", "--data_dir", "unused"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without a final save" in err[0] and "--resume auto" in err[0]
