@@ -1,7 +1,8 @@
 """Sample-quality evaluation matching OpenAI's TF evaluator: FID, sFID, Inception Score, precision, recall.
 
 `evaluate(ref_npz, sample_npz, extractor)` is the end-to-end path; the metric functions work on any
-feature arrays, and any `FeatureExtractor` can replace the Inception network.
+feature arrays, and any `FeatureExtractor` (e.g. `ClassifierFeatureExtractor`, a classifier
+checkpoint's penultimate features) can replace the Inception network.
 """
 from guided_diffusion.evaluation.evaluator import (
     BatchSummary,
@@ -11,6 +12,7 @@ from guided_diffusion.evaluation.evaluator import (
     summarize_batch,
 )
 from guided_diffusion.evaluation.features import (
+    ClassifierFeatureExtractor,
     FeatureExtractor,
     Features,
     InceptionFeatureExtractor,
@@ -30,6 +32,7 @@ from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL, inception
 
 __all__ = [
     "BatchSummary",
+    "ClassifierFeatureExtractor",
     "EvaluationResult",
     "FeatureExtractor",
     "Features",
