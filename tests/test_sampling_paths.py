@@ -245,3 +245,19 @@ def test_small_images_make_a_grid_at_least_512_pixels_wide(tmp_path):
     assert np.array_equal(grid[::32, ::32][:8, 8:16], tiny[1]) and np.array_equal(grid[31::32, 31::32][8:, :8], tiny[2])
     large = rng.integers(0, 256, (4, 300, 300, 3), dtype=np.uint8)
     assert Image.open(save_grid(tmp_path / "large.png", large)).size == (600, 600)  # wide enough already
+
+
+def test_api_upsample_equals_super_res_sample(ckpt, tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "base.npz"
+    np.savez(path, base, np.array([9, 1, 5]))
+    cli, cli_labels = _sample(tmp_path, "sr", "super_res_sample", SR, "--model_path", str(ckpt["sr"]), "--base_samples",
+                              str(path), "--num_samples", "3", "--batch_size", "3", "--steps", "5", "--sampler",
+                              "dpm++2m", "--seed", "2")
+    upsampler = load_pipeline(ckpt["sr"], flags=SR, device="cpu", progress=False)
+    api = upsampler.upsample(base, classes=[9, 1, 5], sampler="dpm++2m", steps=5, seed=2, batch_size=1)
+    assert cli_labels.tolist() == [9, 1, 5]
+    assert_same_images(api, cli)
+    with pytest.raises(JobError, match="class-conditional"):
+        upsampler.upsample(base, sampler="ddim", steps=5)

@@ -1,9 +1,14 @@
 """Sampling subcommands: image_sample, classifier_sample, super_res_sample, image_nll, presets, download.
 
 Each sampling command takes every flag of the original script with the original default, so the
-README's flag strings work verbatim, plus: --preset, --seed, --class_labels, --sampler, --steps, --eta,
---dynamic_threshold, --cfg_scale, --progress, --out_dir and --bf16. Defaults keep the original
-behaviour (DDPM, random classes, fp16 as flagged).
+README's flag strings work verbatim, plus: --preset, --seed, --class_labels, --sampler, --steps with
+--step_grid and the solver and guidance-steering options, --eta, --dynamic_threshold, --cfg_scale,
+--progress, --out_dir, --resume, --channels_last and --bf16. Defaults keep the original behaviour (DDPM,
+random classes, fp16 as flagged).
+
+The flags become one `SamplingJob` (`job_from_flags`), drawn by `sampling.runner` exactly as the Python
+API and the demo draw theirs. Finished batches are kept in a partial folder as they complete, so
+SIGINT/SIGTERM keep them (one line, exit 130/143) and `--resume` continues the run.
 """
 from __future__ import annotations
 
@@ -267,11 +272,7 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
 # -- resolving flags into a job ------------------------------------------------------------------------
 
 # Job options whose flag is not simply --<option>, per command.
-_FLAG_OF_OPTION = {
-    "low_res": "--base_samples",
-    "low_res_digest": "--base_samples",
-    "dynamic_threshold": "--dynamic_threshold",
-}
+_FLAG_OF_OPTION = {"low_res": "--base_samples", "low_res_digest": "--base_samples"}
 
 
 def _flag_error(command: str, exc: ValueError) -> UserError:
@@ -495,9 +496,10 @@ def _sample(command: str, argv: list[str]) -> int:
         except SamplingInterrupted as stop:
             return _interrupted(command, argv, job, seed, stop.signum, store)
         except Exception:
-            if received() is None:
+            signum = received()
+            if signum is None:
                 raise
-            return _interrupted(command, argv, job, seed, received(), store)  # a collective broken by a stopped peer
+            return _interrupted(command, argv, job, seed, signum, store)  # a collective broken by a stopped peer
 
 
 def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarray, Any] | None,

@@ -39,5 +39,6 @@ def sample_images(
         class_labels=tuple(int(c) for c in labels),
     )
     model_fn, cond_fn = guidance_for(job, model, classifier)
-    images, _ = draw_samples(job, model_fn, cond_fn, next(model.parameters()).device, split_over_ranks=False)
-    return images
+    result = draw_samples(job, model_fn, cond_fn, next(model.parameters()).device, split_over_ranks=False)
+    assert result is not None  # not split over ranks: this process draws every sample
+    return result[0]

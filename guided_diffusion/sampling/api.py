@@ -127,7 +127,7 @@ class Pipeline:
         **solver_options: Any,
     ) -> np.ndarray:
         """Upsample uint8 [n, small, small, 3] images to uint8 [n, large, large, 3], in order."""
-        if not self.is_upsampler:
+        if not isinstance(self.model_config, SuperResConfig):
             raise UserError("this pipeline is not an upsampler: call pipe.sample(n) instead")
         check_low_res(low_res, self.model_config.small_size)
         if isinstance(classes, (int, np.integer)):
