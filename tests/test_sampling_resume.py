@@ -97,12 +97,16 @@ def test_refusals_name_the_problem(ckpt, tmp_path, capsys):
     partial = out / PARTIAL
     partial.mkdir(parents=True)
     (partial / "job.json").write_text('{"seed": 5, "settings": {"sampler": "ddim"}}')
+    np.savez(partial / "batch_000000000.npz", np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, np.int64))
     assert run("image_sample", COMMON, out, "--model_path", str(ckpt["cond"])) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume" in err and "Traceback" not in err
     assert run("image_sample", COMMON, out, "--model_path", str(ckpt["cond"]), "--resume") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different options" in err and "settings.sampler" in err
+    (partial / "batch_000000000.npz").unlink()  # nothing finished: nothing to protect, the run starts afresh
+    assert run("image_sample", COMMON, out, "--model_path", str(ckpt["cond"]), "--num_samples", str(NUM)) == 0
+    assert (out / NPZ).is_file() and not partial.exists()
 
 
 def test_resume_without_seed_takes_the_interrupted_runs_seed(ckpt, tmp_path, uninterrupted):

@@ -38,7 +38,7 @@ from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConf
 from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.grids import DEFAULT_GRID, GRIDS
 from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
-from guided_diffusion.sampling.job import JobError, SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job, settings_option
+from guided_diffusion.sampling.job import JobError, check_counts, SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job, settings_option
 from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
 from guided_diffusion.sampling.runner import (
@@ -554,12 +554,12 @@ def image_nll(argv: list[str]) -> int:
     _check_out_dir(args)
     _check_checkpoints_exist(args, to_fetch)
     _apply_saved_config(parser, args, explicit)
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise UserError("--num_samples and --batch_size must be at least 1")
+    try:
+        check_counts(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+    except JobError as exc:
+        raise _flag_error("image_nll", exc) from None
     if not args.data_dir:
         raise UserError("pass --data_dir DIR: the images to evaluate")
-    if args.seed is not None and args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
     progress = _progress(args)
     dist_util.setup_dist()
     device = dist_util.dev()

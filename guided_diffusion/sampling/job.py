@@ -24,7 +24,7 @@ from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, dynamic_threshold
 
-__all__ = ["JobError", "SamplingJob", "sampling_job", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
+__all__ = ["JobError", "SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
 
 JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
 
@@ -44,6 +44,15 @@ def settings_option(message: str) -> str | None:
         if word in names:
             return word
     return None
+
+
+def check_counts(*, num_samples: int, batch_size: int, seed: int | None) -> None:
+    """num_samples and batch_size at least 1, seed (when given) >= 0; JobError otherwise."""
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise JobError(name, f"{name} must be at least 1, got {value}")
+    if seed is not None and seed < 0:
+        raise JobError("seed", f"seed must be >= 0, got {seed}")
 
 
 def fp16_runs_on(device: torch.device, requested: bool, *, bf16: bool) -> bool:
@@ -79,13 +88,9 @@ class SamplingJob:
     low_res_digest: str | None = None  # sha256 of an upsampler's low-resolution inputs
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "batch_size"):
-            if getattr(self, name) < 1:
-                raise JobError(name, f"{name} must be at least 1, got {getattr(self, name)}")
+        check_counts(num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed)
         if self.start_index < 0:
             raise JobError("start_index", f"start_index must be >= 0, got {self.start_index}")
-        if self.seed < 0:
-            raise JobError("seed", f"seed must be >= 0, got {self.seed}")
         for name in ("classifier_scale", "cfg_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise JobError(name, f"{name} must be a finite number, got {getattr(self, name)}")

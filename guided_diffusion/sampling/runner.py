@@ -140,11 +140,12 @@ class PartialRun:
     @classmethod
     def open(cls, out_dir: str | Path, job: SamplingJob, *, resume: bool) -> PartialRun:
         """The store for `job` in `out_dir`: continued when `resume` and the fingerprints agree, new when
-        there is none; a different or un-asked-for partial run is refused (ResumeError), never overwritten."""
+        there is none (or it holds no finished batch); a different or un-asked-for partial run is refused
+        (ResumeError), never overwritten."""
         directory = cls.directory_for(out_dir, job)
         stored = cls.stored_fingerprint(directory)
         fingerprint = job.fingerprint()
-        if stored is not None:
+        if stored is not None and cls(directory).finished():  # with no finished batch there is nothing to keep
             store = cls(directory)
             count = store.count()
             if not resume:
