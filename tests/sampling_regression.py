@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from test_cli_sample import randomise_zero_layers  # noqa: E402
+
 from guided_diffusion.sampling.generate import SamplerSettings, draw  # noqa: E402
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn  # noqa: E402
 from guided_diffusion.script_util import (  # noqa: E402
@@ -29,7 +31,6 @@ from guided_diffusion.script_util import (  # noqa: E402
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
-from test_cli_sample import randomise_zero_layers  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sampling_regression.npz"
 ARCH = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="4",

@@ -15,7 +15,15 @@ import torch
 from scipy.integrate import solve_ivp
 
 from guided_diffusion.sampling.denoiser import Denoiser
-from guided_diffusion.sampling.samplers import ddim, dpmpp_2m
+from guided_diffusion.sampling.guidance import SteeredGuidance
+from guided_diffusion.sampling.samplers import (
+    SAMPLERS,
+    NonFiniteSampleError,
+    ddim,
+    dpmpp_2m,
+    euler,
+    heun,
+)
 
 BETA_MIN, BETA_MAX = 0.1, 20.0  # continuous VP-SDE schedule of Song et al. (2021)
 T_MIN, T_MAX = 1e-3, 1.0
@@ -36,6 +44,17 @@ def grid_abar(num_steps: int) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-2.0 * lam))  # abar = sigmoid(2 lambda)
 
 
+def karras_abar(num_steps: int, rho: float = 7.0) -> np.ndarray:
+    """The same range on Karras et al.'s grid, uniform in sigma^(1/rho) for VE sigma = exp(-lambda)."""
+    s_min, s_max = math.exp(-log_snr(T_MIN)), math.exp(-log_snr(T_MAX))
+    ramp = np.linspace(0.0, 1.0, num_steps)
+    sigmas = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return (1.0 / (1.0 + sigmas**2))[::-1].copy()
+
+
+GRIDS = {"logsnr": grid_abar, "karras": karras_abar}
+
+
 class GaussianData:
     def __init__(self, mean: torch.Tensor, std: float):
         self.mean, self.std = mean, std
@@ -53,14 +72,27 @@ class GaussianData:
 
 
 class ExactDenoiser(Denoiser):
+    """The exact denoiser of `data`; it hands guidance the level abar as its "timestep"."""
+
     def __init__(self, abar: np.ndarray, data: GaussianData):
         super().__init__(abar)
         self.data = data
 
     def predict(self, x, k, model_kwargs):
-        abar = float(self.alphas_cumprod[k])
-        eps = -self.sigma(k) * self.data.score(x, abar)
-        return self.x0_from_eps(x, k, eps), eps
+        return self.predict_level(x, float(self.alphas_cumprod[k]), model_kwargs)
+
+    def predict_level(self, x, abar, model_kwargs):
+        eps = -math.sqrt(1 - abar) * self.data.score(x, abar)
+        return (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar), eps
+
+    def timesteps(self, k, batch, device):
+        return torch.full((batch,), float(self.alphas_cumprod[k]), dtype=torch.float64)
+
+    def cond_gradient_level(self, cond_fn, x, abar, model_kwargs):
+        return cond_fn(x, torch.full((x.shape[0],), abar, dtype=torch.float64), **model_kwargs)
+
+    def original_timestep_level(self, abar):
+        return float("nan")
 
 
 P = GaussianData(torch.tensor([0.3, -0.5, 0.1, 0.7], dtype=torch.float64).view(1, 1, 2, 2), 0.4)
@@ -69,10 +101,10 @@ Q = GaussianData(torch.tensor([-0.6, 0.2, 0.5, -0.1], dtype=torch.float64).view(
 
 def guidance(weight: float):
     """cond_fn = weight * (score of Q - score of P): a Bayes-consistent 'classifier' gradient that turns
-    the P-model into a Q-model at weight 1. `t` is the grid index (the base Denoiser passes k)."""
+    the P-model into a Q-model at weight 1. `t` is the level abar (see ExactDenoiser)."""
 
-    def cond_fn(x, t, abars):
-        abar = float(abars[int(t[0])])
+    def cond_fn(x, t, **_):
+        abar = float(t[0])
         return weight * (Q.score(x, abar) - P.score(x, abar))
 
     return cond_fn
@@ -82,9 +114,9 @@ def start_noise() -> torch.Tensor:
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-def state_at_step0(sampler, num_steps: int, cond_fn=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def state_at_step0(sampler, num_steps: int, cond_fn=None, grid=grid_abar, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `sampler` on the exact P denoiser; return (x at grid step 0, final output)."""
-    abar = grid_abar(num_steps)
+    abar = grid(num_steps)
     denoiser = ExactDenoiser(abar, P)
     seen = {}
 
@@ -93,8 +125,7 @@ def state_at_step0(sampler, num_steps: int, cond_fn=None, **kwargs) -> tuple[tor
             seen["x"] = info["x"].clone()
 
     out = sampler(
-        denoiser, start_noise(), cond_fn=cond_fn, model_kwargs={"abars": abar} if cond_fn else None,
-        clip_denoised=False, callback=callback, **kwargs,
+        denoiser, start_noise(), cond_fn=cond_fn, clip_denoised=False, callback=callback, **kwargs,
     )
     return seen["x"], out
 
@@ -179,3 +210,140 @@ def test_samplers_are_deterministic_and_keep_dtype(sampler):
     b = state_at_step0(sampler, 10)[1]
     assert a.dtype == torch.float64
     assert torch.equal(a, b)
+
+
+# -- every solver at its stated order, guided and not, on two grids ---------------------------------
+
+ORDERS = {"euler": (0.85, 1.15), "heun": (1.8, 2.5), "dpm++2m": (1.8, 2.5), "unipc": (2.0, 5.0)}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("name", sorted(ORDERS))
+def test_solver_converges_at_its_stated_order(name, guided, grid):
+    # Guided at weight 1 the exact answer is Q's flow; unguided it is P's. Errors at grid step 0.
+    reference = exact_step0(Q if guided else P)
+    cond_fn = guidance(1.0) if guided else None
+    errors = [float((state_at_step0(SAMPLERS[name], n, cond_fn=cond_fn, grid=GRIDS[grid])[0] - reference).abs().max())
+              for n in STEPS]
+    orders = observed_orders(errors)
+    low, high = ORDERS[name]
+    assert all(low < order < high for order in orders), (errors, orders)
+    assert errors[-1] < (3e-2 if name == "euler" else 2e-3)
+
+
+def test_unipc_order_follows_its_setting():
+    # UniPC-p with its corrector: predictor order p, corrected to p + 1 (Zhao et al. 2023, theorem 3.1).
+    reference = exact_step0(P)
+    for order, expected in [(1, 2.0), (2, 3.0), (3, 3.0)]:
+        errors = [float((state_at_step0(SAMPLERS["unipc"], n, order=order)[0] - reference).abs().max()) for n in STEPS]
+        assert observed_orders(errors)[-1] > expected - 0.3, (order, errors)
+
+
+def test_euler_is_ddim_with_eta_zero():
+    for grid in GRIDS.values():
+        a = state_at_step0(euler, 12, cond_fn=guidance(2.0), grid=grid)[1]
+        b = state_at_step0(ddim, 12, cond_fn=guidance(2.0), grid=grid)[1]
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_heun_without_churn_is_deterministic_and_churn_moves_it():
+    a = state_at_step0(heun, 10)[1]
+    assert torch.equal(a, state_at_step0(heun, 10)[1])
+    torch.manual_seed(0)
+    churned = state_at_step0(heun, 10, s_churn=5.0)[1]
+    assert (churned - a).abs().max() > 1e-3
+
+
+# -- stochastic samplers converge in distribution -------------------------------------------------
+
+class Seeded:
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def randn_like(self, x):
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+
+
+# (sampler, options, levels): DDIM at eta 1 (ancestral, first order in distribution) needs more levels.
+STOCHASTIC = [("dpm++2m_sde", {}, 50), ("dpm++3m_sde", {}, 50), ("heun", {"s_churn": 40.0}, 50),
+              ("ddim", {"eta": 1.0}, 400)]
+
+
+@pytest.mark.parametrize("name,kwargs,levels", STOCHASTIC)
+@pytest.mark.parametrize("guided", [False, True])
+def test_stochastic_samplers_draw_the_data_distribution(name, kwargs, levels, guided):
+    """4,000 samples of a 4-dim Gaussian: per coordinate, the mean within 0.03 (the standard error is
+    s / sqrt(4000) <= 0.0063, so about 5 SE, leaving room for the discretisation) and the variance
+    within 12% (SE of a sample variance is sqrt(2 / 4000) = 2.2%)."""
+    target = Q if guided else P
+    n = 4000
+    x = torch.randn((n, *SHAPE[1:]), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    denoiser = ExactDenoiser(grid_abar(levels), P)
+    out = SAMPLERS[name](denoiser, x, noise=Seeded(2), cond_fn=guidance(1.0) if guided else None,
+                         clip_denoised=False, **kwargs)
+    mean, var = out.mean(0), out.var(0)
+    assert (mean - target.mean[0]).abs().max() < 0.03, mean
+    assert ((var / target.std**2) - 1).abs().max() < 0.12, var
+    # and they are stochastic: another noise stream gives other samples
+    other = SAMPLERS[name](denoiser, x[:8], noise=Seeded(3), clip_denoised=False, **kwargs)
+    assert not torch.allclose(other, SAMPLERS[name](denoiser, x[:8], noise=Seeded(2), clip_denoised=False, **kwargs))
+
+
+# -- guidance steering and failure reporting on the closed-form problem ------------------------------
+
+def counting(cond_fn):
+    calls = []
+
+    def wrapped(x, t, **kwargs):
+        calls.append(float(t[0]))
+        return cond_fn(x, t, **kwargs)
+
+    return wrapped, calls
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "dpm++2m", "dpm++2m_sde", "dpm++3m_sde", "unipc", "ddim"])
+def test_guidance_interval_skips_the_classifier_outside_it(name):
+    denoiser = ExactDenoiser(grid_abar(10), P)  # original timestep of grid point k: k
+    cond_fn, calls = counting(guidance(2.0))
+    steered = SteeredGuidance(cond_fn, num_timesteps=10, interval=(0, 4))
+    torch.manual_seed(0)
+    out = SAMPLERS[name](denoiser, start_noise(), noise=Seeded(0), cond_fn=steered, clip_denoised=False)
+    # Grid points 0..4 once each; heun also evaluates level k-1 from k = 5..1: levels 4..0 once more.
+    expected_calls = {"heun": 10}.get(name, 5)
+    assert len(calls) == expected_calls, calls
+    # Outside the interval nothing changes; a full interval equals plain guidance.
+    plain = SAMPLERS[name](denoiser, start_noise(), noise=Seeded(0), cond_fn=guidance(2.0), clip_denoised=False)
+    full = SAMPLERS[name](denoiser, start_noise(), noise=Seeded(0), clip_denoised=False,
+                          cond_fn=SteeredGuidance(guidance(2.0), num_timesteps=10, interval=(0, 9)))
+    torch.testing.assert_close(full, plain, rtol=0, atol=0)
+    assert not torch.allclose(out, plain)
+
+
+def test_guidance_schedules_average_one_and_grow_towards_low_noise():
+    ts = np.linspace(0, 999, 100001)
+    for schedule in ("constant", "linear", "cosine"):
+        steer = SteeredGuidance(guidance(1.0), num_timesteps=1000, schedule=schedule)
+        weights = np.array([steer.weight(t) for t in ts[::1000]])
+        assert abs(weights.mean() - 1.0) < 0.02
+        assert (np.diff(weights) <= 1e-12).all()  # never more guidance at higher noise
+    assert SteeredGuidance(guidance(1.0), num_timesteps=1000, schedule="linear").weight(999) == 0.0
+    assert SteeredGuidance(guidance(1.0), num_timesteps=1000, interval=(100, 500)).weight(600) == 0.0
+    with pytest.raises(ValueError):
+        SteeredGuidance(guidance(1.0), num_timesteps=1000, schedule="exp")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS.keys() - {"ddpm"}))
+def test_non_finite_state_stops_with_the_step(name):
+    class Exploding(ExactDenoiser):
+        def predict_level(self, x, abar, model_kwargs):
+            x0, eps = super().predict_level(x, abar, model_kwargs)
+            return (x0 * float("nan"), eps) if abar > 0.5 else (x0, eps)
+
+    denoiser = Exploding(grid_abar(10), P)
+    first_bad = max(k for k in range(10) if denoiser.alphas_cumprod[k] > 0.5)
+    with pytest.raises(NonFiniteSampleError) as info:
+        SAMPLERS[name](denoiser, start_noise(), noise=Seeded(0), clip_denoised=False)
+    assert isinstance(info.value, ValueError)
+    assert info.value.step in (first_bad, first_bad + 1)  # heun meets level k-1 while stepping from k
+    assert f"step {info.value.step}" in str(info.value)

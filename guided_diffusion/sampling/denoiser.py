@@ -39,7 +39,7 @@ class Denoiser:
     """
 
     def __init__(self, alphas_cumprod: np.ndarray | torch.Tensor | list[float]):
-        abar = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
+        abar = torch.as_tensor(np.ascontiguousarray(alphas_cumprod, dtype=np.float64))
         if abar.ndim != 1 or not bool(((abar > 0) & (abar < 1)).all()):
             raise ValueError("alphas_cumprod must be a 1-D array with values in (0, 1)")
         self.alphas_cumprod = abar
