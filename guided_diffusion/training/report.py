@@ -33,6 +33,7 @@ REPORT_NAME = "report.md"
 PROGRESS_FILE = "progress.csv"
 _SAMPLE_NAME = re.compile(r"^(\d+)_(.+)\.npz$")
 _LOSS_KEYS = ("loss", "mse", "vb", "train_loss", "val_loss")
+_QUARTER_LABELS = ("q0 (least noise)", "q1", "q2", "q3 (most noise)")
 _OPTIMIZATION_KEYS = (("lr", "learning rate"), ("grad_norm", "gradient norm"), ("lg_loss_scale", "log2 loss scale"),
                       ("param_norm", "parameter norm"))
 
@@ -149,7 +150,7 @@ def plot_losses(log: RunLog, path: Path) -> Path | None:
         for q in range(4):
             name = f"{key}_q{q}"
             if log.has(name):
-                ax.plot(*_series(log, name), linewidth=1, alpha=0.8, label=f"q{q} (t in quarter {q + 1})")
+                ax.plot(*_series(log, name), linewidth=1, alpha=0.8, label=_QUARTER_LABELS[q])
         ax.plot(*_series(log, key), color="black", linewidth=2, label="mean")
         ax.set_title(key)
         ax.set_xlabel("step")
