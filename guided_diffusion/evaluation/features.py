@@ -190,7 +190,7 @@ def feature_extractor_from_spec(spec: str, *, device: str | torch.device | None 
                                 inception_weights: Path | str | None = None, progress: bool = True) -> FeatureExtractor:
     """The extractor named by `spec` (see `parse_feature_spec`)."""
     kind, path = parse_feature_spec(spec)
-    if kind == "classifier":
+    if kind == "classifier" and path is not None:
         return ClassifierFeatureExtractor.from_checkpoint(path, device=device, batch_size=batch_size)
     return InceptionFeatureExtractor.from_weights(inception_weights, device=device, batch_size=batch_size,
                                                   progress=progress)

@@ -17,6 +17,7 @@ import torch
 
 from guided_diffusion import logger
 from guided_diffusion.errors import UserError
+from guided_diffusion.presets import Preset
 
 __all__ = ["LABEL_EMBEDDING", "LABEL_FLAGS", "InitWeights", "load_initial_weights", "resolve_init_from"]
 
@@ -34,7 +35,7 @@ class InitWeights:
     state: dict[str, torch.Tensor]
 
 
-def _checkpoint_file(spec: str) -> tuple[Path, object | None]:
+def _checkpoint_file(spec: str) -> tuple[Path, Preset | None]:
     """(local file, preset or None) for a path or a released preset's name (downloaded when missing)."""
     from guided_diffusion.presets import PRESETS
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from guided_diffusion import logger
-from guided_diffusion.atomic import atomic_write, atomic_write_bytes, atomic_write_path
+from guided_diffusion.atomic import atomic_write_bytes, atomic_write_path
 from guided_diffusion.data.stream import mix_seed
 from guided_diffusion.errors import UserError
 from guided_diffusion.training.rng import capture_rng_state, restore_rng_state
@@ -189,7 +189,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types the keywords as allow_pickle
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -439,6 +439,7 @@ class TrainingMonitor:
         pool = np.concatenate(pools)
         mu, sigma = statistics(pool)
         reference = self._reference
+        assert reference is not None and self._extractor is not None  # prepare() ran
         fid = frechet_distance(reference["mu"], reference["sigma"], mu, sigma, method="eigh")
         precision, recall = precision_recall(reference["pool"], pool, k=3, device=self._extractor.device)
         row = {"step": trainer.step, "weights": tag, "fid": f"{fid:.6g}", "precision": f"{precision:.6g}",
@@ -463,7 +464,7 @@ class TrainingMonitor:
         writer = csv.DictWriter(buffer, fieldnames=list(METRIC_COLUMNS), restval="")
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in METRIC_COLUMNS} for r in rows)
-        atomic_write(self.run_dir / METRICS_FILE, lambda handle: handle.write(buffer.getvalue().encode()))
+        atomic_write_bytes(self.run_dir / METRICS_FILE, buffer.getvalue().encode())
 
 
 def best_metric_row(rows: list[dict[str, str]]) -> dict[str, str] | None:

@@ -38,7 +38,7 @@ def add_watch_flags(parser: argparse.ArgumentParser, subcommand: str) -> None:
     """Add the flags of WATCH_FLAGS that `subcommand` takes, in their own help group."""
     group = parser.add_argument_group("samples, metrics, fine-tuning and time limits")
     chosen = {name: default for name, (default, _, kinds) in WATCH_FLAGS.items() if subcommand in kinds}
-    add_dict_to_argparser(group, chosen)  # type: ignore[arg-type] - groups take add_argument too
+    add_dict_to_argparser(group, chosen)  # type: ignore[arg-type]  # groups take add_argument too
     for action in group._group_actions:
         action.help = WATCH_FLAGS[action.dest][1]
 
