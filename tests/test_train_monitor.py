@@ -228,3 +228,21 @@ def test_classifier_run_reports_held_out_accuracy_per_noise_level(setup, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "report_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "Held-out accuracy per noise level" in (run / "report.md").read_text()
+
+
+def test_run_clock_budget_and_time_to_next_save():
+    """The stop rule with given times: stop when the time left is below the longest step plus the
+    final-save estimate; the bar's time to the next save is steps left times the step time."""
+    from guided_diffusion.training.monitor import RunClock
+
+    clock = RunClock(max_time_hours=100 / 3600, save_interval=10, final_save_seconds=5.0, start=0.0)
+    clock.tick(now=8.0)  # start-up and step 1
+    assert clock.next_save_text(1) is None  # no plain step measured yet
+    for step, now in ((2, 10.0), (3, 12.0), (4, 14.0)):
+        clock.tick(now=now)
+    assert clock.recent_step == pytest.approx(2.0)
+    assert clock.next_save_text(4) == "12s"  # 6 steps of 2 s
+    assert clock.longest_step == 8.0
+    assert not clock.out_of_time(now=86.9)  # 13.1 s left > 8 + 5
+    assert clock.out_of_time(now=87.1)
+    assert not RunClock(max_time_hours=0.0, start=0.0).out_of_time(now=1e9)  # no budget
