@@ -115,12 +115,12 @@ def isolated_rng() -> Iterator[None]:
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+    whole = max(0, round(seconds))
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole}s"
 
 
 class RunClock:
@@ -237,6 +237,9 @@ class TrainingMonitor:
         self._extractor: Any = None
         self._reference: dict[str, np.ndarray] | None = None
         self.announced_stop = False
+        # Super-resolution runs: (image folder, small size) of the fixed low-resolution inputs.
+        self.low_res_source: tuple[str, int] | None = None
+        self._low_res: torch.Tensor | None = None
 
     # --- set-up -----------------------------------------------------------------------------------
 
@@ -367,6 +370,29 @@ class TrainingMonitor:
             return None
         return np.asarray(indices, dtype=np.int64) % self.num_classes
 
+    def low_res_inputs(self, indices: list[int], device: torch.device) -> torch.Tensor:
+        """Upsampler grids: sample i upsamples the i-th image of the training folder (sorted, cycled),
+        center-cropped and area-downsampled to the small size as in training."""
+        from guided_diffusion.data.files import list_image_files
+        from guided_diffusion.data.transforms import (
+            center_crop_arr,
+            load_rgb,
+            to_model_input,
+        )
+
+        assert self.low_res_source is not None
+        if self._low_res is None:
+            data_dir, small = self.low_res_source
+            paths = sorted(list_image_files(data_dir))
+            if not paths:
+                raise UserError(f"no images in {data_dir} to take the upsampler grids' low-resolution inputs from")
+            count = max(indices) + 1
+            large = self.image_shape[1]
+            images = torch.stack([torch.from_numpy(to_model_input(center_crop_arr(load_rgb(paths[i % len(paths)]), large)))
+                                  for i in range(count)])
+            self._low_res = torch.nn.functional.interpolate(images, small, mode="area")
+        return self._low_res[indices].to(device)
+
     def draw(self, network: torch.nn.Module, indices: list[int], seed: int, device: torch.device) -> np.ndarray:
         """uint8 NHWC samples `indices` of noise run `seed`."""
         from guided_diffusion.sampling.generate import (
@@ -377,9 +403,10 @@ class TrainingMonitor:
         from guided_diffusion.sampling.guidance import GuidedModel
 
         labels = self.labels_for(indices)
+        kwargs = {"low_res": self.low_res_inputs(indices, device)} if self.low_res_source is not None else None
         x = draw(GuidedModel(network, class_cond=self.class_cond), self._diffusion(), indices=indices, seed=seed,
                  image_shape=self.image_shape, device=device, settings=SamplerSettings(sampler=self.options.sample_sampler),
-                 labels=labels)
+                 labels=labels, model_kwargs=kwargs)
         return to_numpy_uint8(x)
 
     def _grid_columns(self, count: int) -> int:

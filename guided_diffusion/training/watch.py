@@ -54,6 +54,8 @@ def attach_watchers(trainer: Any, args: Namespace, kind: str, diffusion_config: 
         rank=trainer.rank,
         start=PROCESS_START,
     )
+    if kind == "superres":
+        monitor.low_res_source = (str(args.data_dir), int(args.small_size))
     monitor.prepare(trainer.device)
     trainer.monitor = monitor
     return monitor

@@ -16,12 +16,13 @@ PROCESS_START = time.monotonic()
 # name -> (default, help, subcommands that take it)
 _DIFFUSION = ("image_train", "super_res_train")
 _ALL = ("image_train", "super_res_train", "classifier_train")
+_GRIDS = ("image_train", "super_res_train")
 WATCH_FLAGS: dict[str, tuple[object, str, tuple[str, ...]]] = {
-    "sample_interval": (0, "every N steps draw a fixed grid of samples from each EMA rate and the raw weights into RUN_DIR/samples/ (0: off)", ("image_train",)),
-    "sample_num": (16, "samples per grid (fixed seeds and classes, so grids compare over time)", ("image_train",)),
-    "sample_steps": (25, "sampler steps for the grids and the metrics", ("image_train",)),
-    "sample_sampler": ("dpm++2m", "sampler for the grids and the metrics (ddim, dpm++2m, ...)", ("image_train",)),
-    "sample_seed": (0, "seed of the grids' noise and of the metrics' samples", ("image_train",)),
+    "sample_interval": (0, "every N steps draw a fixed grid of samples from each EMA rate and the raw weights into RUN_DIR/samples/ (0: off)", _GRIDS),
+    "sample_num": (16, "samples per grid (fixed seeds and classes, so grids compare over time)", _GRIDS),
+    "sample_steps": (25, "sampler steps for the grids and the metrics", _GRIDS),
+    "sample_sampler": ("dpm++2m", "sampler for the grids and the metrics (ddim, dpm++2m, ...)", _GRIDS),
+    "sample_seed": (0, "seed of the grids' noise and of the metrics' samples", _GRIDS),
     "eval_interval": (0, "every N steps compute FID/precision/recall of --eval_num_samples samples against --eval_data_dir (0: off)", ("image_train",)),
     "eval_data_dir": ("", "held-out image folder the metrics compare with (its statistics are computed once and cached in the run directory)", ("image_train",)),
     "eval_num_samples": (256, "samples per evaluation", ("image_train",)),
