@@ -269,9 +269,9 @@ def invert(argv: list[str]) -> int:
     """`guided-diffusion invert`: DDIM inversion of images to latents.npz, with the round-trip PSNR."""
     parser = _parser("invert", "DDIM inversion: the noise from which deterministic DDIM returns each image.",
                      sampler_default=None, guidance=False)
-    parser.add_argument("--refine", type=int, default=2,
-                        help="fixed-point refinements per step (each costs one more model evaluation per step; "
-                             "0 = the plain first-order inversion)")
+    parser.add_argument("--refine", type=int, default=6,
+                        help="at most this many fixed-point refinements per step, each one more model evaluation, "
+                             "until the step moves by < 1e-4 (0 = the plain first-order inversion; default 6)")
     parser.add_argument("--round_trip", type=str2bool, default=True,
                         help="sample the latents back with DDIM and report the PSNR against the input")
     args = parser.parse_args(argv)

@@ -9,8 +9,10 @@ the x_k whose update lands on a given x_{k-1}; the usual approximation (Song et 
     x_k   = alpha_k x0 + sigma_k eps
 
 the same arithmetic as the original's `ddim_reverse_sample_loop`, written on the `Denoiser` grid so it
-inverts whichever grid the samplers then walk back. `refine` fixed-point iterations re-evaluate eps at the
-new x_k (eps = eps_theta(x_k, k)), which makes each step the exact inverse of DDIM's at convergence.
+inverts whichever grid the samplers then walk back. Up to `refine` fixed-point iterations re-evaluate eps
+at the new x_k (eps = eps_theta(x_k, k)), which makes each step the exact inverse of DDIM's at
+convergence; a sample stops iterating once its x_k moves by less than `tol`, so its result does not
+depend on the other samples in the batch.
 """
 from __future__ import annotations
 
@@ -32,13 +34,15 @@ def ddim_invert(
     *,
     model_kwargs: dict[str, Any] | None = None,
     refine: int = 0,
+    tol: float = 1e-4,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> torch.Tensor:
     """The noise x_{K-1} from which DDIM (eta = 0, unclipped) on `denoiser`'s grid returns about `x`.
 
-    One model evaluation per grid point, plus `refine` more per point for the fixed-point refinement.
-    `callback` receives {"k", "x"} after each step.
+    One model evaluation per grid point, plus up to `refine` more per point for the fixed-point refinement
+    (fewer once every sample has moved by less than `tol`, max-abs). `callback` receives {"k", "x"} after
+    each step.
     """
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
@@ -48,10 +52,16 @@ def ddim_invert(
         _, eps = denoiser.predict(x, k, model_kwargs)
         x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
         x_next = denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(refine):
             _, eps = denoiser.predict(x_next, k, model_kwargs)
             x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
-            x_next = denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+            candidate = denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+            moved = (candidate - x_next).flatten(1).abs().amax(1)
+            x_next = torch.where(active.view(-1, *([1] * (x.ndim - 1))), candidate, x_next)
+            active = active & (moved > tol)
+            if not bool(active.any()):
+                break
         x = x_next
         if callback is not None:
             callback({"k": k, "x": x})

@@ -31,7 +31,7 @@ def sdedit(
     strength: float,
     sampler: str = "ddim",
     from_inversion: bool = False,
-    inversion_refine: int = 2,
+    inversion_refine: int = 6,
     noise: NoiseSource | None = None,
     cond_fn: CondFn | None = None,
     model_kwargs: dict[str, Any] | None = None,
