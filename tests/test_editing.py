@@ -379,6 +379,8 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
         (["invert", "--input", "{root}/missing.npz"], "error: --input {root}/missing.npz does not exist"),
         (["img2img", "--classifier_path", "{root}/guide/model.pt"], "error: classifier guidance steers towards a class"),
         (["invert", "--steps", "1"], "error: --steps must be at least 2, got 1"),
+        (["img2img", "--classifier_path", "{root}/unet/model.pt", "--class_labels", "1"],
+         "error: --classifier_path {root}/unet/model.pt is a unet checkpoint, not a noisy classifier"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, capsys, args, message):

@@ -8,6 +8,7 @@ only on (--seed, i) and input i, whatever --batch_size or the number of ranks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,12 @@ from guided_diffusion.checkpoints import (
     load_model,
     read_config_json,
 )
-from guided_diffusion.config import DiffusionConfig, ModelConfig, SuperResConfig
+from guided_diffusion.config import (
+    ClassifierConfig,
+    DiffusionConfig,
+    ModelConfig,
+    SuperResConfig,
+)
 from guided_diffusion.editing.grid import model_kwargs_of, start_points
 from guided_diffusion.editing.inversion import ddim_invert, psnr
 from guided_diffusion.editing.io import (
@@ -172,6 +178,16 @@ def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConf
     null_label = config.num_classes if config.class_dropout_prob > 0 else None
     if args.cfg_scale != 1.0 and (not config.class_cond or null_label is None):
         raise UserError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout; this model has none")
+    if getattr(args, "classifier_path", ""):
+        classifier = config_for_checkpoint(args.classifier_path)
+        if not isinstance(classifier, ClassifierConfig):
+            raise UserError(f"--classifier_path {args.classifier_path} is a {classifier.kind} checkpoint, not a noisy classifier")
+        if classifier.image_size != config.image_size:
+            raise UserError(f"--classifier_path takes {classifier.image_size}x{classifier.image_size} images, "
+                            f"the model makes {config.image_size}x{config.image_size}")
+        if config.class_cond and classifier.num_classes != config.num_classes:
+            raise UserError(f"--classifier_path has {classifier.num_classes} classes, the model {config.num_classes}")
+        config = dataclasses.replace(config, num_classes=classifier.num_classes) if not config.class_cond else config
     return config, _diffusion_config(args.model_path)
 
 
