@@ -7,6 +7,7 @@ and benchmarks/bench_editing.py.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -50,9 +51,17 @@ from guided_diffusion.sampling.output import save_npz
 from guided_diffusion.sampling.samplers import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).parent))
-import itertools
-
 from _train_helpers import run_ranks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: more threads only contend with the other processes on the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # -- a denoiser known in closed form -------------------------------------------------------------------
 
