@@ -3,7 +3,7 @@
 Each sampling command takes every flag of the original script with the original default, so the
 README's flag strings work verbatim, plus: --preset, --seed, --class_labels, --sampler, --steps with
 --step_grid and the solver and guidance-steering options, --eta, --dynamic_threshold, --cfg_scale,
---progress, --out_dir, --resume, --channels_last and --bf16. Defaults keep the original behaviour (DDPM,
+--progress, --out_dir, --resume, --init_noise, --channels_last and --bf16. Defaults keep the original behaviour (DDPM,
 random classes, fp16 as flagged).
 
 The flags become one `SamplingJob` (`job_from_flags`), drawn by `sampling.runner` exactly as the Python
@@ -38,7 +38,7 @@ from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConf
 from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.grids import DEFAULT_GRID, GRIDS
 from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
-from guided_diffusion.sampling.job import JobError, check_counts, SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job, settings_option
+from guided_diffusion.sampling.job import JobError, check_counts, SamplingJob, array_digest, check_init_noise, check_low_res, fp16_runs_on, sampling_job, settings_option
 from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
 from guided_diffusion.sampling.runner import (
@@ -146,6 +146,10 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
                        help="classifier-free guidance scale for models trained with --class_dropout_prob > 0 "
                             "(1 = off); combines with classifier guidance")
     if command != "super_res_sample":
+        extra.add_argument("--init_noise", default=None, metavar="NPZ",
+                           help="start sample i from arr_0[i] of this npz (float N x C x H x W, e.g. the latents.npz "
+                                "of `guided-diffusion invert`) instead of seeded noise; its arr_1 labels are used "
+                                "when --class_labels is not given")
         extra.add_argument("--class_labels", default=None, metavar="C[,C...]",
                            help="class of every sample (one int), or a comma list cycled over the samples "
                                 "(default: uniformly random per sample)")
@@ -272,7 +276,8 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
 # -- resolving flags into a job ------------------------------------------------------------------------
 
 # Job options whose flag is not simply --<option>, per command.
-_FLAG_OF_OPTION = {"low_res": "--base_samples", "low_res_digest": "--base_samples"}
+_FLAG_OF_OPTION = {"low_res": "--base_samples", "low_res_digest": "--base_samples", "init_noise": "--init_noise",
+                   "init_noise_digest": "--init_noise"}
 
 
 def _flag_error(command: str, exc: ValueError) -> UserError:
@@ -313,7 +318,8 @@ def _precision(args: argparse.Namespace, device: torch.device) -> dict[str, bool
 
 
 def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], device: torch.device, *, seed: int,
-                   base: tuple[np.ndarray, np.ndarray | None] | None = None) -> SamplingJob:
+                   base: tuple[np.ndarray, np.ndarray | None] | None = None,
+                   init_noise: tuple[np.ndarray, np.ndarray | None] | None = None) -> SamplingJob:
     """The sampling flags of `command` as a SamplingJob (the only place they are interpreted)."""
     sampler = args.sampler or ("ddim" if args.use_ddim else "ddpm")
     if args.use_ddim and "use_ddim" in explicit and sampler != "ddim":
@@ -330,10 +336,14 @@ def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], d
         class_labels = tuple(int(c) for c in base[1]) if base[1] is not None and args.class_cond else None
     else:
         class_labels = _parse_class_labels(args.class_labels)
+    if init_noise is not None:
+        extra["init_noise_digest"] = array_digest(init_noise[0])
+        if class_labels is None and init_noise[1] is not None and (args.class_cond or command == "classifier_sample"):
+            class_labels = tuple(int(c) for c in init_noise[1][:args.num_samples])  # sample i gets label i
     try:
         if base is not None:
             check_low_res(base[0], args.small_size)
-        return sampling_job(
+        job = sampling_job(
             model=model, diffusion=DiffusionConfig.from_flags(args), seed=seed, num_samples=args.num_samples,
             sampler=sampler, steps=args.steps,
             eta=0.0 if args.eta is None else args.eta, dynamic_threshold=args.dynamic_threshold,
@@ -343,6 +353,9 @@ def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], d
             cfg_scale=args.cfg_scale, class_labels=class_labels, bf16=args.bf16, channels_last=args.channels_last,
             model_path=args.model_path, classifier_path=getattr(args, "classifier_path", ""), **extra,
         )
+        if init_noise is not None:
+            check_init_noise(init_noise[0], job)
+        return job
     except ValueError as exc:
         raise _flag_error(command, exc) from None
 
@@ -370,6 +383,18 @@ def _check_checkpoints_exist(args: argparse.Namespace, to_fetch: dict[str, Any])
         if not Path(path).is_file():
             what = "is a directory, not a checkpoint file" if Path(path).is_dir() else "does not exist"
             raise UserError(f"--{flag} {path} {what}: check the path")
+
+
+def _load_init_noise(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None] | None:
+    if not getattr(args, "init_noise", None):
+        return None
+    from guided_diffusion.editing.io import read_latents  # noqa: PLC0415 (only this flag needs the editing package)
+
+    try:
+        latents, labels = read_latents(args.init_noise)
+    except ValueError as exc:
+        raise UserError(f"--init_noise: {exc}; pass the latents.npz written by `guided-diffusion invert`") from None
+    return latents.numpy(), labels
 
 
 def _load_base_samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
@@ -467,9 +492,11 @@ def _sample(command: str, argv: list[str]) -> int:
     _check_checkpoints_exist(args, to_fetch)
     from_config = _apply_saved_config(parser, args, explicit)
     base = _load_base_samples(args) if command == "super_res_sample" else None
+    init_noise = _load_init_noise(args)
     dist_util.setup_dist()
     device = dist_util.dev()
-    job = job_from_flags(command, args, explicit, device, seed=args.seed if args.seed is not None else 0, base=base)
+    job = job_from_flags(command, args, explicit, device, seed=args.seed if args.seed is not None else 0, base=base,
+                         init_noise=init_noise)
     logger.configure(dir=args.out_dir)
     out_dir = Path(logger.get_dir())
     if from_config:
@@ -488,7 +515,7 @@ def _sample(command: str, argv: list[str]) -> int:
             store = _on_rank0(lambda: PartialRun.open(out_dir, job, resume=args.resume))
             if store is not None and dist_util.is_main_process() and store.finished():
                 logger.log(f"resuming: {store.count()} of {job.num_samples} samples already in {store.directory}")
-            return _draw_and_write(job, device, base, store)
+            return _draw_and_write(job, device, base, store, init_noise[0] if init_noise is not None else None)
         except NonFiniteSampleError as exc:
             kept = f"; the {store.count()} finished samples stay in {store.directory}" if store is not None else ""
             raise UserError(f"sampling stopped: {exc} (try a smaller --classifier_scale/--cfg_scale, or "
@@ -503,7 +530,7 @@ def _sample(command: str, argv: list[str]) -> int:
 
 
 def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarray, Any] | None,
-                    store: PartialRun | None) -> int:
+                    store: PartialRun | None, init_noise: np.ndarray | None = None) -> int:
     logger.log("loading networks...")
     model = load_network(job.model, job.model_path, device, channels_last=job.channels_last)
     classifier = None
@@ -512,9 +539,10 @@ def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarr
     model_fn, cond_fn = guidance_for(job, model, classifier)
     diffusion = job.build_diffusion()
     verb = "upsampling" if job.is_upsampler else "sampling"
-    logger.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({diffusion.num_timesteps} steps)...")
+    steps = job.settings.steps or diffusion.num_timesteps  # with --steps the diffusion is the un-respaced one
+    logger.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({steps} steps)...")
     result = draw_samples(job, model_fn, cond_fn, device, diffusion=diffusion,
-                          low_res=base[0] if base is not None else None, store=store)
+                          low_res=base[0] if base is not None else None, init_noise=init_noise, store=store)
     if result is not None:
         images, labels = result
         path = save_samples(Path(logger.get_dir()), images, labels)

@@ -86,6 +86,7 @@ class SamplingJob:
     model_path: str = ""
     classifier_path: str = ""
     low_res_digest: str | None = None  # sha256 of an upsampler's low-resolution inputs
+    init_noise_digest: str | None = None  # sha256 of given starting noise (e.g. `invert`'s latents)
 
     def __post_init__(self) -> None:
         check_counts(num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed)
@@ -259,6 +260,17 @@ def check_low_res(images: np.ndarray, small_size: int) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
         raise JobError("low_res", f"low-resolution images are {images.dtype} {images.shape}, expected uint8 "
                        f"N x {'x'.join(map(str, expected))} for small_size {small_size}")
+
+
+def check_init_noise(noise: np.ndarray, job: SamplingJob) -> None:
+    """Given starting noise must hold one float C x H x W array per sample of the job."""
+    needed = job.start_index + job.num_samples
+    if noise.ndim != 4 or tuple(noise.shape[1:]) != tuple(job.image_shape):
+        raise JobError("init_noise", f"starting noise is {tuple(noise.shape)}, expected N x "
+                       f"{'x'.join(map(str, job.image_shape))} for this model")
+    if len(noise) < needed:
+        raise JobError("init_noise", f"starting noise holds {len(noise)} samples, {needed} are asked for; "
+                       f"draw at most {len(noise)} samples")
 
 
 def low_res_input(images: np.ndarray, indices: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -71,13 +71,16 @@ def guidance_for(job: SamplingJob, model: torch.nn.Module,
 
 
 def draw_batch(job: SamplingJob, model_fn: GuidedModel, cond_fn: CondFn | None, diffusion: Any, indices: list[int],
-               device: torch.device, low_res: np.ndarray | None = None) -> Batch:
-    """Samples `indices` of the job as (uint8 NHWC images, int64 labels or None)."""
+               device: torch.device, low_res: np.ndarray | None = None,
+               init_noise: np.ndarray | None = None) -> Batch:
+    """Samples `indices` of the job as (uint8 NHWC images, int64 labels or None); sample i starts from
+    `init_noise[i]` when given (float N x C x H x W), else from its own seeded noise."""
     labels = class_labels_for(indices, job.seed, job.model.num_classes, job.class_labels) if job.with_labels else None
     model_kwargs = {"low_res": low_res_input(low_res, indices, device)} if low_res is not None else {}
+    x_init = torch.from_numpy(np.asarray(init_noise[indices], dtype=np.float32)) if init_noise is not None else None
     x = draw(model_fn, diffusion, indices=indices, seed=job.seed, image_shape=job.image_shape, device=device,
              settings=job.settings, labels=labels if job.with_labels else None, cond_fn=cond_fn,
-             model_kwargs=model_kwargs)
+             model_kwargs=model_kwargs, x_init=x_init)
     return to_numpy_uint8(x), labels
 
 
@@ -89,6 +92,7 @@ def draw_samples(
     *,
     diffusion: Any = None,
     low_res: np.ndarray | None = None,
+    init_noise: np.ndarray | None = None,
     store: PartialRun | None = None,
     split_over_ranks: bool = True,
 ) -> Batch | None:
@@ -98,7 +102,7 @@ def draw_samples(
     diffusion = job.build_diffusion() if diffusion is None else diffusion
     return gather_in_order(
         job.num_samples, job.batch_size,
-        lambda indices: draw_batch(job, model_fn, cond_fn, diffusion, indices, device, low_res),
+        lambda indices: draw_batch(job, model_fn, cond_fn, diffusion, indices, device, low_res, init_noise),
         progress=job.settings.progress, start_index=job.start_index, store=store, split_over_ranks=split_over_ranks,
     )
 
