@@ -54,6 +54,7 @@ class StepGrid:
 
 def integer_timesteps(kind: str, num_steps: int, num_timesteps: int) -> np.ndarray:
     """Ascending integer timesteps of a linspace/leading/trailing grid (diffusers' `timestep_spacing`)."""
+    steps: np.ndarray
     if kind == "linspace":
         steps = np.round(np.linspace(0, num_timesteps - 1, num_steps))
     elif kind == "leading":

@@ -95,7 +95,7 @@ def _guided_x0(
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
     weight = guidance_weight(cond_fn, denoiser.original_timestep(k))
-    if weight != 0.0:
+    if weight != 0.0 and cond_fn is not None:
         eps = denoiser.eps_from_x0(x, k, x0)
         gradient = denoiser.cond_gradient(cond_fn, x, k, model_kwargs)
         eps = eps - denoiser.sigma(k) * (gradient if weight == 1.0 else weight * gradient)
@@ -302,7 +302,8 @@ def heun(
         raise ValueError("heun needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
     noise = noise or _GlobalNoise()
     model_kwargs = model_kwargs or {}
-    guide = dict(model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised, threshold=threshold)
+    guide: dict[str, Any] = dict(model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
+                                 threshold=threshold)
     gamma_max = min(s_churn / denoiser.num_steps, math.sqrt(2.0) - 1.0)
     for k in _steps(denoiser, progress, "heun"):
         s_k = denoiser.sigma(k) / denoiser.alpha(k)
