@@ -99,6 +99,8 @@ def test_saturated_first_step_warns_and_the_default_grid_does_not(networks):
         run(networks, SamplerSettings(sampler="dpm++2m", steps=5))
         run(networks, SamplerSettings(sampler="dpm++2m", steps=5, step_grid="linspace", guidance_interval=(0, 40)))
         run(networks, SamplerSettings(sampler="dpm++2m", steps=5, step_grid="linspace"), cond=False)
+        # ddpm guides by the mean shift Sigma * gradient, bounded by the posterior variance: no warning
+        run(networks, SamplerSettings(sampler="ddpm", steps=5, step_grid="linspace"))
 
 
 def test_guidance_interval_skips_classifier_passes(networks):

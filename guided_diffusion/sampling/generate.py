@@ -177,7 +177,7 @@ def draw(
         model.cfg_interval = settings.cfg_interval
     denoiser = settings.denoiser(model, diffusion)
     cond_fn = settings.steered(cond_fn, diffusion)
-    if cond_fn is not None:
+    if cond_fn is not None and settings.sampler != "ddpm":  # ddpm's mean shift is bounded by the variance (< 1)
         warn_if_saturated(denoiser, cond_fn)
     sampler = SAMPLERS[settings.sampler]
     return sampler(denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=kwargs, **settings.sampler_kwargs())
