@@ -133,6 +133,11 @@ class ModelConfig(_Config):
 
     kind = "unet"
 
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" of a model trained with label dropout (None without one)."""
+        return self.num_classes if self.class_cond and self.class_dropout_prob > 0 else None
+
     def label_count(self) -> int | None:
         """Rows of the label embedding (None when unconditional)."""
         if not self.class_cond:

@@ -22,7 +22,6 @@ import torch.distributed as dist
 from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import (
     config_for_checkpoint,
-    load_model,
     read_config_json,
 )
 from guided_diffusion.config import (
@@ -58,6 +57,7 @@ from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.noise import SampleNoise, fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_samples
+from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.script_util import str2bool
 
@@ -175,8 +175,7 @@ def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConf
     config = config_for_checkpoint(args.model_path)
     if not isinstance(config, ModelConfig) or isinstance(config, SuperResConfig):
         raise UserError(f"--model_path {args.model_path} is a {config.kind} checkpoint; the editing commands need a diffusion model")
-    null_label = config.num_classes if config.class_dropout_prob > 0 else None
-    if args.cfg_scale != 1.0 and (not config.class_cond or null_label is None):
+    if args.cfg_scale != 1.0 and config.null_label is None:
         raise UserError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout; this model has none")
     if getattr(args, "classifier_path", ""):
         classifier = config_for_checkpoint(args.classifier_path)
@@ -192,12 +191,11 @@ def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConf
 
 
 def _load_networks(args: argparse.Namespace, config: ModelConfig, diffusion: DiffusionConfig, device: torch.device) -> Networks:
-    network = load_model(args.model_path, model=config.build()).to(device).eval()
-    null_label = config.num_classes if config.class_dropout_prob > 0 else None
-    model = GuidedModel(network, class_cond=config.class_cond, cfg_scale=args.cfg_scale, null_label=null_label)
+    network = load_network(config, args.model_path, device)
+    model = GuidedModel(network, class_cond=config.class_cond, cfg_scale=args.cfg_scale, null_label=config.null_label)
     classifier = None
     if getattr(args, "classifier_path", ""):
-        classifier = load_model(args.classifier_path).to(device).eval()
+        classifier = load_network(config_for_checkpoint(args.classifier_path), args.classifier_path, device)
     return Networks(model=model, config=config, diffusion=diffusion, classifier=classifier, device=device)
 
 

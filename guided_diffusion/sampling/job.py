@@ -139,7 +139,7 @@ class SamplingJob:
     @property
     def null_label(self) -> int | None:
         """The label meaning "no class" of a model trained with label dropout."""
-        return self.model.num_classes if self.model.class_cond and self.model.class_dropout_prob > 0 else None
+        return self.model.null_label
 
     @property
     def guided(self) -> bool:
