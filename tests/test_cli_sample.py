@@ -40,14 +40,7 @@ CLASSIFIER = ("--classifier_width 32 --classifier_depth 1 --classifier_attention
               "--classifier_channel_mult 1,1 --classifier_num_head_channels 8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the subprocesses these tests start run: on a busy 2-core machine two threads can be
-    tens of times slower, and one thread everywhere keeps the kernels' summation order the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_zero_layers(network: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from guided_diffusion import presets as presets_module
 from guided_diffusion.cli import main
@@ -18,14 +17,7 @@ from test_cli_sample import CLASSIFIER, COND, make_checkpoints, sample
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the subprocesses these tests start run: on a busy 2-core machine two threads can be
-    tens of times slower, and one thread everywhere keeps the kernels' summation order the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -54,13 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _train_helpers import run_ranks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: more threads only contend with the other processes on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- a denoiser known in closed form -------------------------------------------------------------------

@@ -26,11 +26,8 @@ TINY = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "-
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_fresh_logger(one_thread):
     yield
-    torch.set_num_threads(threads)
     logger.reset()
 
 

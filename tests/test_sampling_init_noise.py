@@ -14,12 +14,7 @@ from guided_diffusion.editing.inversion import psnr
 from guided_diffusion.sampling.output import save_npz
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

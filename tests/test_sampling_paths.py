@@ -25,13 +25,7 @@ from test_cli_sample import CFG, CLASSIFIER, COND, SR, UNCOND, assert_same_image
 GUIDED = f"{UNCOND} {CLASSIFIER}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the subprocesses run (and two threads on a busy 2-core machine crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from _train_helpers import child_env, free_port
 from test_cli_sample import COND, load_npz, make_checkpoints, run
@@ -24,14 +23,7 @@ NPZ = f"samples_{NUM}x8x8x3.npz"
 PARTIAL = f"samples_{NUM}x8x8x3.partial"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The children run single-threaded; so does this process (two threads on a busy 2-core machine can
-    be 30x slower, and one thread everywhere keeps the kernels' summation order the same)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _train_helpers import make_blob_dataset, write_image
 
 from guided_diffusion import logger
@@ -13,11 +12,8 @@ TINY = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "-
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_fresh_logger(one_thread):
     yield
-    torch.set_num_threads(threads)
     logger.reset()
 
 

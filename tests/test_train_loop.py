@@ -19,13 +19,10 @@ STEPS = 40
 
 
 @pytest.fixture(autouse=True)
-def _quiet_logger(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet_logger(tmp_path, one_thread):
     logger.configure(dir=str(tmp_path / "log"), format_strs=[])
     yield
     logger.reset()
-    torch.set_num_threads(threads)
 
 
 def _model(seed=0, **kw):
