@@ -106,14 +106,28 @@ def _tiny_unet(seed: int = 0, class_cond: bool = False) -> tuple[torch.nn.Module
     return model, config, DiffusionConfig(learn_sigma=True, diffusion_steps=100, noise_schedule="cosine")
 
 
-def test_inversion_on_the_diffusion_grid_is_the_originals_ddim_reverse_sample_loop():
+def test_inversion_on_the_diffusion_grid_follows_the_reverse_ddim_formula_and_the_compat_loop_is_it():
+    """ddim_invert against the reverse-DDIM arithmetic written out on the respaced diffusion's own arrays
+    (eps from the model's eps output, levels alpha_bar_{t-1} -> alpha_bar_t); the original-style
+    `ddim_reverse_sample_loop` entry point must give the same, with and without clipping."""
     model, _, dcfg = _tiny_unet()
     diffusion = dcfg.replace(timestep_respacing="ddim10").build()
     x0 = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    with torch.no_grad():
-        expected = diffusion.ddim_reverse_sample_loop(model, x0)
-    got = ddim_invert(DiffusionDenoiser(model, diffusion), x0)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    abar = torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64)
+    abar_prev = torch.as_tensor(diffusion.alphas_cumprod_prev, dtype=torch.float64)
+    original_t = torch.as_tensor(diffusion.timestep_map)
+    for clip in (False, True):
+        x = x0.clone()
+        with torch.no_grad():
+            for t in range(diffusion.num_timesteps):
+                eps = model(x, original_t[t].repeat(len(x)).float())[:, :3]
+                x0_hat = (x - (1 - abar_prev[t]).sqrt() * eps) / abar_prev[t].sqrt()
+                x0_hat = x0_hat.clamp(-1, 1) if clip else x0_hat
+                x = (abar[t].sqrt() * x0_hat + (1 - abar[t]).sqrt() * eps).float()
+            compat = diffusion.ddim_reverse_sample_loop(model, x0, clip_denoised=clip)
+        torch.testing.assert_close(compat, x, rtol=1e-4, atol=1e-4)
+        if not clip:
+            torch.testing.assert_close(ddim_invert(DiffusionDenoiser(model, diffusion), x0), x, rtol=1e-4, atol=1e-4)
 
 
 def test_sdedit_keeps_little_at_full_strength_much_at_low_and_per_sample_noise():

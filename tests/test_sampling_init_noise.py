@@ -10,7 +10,7 @@ import torch
 from guided_diffusion import cli
 from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import DiffusionConfig, ModelConfig, config_to_dict
-from guided_diffusion.editing.inversion import psnr
+from guided_diffusion.sampling.inversion import psnr
 from guided_diffusion.sampling.output import save_npz
 
 

@@ -31,7 +31,7 @@ from guided_diffusion.config import (
     SuperResConfig,
 )
 from guided_diffusion.editing.grid import model_kwargs_of, start_points
-from guided_diffusion.editing.inversion import ddim_invert, psnr
+from guided_diffusion.sampling.inversion import ddim_invert, psnr
 from guided_diffusion.editing.io import (
     load_images,
     load_mask,

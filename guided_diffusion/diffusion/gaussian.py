@@ -379,27 +379,22 @@ class GaussianDiffusion:
         """Invert the deterministic DDIM sampler: map data x_0 to the x_{T-1} from which
         `ddim_sample_loop(noise=...)` (eta = 0) returns approximately x_0 again.
 
-        Step t goes from level alpha_bar_{t-1} (1 for t = 0) to alpha_bar_t using eps(x, t), the usual
-        first-order approximation of inverting the DDIM update.
+        A compatibility entry point over `sampling.inversion.ddim_invert` (step t goes from level
+        alpha_bar_{t-1}, 1 for t = 0, to alpha_bar_t using eps(x, t), without refinement).
         """
+        from guided_diffusion.sampling.denoiser import DiffusionDenoiser
+        from guided_diffusion.sampling.inversion import ddim_invert
+
         if device is None:
             device = next(model.parameters()).device
-        img = x.to(device)
-        all_t = torch.arange(self.num_timesteps, device=device).unsqueeze(1).expand(-1, x.shape[0])
-        for i in _progress(range(self.num_timesteps), progress, "DDIM inversion"):
-            t = all_t[i]
-            with torch.no_grad():
-                out = self.p_mean_variance(model, img, t, clip_denoised=False, denoised_fn=None, model_kwargs=model_kwargs)
-                eps = self._predict_eps_from_xstart(img, t, out["pred_xstart"])
-                alpha_bar_prev = self._extract("alphas_cumprod_prev", t, img.shape)
-                alpha_bar = self._extract("alphas_cumprod", t, img.shape)
-                x0 = (img - torch.sqrt(1 - alpha_bar_prev) * eps) / torch.sqrt(alpha_bar_prev)
-                if denoised_fn is not None:
-                    x0 = denoised_fn(x0)
-                if clip_denoised:
-                    x0 = x0.clamp(-1, 1)
-                img = torch.sqrt(alpha_bar) * x0 + torch.sqrt(1 - alpha_bar) * eps
-        return img
+
+        def process_x0(x0: torch.Tensor) -> torch.Tensor:
+            x0 = denoised_fn(x0) if denoised_fn is not None else x0
+            return x0.clamp(-1, 1) if clip_denoised else x0
+
+        transform = process_x0 if (clip_denoised or denoised_fn is not None) else None
+        return ddim_invert(DiffusionDenoiser(model, self), x.to(device), model_kwargs=model_kwargs, progress=progress,
+                           denoised_fn=transform)
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                          model_kwargs=None, device=None, progress=False, eta=0.0, generator: Generator = None) -> torch.Tensor:

@@ -37,26 +37,33 @@ def ddim_invert(
     tol: float = 1e-4,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The noise x_{K-1} from which DDIM (eta = 0, unclipped) on `denoiser`'s grid returns about `x`.
 
     One model evaluation per grid point, plus up to `refine` more per point for the fixed-point refinement
     (fewer once every sample has moved by less than `tol`, max-abs). `callback` receives {"k", "x"} after
-    each step.
+    each step; `denoised_fn` (e.g. clipping) maps each x0 before it is re-noised, as the original's
+    `ddim_reverse_sample_loop` allows.
     """
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     model_kwargs = model_kwargs or {}
+
+    def step_up(eps: torch.Tensor, k: int) -> torch.Tensor:
+        x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        return denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+
     steps = tqdm(range(denoiser.num_steps), desc="inversion", leave=False, disable=not progress)
     for k in steps:
         _, eps = denoiser.predict(x, k, model_kwargs)
-        x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
-        x_next = denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+        x_next = step_up(eps, k)
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(refine):
             _, eps = denoiser.predict(x_next, k, model_kwargs)
-            x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
-            candidate = denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+            candidate = step_up(eps, k)
             moved = (candidate - x_next).flatten(1).abs().amax(1)
             x_next = torch.where(active.view(-1, *([1] * (x.ndim - 1))), candidate, x_next)
             active = active & (moved > tol)
