@@ -395,7 +395,7 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
         (["restore", "--task", "super_res"], "error: --input: {root}/images.npz: images are 8x8, the model takes 4x4"),
         (["invert", "--input", "{root}/missing.npz"], "error: --input {root}/missing.npz does not exist"),
         (["img2img", "--classifier_path", "{root}/guide/model.pt"], "error: classifier guidance steers towards a class"),
-        (["invert", "--steps", "1"], "error: --steps must be at least 2, got 1"),
+        (["invert", "--steps", "1"], "error: --steps: steps must be >= 2, got 1"),
         (["img2img", "--classifier_path", "{root}/unet/model.pt", "--class_labels", "1"],
          "error: --classifier_path {root}/unet/model.pt is a unet checkpoint, not a noisy classifier"),
     ],

@@ -57,6 +57,7 @@ from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.noise import SampleNoise, fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_samples
+from guided_diffusion.sampling.job import settings_option
 from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.script_util import str2bool
@@ -103,8 +104,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _check_common(args: argparse.Namespace) -> None:
-    if args.steps < 2:
-        raise UserError(f"--steps must be at least 2, got {args.steps}")
+    _settings(args, getattr(args, "sampler", None) or "ddim")  # steps, grid and eta, checked where sampling checks them
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.seed is not None and args.seed < 0:
@@ -126,7 +126,8 @@ def _settings(args: argparse.Namespace, sampler: str | None = None) -> SamplerSe
         return SamplerSettings(sampler=sampler or args.sampler, eta=getattr(args, "eta", None) or 0.0, steps=args.steps,
                                step_grid=args.step_grid, progress=_progress(args))
     except ValueError as exc:
-        raise UserError(f"{exc} (check --sampler, --steps, --step_grid, --eta)") from None
+        option = settings_option(str(exc))
+        raise UserError(f"--{option}: {exc}" if option else str(exc)) from None
 
 
 # -- networks ------------------------------------------------------------------------------------------
