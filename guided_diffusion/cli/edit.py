@@ -109,11 +109,6 @@ def _check_common(args: argparse.Namespace) -> None:
         raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    if getattr(args, "eta", None) is not None:
-        if args.sampler != "ddim":
-            raise UserError(f"--eta only applies to DDIM; add --sampler ddim (the sampler is {args.sampler})")
-        if args.eta < 0:
-            raise UserError(f"--eta must be >= 0, got {args.eta}")
     for flag in ("model_path", "input", "classifier_path"):
         path = getattr(args, flag, "")
         if path and not Path(path).exists():

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util
 from guided_diffusion.sampling.denoiser import CondFn, DiffusionDenoiser, grid_denoiser
-from guided_diffusion.sampling.grids import GRIDS, make_grid, saturated_first_step
+from guided_diffusion.sampling.grids import check_grid_request, make_grid, saturated_first_step
 from guided_diffusion.sampling.guidance import (
     GUIDANCE_SCHEDULES,
     GuidedModel,
@@ -69,18 +69,14 @@ class SamplerSettings:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.steps is not None and self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if self.step_grid is not None and self.step_grid not in GRIDS:
-            raise ValueError(f"unknown step grid {self.step_grid!r}; choose one of {', '.join(GRIDS)}")
-        if self.steps is None and (self.step_grid, self.sigma_min, self.sigma_max) != (None, None, None):
+        if self.steps is not None:
+            check_grid_request(self.steps, self.step_grid, self.sigma_min, self.sigma_max)
+        elif (self.step_grid, self.sigma_min, self.sigma_max) != (None, None, None):
             raise ValueError("step_grid, sigma_min and sigma_max need steps (they describe a grid of `steps` levels)")
-        for name in ("sigma_min", "sigma_max"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.eta and self.sampler != "ddim":
+            raise ValueError(f"eta only applies to the ddim sampler (the sampler is {self.sampler})")
         if self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
             raise ValueError("need s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
         if self.s_churn > 0 and self.sampler != "heun":

@@ -89,6 +89,18 @@ def _ve_sigma(abar: float) -> float:
     return math.sqrt((1.0 - abar) / abar)
 
 
+def check_grid_request(num_steps: int, kind: str | None = None, sigma_min: float | None = None,
+                       sigma_max: float | None = None) -> None:
+    """The checks a grid request must pass whatever the model (the schedule's own limits come later)."""
+    if kind is not None and kind not in GRIDS:
+        raise ValueError(f"unknown step grid {kind!r}; choose one of {', '.join(GRIDS)}")
+    if num_steps < 2:
+        raise ValueError(f"steps must be >= 2, got {num_steps}")
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
 def make_grid(
     kind: str | None,
     num_steps: int,
@@ -100,10 +112,7 @@ def make_grid(
     """A `num_steps`-level grid of kind `kind` (None = `DEFAULT_GRID`) for a model whose discrete schedule
     is `alphas_cumprod[t]`, t = 0..T-1. `sigma_min`/`sigma_max` are VE sigmas (karras and logsnr only)."""
     kind = kind or DEFAULT_GRID
-    if kind not in GRIDS:
-        raise ValueError(f"unknown step grid {kind!r}; choose one of {', '.join(GRIDS)}")
-    if num_steps < 2:
-        raise ValueError(f"steps must be >= 2, got {num_steps}")
+    check_grid_request(num_steps, kind, sigma_min, sigma_max)
     table = np.asarray(alphas_cumprod, dtype=np.float64)
     num_timesteps = len(table)
     if num_steps > num_timesteps:

@@ -97,8 +97,6 @@ class SamplingJob:
                 raise JobError(name, f"{name} must be a finite number, got {getattr(self, name)}")
         if not math.isfinite(self.settings.eta):  # SamplerSettings checks the sign
             raise JobError("eta", f"eta must be a finite number, got {self.settings.eta}")
-        if self.settings.eta and self.settings.sampler != "ddim":
-            raise JobError("eta", f"eta only applies to the ddim sampler (the sampler is {self.settings.sampler})")
         if self.settings.dynamic_threshold is not None:
             try:
                 dynamic_threshold(self.settings.dynamic_threshold)
