@@ -181,6 +181,23 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return dict(state)
 
 
+def layout_differences(given: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
+    """How the key -> shape table `given` (a checkpoint's) differs from `expected` (a network's), in a
+    few words with one example of each kind; empty when they agree."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and expected[k] != given[k]]
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        details.append(f"{len(reshaped)} tensors of another shape (e.g. {k}: checkpoint {given[k]}, network {expected[k]})")
+    return ", ".join(details)
+
+
 def check_layout(path: str | os.PathLike, network_config, label: str) -> None:
     """Raise `UserError` unless the checkpoint at `path` has exactly the keys and tensor shapes of
     the network `network_config` builds (built on the "meta" device: no memory, no weights)."""
@@ -191,19 +208,9 @@ def check_layout(path: str | os.PathLike, network_config, label: str) -> None:
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in network_config.build().state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
-    if missing or unexpected or reshaped:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if reshaped:
-            k = reshaped[0]
-            details.append(f"{len(reshaped)} tensors of another shape (e.g. {k}: {given[k]} instead of {expected[k]})")
-        raise UserError(f"{path.name} does not have the layout of {label}: " + ", ".join(details))
+    details = layout_differences(given, expected)
+    if details:
+        raise UserError(f"{path.name} does not have the layout of {label}: {details}")
 
 
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
@@ -355,10 +362,9 @@ def diagnose_mismatch(state: Mapping[str, torch.Tensor], model: torch.nn.Module)
     """Human-readable differences between a checkpoint and a model, each naming the flag to use;
     empty when every key and shape agrees."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if not (missing or unexpected or shapes):
+    details = layout_differences({k: tuple(v.shape) for k, v in state.items()},
+                                 {k: tuple(v.shape) for k, v in own.items()})
+    if not details:
         return []
     ckpt, mine = describe_state_dict(state), describe_state_dict(own)
     problems: list[str] = []
@@ -367,15 +373,7 @@ def diagnose_mismatch(state: Mapping[str, torch.Tensor], model: torch.nn.Module)
     if ckpt and mine:
         problems = (_unet_problems if ckpt["kind"] == "unet" else _classifier_problems)(ckpt, mine, model)
     if not problems:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            details.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
-        problems = [", ".join(details) + "; check the model flags against those used for training"]
+        problems = [details + "; check the model flags against those used for training"]
     return problems
 
 
