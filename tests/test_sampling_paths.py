@@ -217,6 +217,16 @@ def test_non_finite_samples_stop_with_a_one_line_error(ckpt, tmp_path, capsys):
     assert not list(out.glob("samples_*.npz"))
 
 
+def test_a_saturating_guided_grid_warns_in_one_line_and_the_default_grid_does_not(ckpt, tmp_path, capsys):
+    common = ["--model_path", str(ckpt["uncond"]), "--classifier_path", str(ckpt["classifier"]), "--sampler", "ddim",
+              "--steps", "4", "--num_samples", "1"]
+    assert run("classifier_sample", GUIDED, tmp_path / "a", *common, "--step_grid", "linspace") == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("warning: the first guided step starts at t="), warned
+    assert run("classifier_sample", GUIDED, tmp_path / "b", *common) == 0
+    assert "warning" not in capsys.readouterr().err.lower()
+
+
 def test_library_errors_are_in_library_terms(pipe):
     with pytest.raises(JobError, match="steps must be >= 2") as info:
         pipe.sample(2, steps=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from guided_diffusion.errors import UserError
 
@@ -40,6 +41,10 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001 (showwarning's signature)
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func_name, _ = SUBCOMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
     try:
-        result = func(argv[1:])
+        with warnings.catch_warnings():  # a library warning reads as one line here, not file:line plus source
+            warnings.showwarning = _one_line_warning
+            result = func(argv[1:])
     except UserError as exc:  # bad input: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
