@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -152,7 +153,9 @@ def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap
 
             device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
             return load_file(str(path), device=device)
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a raw pickle's protocol note would precede our one-line verdict on it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files: say which, not a pickle traceback
         if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be memory-mapped
             return read_tensor_file(path, map_location)
