@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,3 +78,20 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
     return subprocess.run(
         [sys.executable, "-m", "guided_diffusion", *args], env=env or child_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_checkpoint_set(run_a: Path, run_b: Path, step: int, ema_rates: tuple[str, ...] = ("0.9", "0.99")) -> None:
+    """The model, EMA and Adam moments saved at `step` are bit-identical in the two run directories."""
+    for name in (f"model{step:06d}.pt", *(f"ema_{rate}_{step:06d}.pt" for rate in ema_rates)):
+        a, b = load_checkpoint_file(run_a / name), load_checkpoint_file(run_b / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
+    opt_a, opt_b = load_checkpoint_file(run_a / f"opt{step:06d}.pt"), load_checkpoint_file(run_b / f"opt{step:06d}.pt")
+    for index, entry in opt_a["state"].items():
+        assert torch.equal(entry["exp_avg"], opt_b["state"][index]["exp_avg"])
+        assert torch.equal(entry["exp_avg_sq"], opt_b["state"][index]["exp_avg_sq"])

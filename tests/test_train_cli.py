@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import child_env, free_port, make_blob_dataset, run_cli
+from _train_helpers import assert_same_checkpoint_set, child_env, free_port, load_checkpoint_file, make_blob_dataset, run_cli
 
 TINY = [
     "--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1",
@@ -40,25 +40,10 @@ def reference_run(data_dir, tmp_path_factory) -> Path:
     return run
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same_checkpoint(run_a: Path, run_b: Path, step: int) -> None:
-    for name in (f"model{step:06d}.pt", f"ema_0.9_{step:06d}.pt", f"ema_0.99_{step:06d}.pt"):
-        a, b = _load(run_a / name), _load(run_b / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
-    opt_a, opt_b = _load(run_a / f"opt{step:06d}.pt"), _load(run_b / f"opt{step:06d}.pt")
-    for index, entry in opt_a["state"].items():
-        assert torch.equal(entry["exp_avg_sq"], opt_b["state"][index]["exp_avg_sq"])
-
-
 def _assert_no_partial_files(run: Path) -> None:
     for path in run.iterdir():
         if path.suffix == ".pt":  # temp files end in .tmp-XXXX, so every .pt must be whole
-            _load(path)
+            load_checkpoint_file(path)
 
 
 def test_loss_goes_down_and_run_directory_is_complete(reference_run):
@@ -73,7 +58,7 @@ def test_loss_goes_down_and_run_directory_is_complete(reference_run):
     config = json.loads((reference_run / "config.json").read_text())
     assert config["model"]["class_dropout_prob"] == 0.2 and config["model"]["num_classes"] == 2
     assert json.loads((reference_run / "classes.json").read_text())["classes"] == ["c0", "c1"]
-    model = _load(reference_run / f"model{REFERENCE_STEPS:06d}.pt")
+    model = load_checkpoint_file(reference_run / f"model{REFERENCE_STEPS:06d}.pt")
     assert model["label_emb.weight"].shape == (3, 128)  # two classes + the null label (4 * 32 channels)
     assert all(v.dtype == torch.float32 for v in model.values())
 
@@ -94,7 +79,7 @@ def test_exact_resume_after_sigkill(reference_run, data_dir, tmp_path):
     resumed = run_cli([*args, "--iterations", "40", "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "exact resume" in resumed.stdout
-    _assert_same_checkpoint(reference_run, run, 40)
+    assert_same_checkpoint_set(reference_run, run, 40)
 
 
 KILL_DURING_SAVE = """
@@ -134,7 +119,7 @@ def test_kill_during_save_leaves_no_half_written_file_and_resume_is_exact(refere
     assert "checkpoint at step 20" in resumed.stdout and "incomplete or corrupt" in resumed.stdout
     assert "model000015.pt at step 15 (exact resume)" in resumed.stdout
     assert not any(".tmp-" in p.name for p in run.iterdir())
-    _assert_same_checkpoint(reference_run, run, 30)
+    assert_same_checkpoint_set(reference_run, run, 30)
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -164,8 +149,8 @@ def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(data_dir, tmp_path)
     # gradient is exactly zero in theory, e.g. per-channel biases just before a GroupNorm, so
     # an elementwise tolerance would test noise.)
     for name in ("model{:06d}.pt", "ema_0.9_{:06d}.pt"):
-        a6, b6 = _flat(_load(tmp_path / "one" / name.format(6))), _flat(_load(tmp_path / "two" / name.format(6)))
-        a3 = _flat(_load(tmp_path / "one" / name.format(3)))
+        a6, b6 = _flat(load_checkpoint_file(tmp_path / "one" / name.format(6))), _flat(load_checkpoint_file(tmp_path / "two" / name.format(6)))
+        a3 = _flat(load_checkpoint_file(tmp_path / "one" / name.format(3)))
         gap, moved = float((a6 - b6).norm()), float((a6 - a3).norm())
         assert moved > 0 and gap < 1e-2 * moved, (name, gap, moved)
     state = torch.load(tmp_path / "two" / "train_state000006.pt", weights_only=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import make_blob_dataset, run_cli
+from _train_helpers import assert_same_checkpoint_set, load_checkpoint_file, make_blob_dataset, run_cli
 
 from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import ClassifierConfig, config_to_dict
@@ -74,22 +74,6 @@ def watched_run(setup) -> Path:
     return _train(setup, "watched", _watch_flags(setup))
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same_state(run_a: Path, run_b: Path, step: int) -> None:
-    for name in (f"model{step:06d}.pt", f"ema_0.9_{step:06d}.pt", f"ema_0.99_{step:06d}.pt"):
-        a, b = _load(run_a / name), _load(run_b / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
-    opt_a, opt_b = _load(run_a / f"opt{step:06d}.pt"), _load(run_b / f"opt{step:06d}.pt")
-    for index, entry in opt_a["state"].items():
-        assert torch.equal(entry["exp_avg"], opt_b["state"][index]["exp_avg"])
-        assert torch.equal(entry["exp_avg_sq"], opt_b["state"][index]["exp_avg_sq"])
-
-
 def _progress(run: Path) -> list[dict[str, str]]:
     with open(run / "progress.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -97,7 +81,7 @@ def _progress(run: Path) -> list[dict[str, str]]:
 
 def test_watching_does_not_change_the_trajectory(plain_run, watched_run):
     for step in (10, 20):
-        _assert_same_state(plain_run, watched_run, step)
+        assert_same_checkpoint_set(plain_run, watched_run, step)
     plain, watched = _progress(plain_run), _progress(watched_run)
     assert [r["step"] for r in plain] == [r["step"] for r in watched] == ["5", "10", "15", "20"]
     for a, b in zip(plain, watched):
@@ -141,7 +125,7 @@ def test_resume_auto_keeps_the_trajectory_and_the_grids(setup, plain_run, watche
     result = run_cli(["image_train", "--data_dir", str(setup["data"]), "--log_dir", str(run), "--iterations", str(STEPS),
                       "--resume", "auto", *TINY, *_watch_flags(setup)])
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same_state(plain_run, run, 20)
+    assert_same_checkpoint_set(plain_run, run, 20)
     with np.load(run / "samples" / "000020_ema_0.99.npz") as a, np.load(watched_run / "samples" / "000020_ema_0.99.npz") as b:
         assert np.array_equal(a["images"], b["images"])  # same weights, same seeds: same grid
     with open(run / "metrics.csv", newline="") as handle:
@@ -207,7 +191,7 @@ def test_max_time_saves_and_stops_cleanly(setup):
     assert len(models) == 1
     step = int(models[0].stem[len("model"):])
     assert 0 < step < 10**6
-    state = _load(run / f"train_state{step:06d}.pt")
+    state = load_checkpoint_file(run / f"train_state{step:06d}.pt")
     assert state["kind"] == "diffusion"
     assert json.loads((run / "config.json").read_text())["model"]["num_channels"] == 32
 
@@ -262,7 +246,7 @@ def test_upsampler_grids_do_not_change_the_trajectory(setup):
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(run)
     for name in ("model000004.pt", "ema_0.9_000004.pt"):
-        a, b = _load(runs[0] / name), _load(runs[1] / name)
+        a, b = load_checkpoint_file(runs[0] / name), load_checkpoint_file(runs[1] / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     for step in (2, 4):
         for tag in ("ema_0.9", "raw"):
