@@ -54,7 +54,7 @@ from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.denoiser import CondFn, Denoiser
 from guided_diffusion.sampling.generate import SamplerSettings, gather_in_order
 from guided_diffusion.sampling.grids import GRIDS
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.guidance import GuidedModel, check_cfg, classifier_cond_fn
 from guided_diffusion.sampling.noise import SampleNoise, fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_samples
 from guided_diffusion.sampling.job import settings_option
@@ -171,8 +171,10 @@ def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConf
     config = config_for_checkpoint(args.model_path)
     if not isinstance(config, ModelConfig) or isinstance(config, SuperResConfig):
         raise UserError(f"--model_path {args.model_path} is a {config.kind} checkpoint; the editing commands need a diffusion model")
-    if args.cfg_scale != 1.0 and config.null_label is None:
-        raise UserError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout; this model has none")
+    try:
+        check_cfg(args.cfg_scale, class_cond=config.class_cond, null_label=config.null_label)
+    except ValueError:
+        raise UserError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout; this model has none") from None
     if getattr(args, "classifier_path", ""):
         classifier = config_for_checkpoint(args.classifier_path)
         if not isinstance(classifier, ClassifierConfig):

@@ -29,6 +29,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def check_cfg(cfg_scale: float, *, class_cond: bool, null_label: int | None) -> None:
+    """Classifier-free guidance (cfg_scale != 1) needs a class-conditional model with a null label."""
+    if cfg_scale != 1.0 and (not class_cond or null_label is None):
+        raise ValueError("classifier-free guidance needs a class-conditional model with a null label")
+
+
 class GuidedModel:
     """The model as samplers call it: `model(x, t, y=None, **kwargs)` returning float32 output.
 
@@ -54,8 +60,7 @@ class GuidedModel:
         autocast_dtype: torch.dtype | None = None,
         cfg_interval: tuple[float, float] | None = None,
     ):
-        if cfg_scale != 1.0 and (not class_cond or null_label is None):
-            raise ValueError("classifier-free guidance needs a class-conditional model with a null label")
+        check_cfg(cfg_scale, class_cond=class_cond, null_label=null_label)
         self.cfg_interval = _checked_interval(cfg_interval, "cfg_interval")
         self.model = model
         self.class_cond = class_cond

@@ -22,7 +22,7 @@ import torch
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.errors import UserError
 from guided_diffusion.sampling.generate import SamplerSettings
-from guided_diffusion.sampling.guidance import GuidedModel, dynamic_threshold
+from guided_diffusion.sampling.guidance import check_cfg, dynamic_threshold
 
 __all__ = ["JobError", "SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
 
@@ -102,9 +102,8 @@ class SamplingJob:
                 dynamic_threshold(self.settings.dynamic_threshold)
             except ValueError as exc:
                 raise JobError("dynamic_threshold", str(exc)) from None
-        try:  # the one copy of the classifier-free-guidance rule is GuidedModel's
-            GuidedModel(torch.nn.Identity(), class_cond=self.model.class_cond, cfg_scale=self.cfg_scale,
-                        null_label=self.null_label)
+        try:
+            check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.null_label)
         except ValueError:
             raise JobError("cfg_scale", f"cfg_scale {self.cfg_scale} needs a class-conditional model trained with "
                            "label dropout (class_dropout_prob > 0, which gives it a null label); this model has none") from None
