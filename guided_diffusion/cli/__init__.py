@@ -1,7 +1,8 @@
 """Command-line entry point: `guided-diffusion NAME [FLAGS]` dispatches to one subcommand module.
 
-Each subcommand lives in its own module exposing `main(argv: list[str]) -> int`; modules are imported
-lazily so `guided-diffusion presets` does not pay for importing the training stack.
+`SUBCOMMANDS` maps each name to a function `f(argv: list[str]) -> int` in a module of this package
+(several subcommands may share a module); modules are imported lazily so `guided-diffusion presets`
+does not pay for importing the training stack. Bad input surfaces here as one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import importlib
 import sys
 import warnings
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 
 # name -> ("module", "function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -41,8 +42,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001 (showwarning's signature)
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def flag_message(exc: UserError, flag_of_setting: dict[str, str] | None = None) -> str:
+    """The one-line message for bad input: a SettingError is prefixed by the flag that sets it
+    (`--<setting>` unless `flag_of_setting` names another), other errors are already in flag terms."""
+    if isinstance(exc, SettingError):
+        flag = (flag_of_setting or {}).get(exc.setting, f"--{exc.setting}")
+        return f"{flag}: {exc}"
+    return str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning
             result = func(argv[1:])
     except UserError as exc:  # bad input: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {flag_message(exc)}", file=sys.stderr)
         return 2
     return int(result or 0)
