@@ -24,15 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import released_network, time_paths  # noqa: E402
+from common import released_network, time_paths
 
-from guided_diffusion.checkpoints import load_model, read_config_json  # noqa: E402
-from guided_diffusion.config import DiffusionConfig  # noqa: E402
-from guided_diffusion.demo.judge import JudgeFeatures  # noqa: E402
-from guided_diffusion.presets import PRESETS  # noqa: E402
-from guided_diffusion.sampling.generate import SamplerSettings, draw  # noqa: E402
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn  # noqa: E402
-from guided_diffusion.sampling.output import to_uint8  # noqa: E402
+from guided_diffusion.checkpoints import load_model, read_config_json
+from guided_diffusion.config import DiffusionConfig
+from guided_diffusion.demo.judge import JudgeFeatures
+from guided_diffusion.presets import PRESETS
+from guided_diffusion.sampling.generate import SamplerSettings, draw
+from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.output import to_uint8
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

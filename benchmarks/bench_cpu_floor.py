@@ -13,9 +13,9 @@ import argparse
 import time
 
 import torch
+from common import machine, released_network
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import machine, released_network
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.performance import optimize_model
 from guided_diffusion.presets import PRESETS

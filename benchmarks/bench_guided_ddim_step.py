@@ -15,8 +15,8 @@ import argparse
 import copy
 
 import torch
-
 from common import released_network, report, time_paths
+
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.diffusion.gaussian import _extract_into_tensor
 from guided_diffusion.diffusion.respace import SpacedDiffusion, _WrappedModel

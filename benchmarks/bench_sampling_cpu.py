@@ -17,8 +17,8 @@ import os
 import time
 
 import torch
-
 from common import released_network
+
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.presets import PRESETS
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw, to_numpy_uint8

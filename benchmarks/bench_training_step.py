@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 import torch
-
 from common import released_network, report, time_paths
+
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.models.attention import attention_backend
 from guided_diffusion.performance import optimize_model

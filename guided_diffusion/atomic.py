@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
@@ -31,7 +32,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
     """Write `path` atomically with `write(file)`; returns (size in bytes, sha256 hex digest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Like atomic_write, for writers that want a file name (safetensors, PIL): `write(tmp)` fills a
+    """Like atomic_write_stream, for writers that want a file name (safetensors, PIL): `write(tmp)` fills a
     temporary path in the same folder, which is then fsynced and renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,12 +71,12 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) ->
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> tuple[int, str]:
     """Write `data` to `path` atomically."""
-    return atomic_write(path, lambda handle: handle.write(data))
+    return atomic_write_stream(path, lambda handle: handle.write(data))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> tuple[int, str]:
     """`torch.save(obj)` to `path` atomically; returns (size, sha256)."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    return atomic_write_stream(path, lambda handle: torch.save(obj, handle))
 
 
 def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> tuple[int, str]:

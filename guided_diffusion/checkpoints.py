@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -18,10 +19,6 @@ CONFIG_FILENAME = "config.json"
 METADATA_KEY = "guided_diffusion_config"
 
 
-# Path-based atomic writes (safetensors wants a file name); kept under this name for callers.
-atomic_write = atomic_write_path
-
-
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: dict | None = None) -> Path:
     """Save weights atomically. `.safetensors` files carry `config` as metadata; `.pt` files are plain
     state dicts in the released layout (write the config with write_config_json)."""
@@ -31,14 +28,14 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
         from safetensors.torch import save_file
 
         metadata = {METADATA_KEY: json.dumps(config)} if config is not None else None
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+        return atomic_write_path(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return atomic_write_path(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def write_config_json(directory: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     """Save a model config (config_to_dict's form) as config.json in a checkpoint directory."""
     text = json.dumps(dict(config), indent=2, sort_keys=True)
-    return atomic_write(Path(directory) / CONFIG_FILENAME, lambda tmp: tmp.write_text(text))
+    return atomic_write_path(Path(directory) / CONFIG_FILENAME, lambda tmp: tmp.write_text(text))
 
 
 def read_config_json(path: str | os.PathLike) -> dict | None:
@@ -50,7 +47,7 @@ def read_config_json(path: str | os.PathLike) -> dict | None:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 text = (handle.metadata() or {}).get(METADATA_KEY)
-        except Exception:  # noqa: BLE001 - a damaged file: say so in our words
+        except Exception:
             raise UserError(_describe_unreadable(path, ValueError("header"))) from None
         if text:
             return parse_config_text(text, f"the config stored in {path}")
@@ -156,7 +153,7 @@ def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap
         with warnings.catch_warnings():  # a raw pickle's protocol note would precede our one-line verdict on it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:  # noqa: BLE001 - truncated or foreign files: say which, not a pickle traceback
+    except Exception as exc:
         if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be memory-mapped
             return read_tensor_file(path, map_location)
         raise UserError(_describe_unreadable(path, exc)) from None

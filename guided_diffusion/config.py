@@ -7,8 +7,9 @@ flags. New fields have defaults that keep the original behaviour.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

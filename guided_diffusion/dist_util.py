@@ -1,206 +1,23 @@
-"""Process-group setup and rank helpers; drop-in for the original `dist_util` that needs no MPI.
+"""Compatibility shim: the original `dist_util` module (no MPI needed), re-exported from
+`guided_diffusion.runtime.distributed`."""
+from guided_diffusion.runtime.distributed import (
+    backend_for_this_machine,
+    barrier,
+    dev,
+    get_local_rank,
+    get_rank,
+    get_world_size,
+    int_from_env,
+    is_initialized,
+    is_main_process,
+    load_state_dict,
+    setup_dist,
+    sync_params,
+    teardown_dist,
+)
 
-`setup_dist()` starts a `torch.distributed` process group in every situation the original code
-meets, so scripts that call it and then use `torch.distributed` directly keep working:
-
-* launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT in the env);
-* launched by `mpiexec` with mpi4py importable (rank 0 picks the address and a free port);
-* a plain single process: a one-rank group on 127.0.0.1 and a free port.
-
-NCCL is used when CUDA is available (each rank on `cuda:LOCAL_RANK`, within whatever
-`CUDA_VISIBLE_DEVICES` allows), gloo otherwise.
-"""
-from __future__ import annotations
-
-import atexit
-import os
-import socket
-from pathlib import Path
-from typing import Any, Iterable
-
-import torch
-import torch.distributed as dist
-
-from guided_diffusion.errors import UserError
-
-# Environment variables set by common MPI launchers (Open MPI, MPICH/Hydra, Intel MPI, PMIx).
-_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
-_MPI_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _launched_by_mpi() -> bool:
-    return any(var in os.environ for var in _MPI_SIZE_VARS)
-
-
-def backend_for_this_machine() -> str:
-    """`nccl` when CUDA is usable, else `gloo`."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def _select_cuda_device(local_rank: int) -> None:
-    if torch.cuda.is_available():
-        # Several ranks per node share the visible devices round-robin; never rewrite
-        # CUDA_VISIBLE_DEVICES, so a user's choice of GPUs is respected.
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-
-
-def _setup_from_mpi() -> None:
-    from mpi4py import MPI  # noqa: PLC0415 - optional dependency, only under mpiexec
-
-    comm = MPI.COMM_WORLD
-    rank, world = comm.Get_rank(), comm.Get_size()
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-    if rank == 0:
-        host = "127.0.0.1" if world == 1 else socket.gethostname()
-        info = (host, _free_port("0.0.0.0" if world > 1 else host))
-    else:
-        info = None
-    host, port = comm.bcast(info, root=0)
-    os.environ.update(
-        MASTER_ADDR=str(host), MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank)
-    )
-    _select_cuda_device(local_rank)
-    dist.init_process_group(backend_for_this_machine(), init_method="env://", rank=rank, world_size=world)
-
-
-def setup_dist() -> None:
-    """Start the default process group unless one is already running (see module docstring)."""
-    if dist.is_available() and dist.is_initialized():
-        return
-    # Scripts written for the original never destroy the group; tearing gloo down at interpreter exit
-    # (instead of leaving its threads to the C++ destructors) avoids "terminate called" aborts.
-    atexit.register(teardown_dist)
-    if _launched_by_torchrun():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            if int(os.environ["WORLD_SIZE"]) > 1:
-                raise UserError("RANK/WORLD_SIZE are set but MASTER_PORT is not: launch with torchrun, or set MASTER_ADDR and MASTER_PORT")
-            os.environ["MASTER_PORT"] = str(_free_port())
-        _select_cuda_device(local_rank)
-        dist.init_process_group(backend_for_this_machine(), init_method="env://")
-        return
-    if _launched_by_mpi():
-        try:
-            import mpi4py  # noqa: F401, PLC0415
-        except ImportError:
-            mpi4py = None
-        if mpi4py is not None:
-            _setup_from_mpi()
-            return
-        if _mpi_world_size_from_env() > 1:
-            raise UserError("launched by mpiexec but mpi4py is not installed: `pip install mpi4py`, or launch with torchrun")
-    # A plain process: a group of one, so code written for several ranks still runs.
-    _select_cuda_device(0)
-    dist.init_process_group(
-        backend_for_this_machine(), init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
-
-
-def int_from_env(names: tuple[str, ...], default: int) -> int:
-    """The first of the environment variables `names` that holds an integer, else `default`."""
-    for var in names:
-        try:
-            return int(os.environ[var])
-        except (KeyError, ValueError):
-            continue
-    return default
-
-
-def _mpi_world_size_from_env() -> int:
-    return int_from_env(_MPI_SIZE_VARS, 1)
-
-
-def is_initialized() -> bool:
-    """Whether a default process group is running."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """This process's global rank (0 without a process group)."""
-    return dist.get_rank() if is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of ranks (1 without a process group)."""
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def get_local_rank() -> int:
-    """Rank within this node, from the launcher's environment (0 when unknown)."""
-    for var in ("LOCAL_RANK", *_MPI_LOCAL_RANK_VARS):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                continue
-    return 0
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a process without a process group)."""
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    """`dist.barrier()` when several ranks run; a no-op otherwise."""
-    if get_world_size() > 1:
-        dist.barrier()
-
-
-def dev() -> torch.device:
-    """The device this rank should compute on."""
-    if torch.cuda.is_available():
-        if is_initialized():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cuda", get_local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def load_state_dict(path: str | os.PathLike, **kwargs: Any) -> dict:
-    """Load a checkpoint on this rank alone (not a collective): `.pt` with `weights_only=True`, or
-    `.safetensors`. Keyword arguments go to `torch.load` (e.g. `map_location="cpu"`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: check the path")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
-        location = kwargs.get("map_location", "cpu")
-        return load_file(str(path), device=str(location) if not callable(location) else "cpu")
-    kwargs = dict(kwargs)
-    kwargs["weights_only"] = True
-    try:
-        return torch.load(path, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad or unsafe file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(
-            f"cannot load checkpoint {path} ({type(exc).__name__}: {first_line}): "
-            "the file is corrupt, truncated or not a weights-only state dict; re-save or re-download it"
-        ) from exc
-
-
-def sync_params(params: Iterable[torch.Tensor]) -> None:
-    """Copy rank 0's values of `params` to every rank (no-op with a single rank)."""
-    if get_world_size() <= 1:
-        return
-    with torch.no_grad():
-        for param in params:
-            dist.broadcast(param, 0)
-
-
-def teardown_dist() -> None:
-    """Destroy the default process group if one is running."""
-    if is_initialized():
-        dist.destroy_process_group()
+__all__ = [
+    "backend_for_this_machine", "setup_dist", "int_from_env", "is_initialized", "get_rank",
+    "get_world_size", "get_local_rank", "is_main_process", "barrier", "dev", "load_state_dict",
+    "sync_params", "teardown_dist",
+]

@@ -28,8 +28,8 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from tqdm.auto import tqdm
 

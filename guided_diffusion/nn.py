@@ -1,5 +1,7 @@
 """Compatibility shim: the original `guided_diffusion.nn` helpers, re-exported from guided_diffusion.models.layers."""
-from guided_diffusion.models.layers import (  # noqa: F401
+from torch.nn import SiLU
+
+from guided_diffusion.models.layers import (
     GroupNorm32,
     avg_pool_nd,
     checkpoint,
@@ -12,4 +14,8 @@ from guided_diffusion.models.layers import (  # noqa: F401
     update_ema,
     zero_module,
 )
-from torch.nn import SiLU  # noqa: F401
+
+__all__ = [
+    "SiLU", "GroupNorm32", "avg_pool_nd", "checkpoint", "conv_nd", "linear", "mean_flat", "normalization",
+    "scale_module", "timestep_embedding", "update_ema", "zero_module",
+]

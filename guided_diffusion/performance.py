@@ -4,7 +4,7 @@ plain path is the default; benchmarks/ measures what each one gives and tests ch
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

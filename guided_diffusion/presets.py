@@ -102,14 +102,22 @@ _ENTRIES = [
 PRESETS: dict[str, Preset] = {p.name: p for p in _ENTRIES}
 
 
-def get_preset(name: str) -> Preset:
-    """The preset called `name` (".pt" suffix allowed), or a one-line UserError listing the names."""
+def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "") -> Preset:
+    """The preset called `name` (".pt" suffix allowed), of one of `kinds` when given; a one-line UserError
+    listing the choices otherwise (`purpose` names what needs it, e.g. "classifier_sample")."""
     from guided_diffusion.errors import UserError
 
     key = name[:-3] if name.endswith(".pt") else name
     if key not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[key]
+    preset = PRESETS[key]
+    if kinds is not None and preset.kind not in kinds:
+        wanted = [p.name for p in PRESETS.values() if p.kind in kinds]
+        raise UserError(
+            f"preset {name!r} is a {preset.kind} checkpoint, but {purpose or 'this command'} needs a "
+            f"{' or '.join(kinds)} preset: one of {', '.join(wanted)}"
+        )
+    return preset
 
 
 def preset_for_file(path) -> Preset | None:

@@ -1,5 +1,5 @@
-"""Compatibility shim: the original `resample` module, re-exported from `guided_diffusion.training.samplers`."""
-from guided_diffusion.training.samplers import (
+"""Compatibility shim: the original `resample` module, re-exported from `guided_diffusion.training.timestep_sampling`."""
+from guided_diffusion.training.timestep_sampling import (
     LossAwareSampler,
     LossSecondMomentResampler,
     ScheduleSampler,
@@ -7,4 +7,7 @@ from guided_diffusion.training.samplers import (
     create_named_schedule_sampler,
 )
 
-__all__ = ["create_named_schedule_sampler", "ScheduleSampler", "UniformSampler", "LossAwareSampler", "LossSecondMomentResampler"]
+__all__ = [
+    "create_named_schedule_sampler", "ScheduleSampler", "UniformSampler", "LossAwareSampler",
+    "LossSecondMomentResampler",
+]

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_cli_sample import randomise_zero_layers  # noqa: E402
+from test_cli_sample import randomise_zero_layers
 
-from guided_diffusion.sampling.generate import SamplerSettings, draw  # noqa: E402
-from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn  # noqa: E402
-from guided_diffusion.script_util import (  # noqa: E402
+from guided_diffusion.sampling.generate import SamplerSettings, draw
+from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.script_util import (
     create_classifier,
     create_model_and_diffusion,
     model_and_diffusion_defaults,

@@ -7,12 +7,12 @@ import threading
 
 import numpy as np
 import pytest
+from test_cli_sample import CLASSIFIER, COND, make_checkpoints, sample
 
 from guided_diffusion import presets as presets_module
 from guided_diffusion.cli import main
 from guided_diffusion.presets import PRESETS, Preset
 from guided_diffusion.sampling import load_pipeline
-from test_cli_sample import CLASSIFIER, COND, make_checkpoints, sample
 
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"
 
@@ -24,7 +24,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path.rsplit("/", 1)[-1])
         if self.server.fail or body is None:

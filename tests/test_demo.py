@@ -17,11 +17,10 @@ from PIL import Image
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from guided_diffusion import cli  # noqa: E402
-from guided_diffusion import demo  # noqa: E402
-from guided_diffusion.demo.report import GRID_GAP, GRID_ZOOM, write_grid  # noqa: E402
-from guided_diffusion.demo.settings import StudySettings  # noqa: E402
-from guided_diffusion.demo.train import TrainSpec  # noqa: E402
+from guided_diffusion import cli, demo
+from guided_diffusion.demo.report import GRID_GAP, GRID_ZOOM, write_grid
+from guided_diffusion.demo.settings import StudySettings
+from guided_diffusion.demo.train import TrainSpec
 
 # Minutes of the real recipe cut to seconds: enough for guidance to show, far too little for good digits.
 REDUCED = StudySettings(

@@ -2,7 +2,6 @@
 and a checkpoint loader that is not a collective."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from _train_helpers import child_env, run_python, run_ranks

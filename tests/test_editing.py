@@ -53,7 +53,6 @@ from guided_diffusion.sampling.samplers import SAMPLERS
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_helpers import run_ranks
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

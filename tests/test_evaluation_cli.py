@@ -6,10 +6,16 @@ import re
 
 import numpy as np
 import pytest
-
 from evaluation_support import write_random_weights
+
 from guided_diffusion.cli import main as cli_main
-from guided_diffusion.evaluation import InceptionFeatureExtractor, inception_score, precision_recall, softmax, statistics
+from guided_diffusion.evaluation import (
+    InceptionFeatureExtractor,
+    inception_score,
+    precision_recall,
+    softmax,
+    statistics,
+)
 
 METRIC_LINE = re.compile(r"^(Inception Score|FID|sFID|Precision|Recall): (-?[0-9.e+-]+)$")
 

@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_cli_sample import CLASSIFIER, make_checkpoints
 
 from guided_diffusion.cli import main
 from guided_diffusion.presets import PRESETS, Preset
-from test_cli_sample import CLASSIFIER, make_checkpoints
 
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"
 
@@ -21,7 +21,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         body = self.server.files.get(self.path)
         if body is None:

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 from _train_helpers import child_env
+from test_cli_sample import CLASSIFIER, COND, make_checkpoints
 
 from guided_diffusion.checkpoints import load_model, load_state_dict, read_config_json, save_checkpoint
 from guided_diffusion.cli import main
 from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.npz import NpzArrayReader, read_npz_arrays
-from test_cli_sample import CLASSIFIER, COND, make_checkpoints
 
 SAMPLE_ARGS = ["--timestep_respacing", "3", "--num_samples", "1", "--batch_size", "1", "--seed", "0"]
 

@@ -18,7 +18,7 @@ from _train_helpers import child_env, make_blob_dataset, write_image
 
 from guided_diffusion import logger
 from guided_diffusion.cli import main
-from guided_diffusion.training import checkpointing as ck
+from guided_diffusion.training import snapshots as ck
 
 TINY = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1",
         "--attention_resolutions", "", "--diffusion_steps", "50", "--lr", "1e-3", "--batch_size", "4",
@@ -280,7 +280,7 @@ def test_malicious_pickle_as_a_resume_file_runs_nothing(victim, tmp_path, capsys
 def test_second_ctrl_c_aborts_in_one_line_with_130(monkeypatch, capsys):
     from guided_diffusion.training import loop, run
 
-    stop = loop._StopRequest(enabled=True)  # noqa: SLF001 - the trainer's signal handling itself
+    stop = loop._StopRequest(enabled=True)
     try:
         os.kill(os.getpid(), signal.SIGINT)  # the first asks for a save and a stop
         time.sleep(0.05)

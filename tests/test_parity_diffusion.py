@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES, load_fixture, rel_err
+
 from guided_diffusion import gaussian_diffusion, respace, script_util
 
 TOL = 1e-4

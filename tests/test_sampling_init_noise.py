@@ -13,7 +13,6 @@ from guided_diffusion.config import DiffusionConfig, ModelConfig, config_to_dict
 from guided_diffusion.sampling.inversion import psnr
 from guided_diffusion.sampling.output import save_npz
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

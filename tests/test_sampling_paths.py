@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _train_helpers import child_env, free_port
+from test_cli_sample import CFG, CLASSIFIER, COND, SR, UNCOND, assert_same_images, load_npz, make_checkpoints, run
+
 from guided_diffusion.cli import main
 from guided_diffusion.sampling import load_pipeline
 from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.job import JobError
 from guided_diffusion.sampling.output import save_grid
 from guided_diffusion.sampling.samplers import SAMPLERS
-from test_cli_sample import CFG, CLASSIFIER, COND, SR, UNCOND, assert_same_images, load_npz, make_checkpoints, run
 
 GUIDED = f"{UNCOND} {CLASSIFIER}"
 
@@ -56,7 +56,7 @@ def test_every_sampler_on_every_grid_cli_equals_api_at_batch_sizes_1_and_4(ckpt,
 
 def test_api_job_is_the_cli_job(ckpt, pipe, tmp_path):
     """Equality by construction: both build the same SamplingJob (fingerprints agree, paths included)."""
-    from guided_diffusion.cli.sample import _build_parser, _parse, job_from_flags  # noqa: PLC0415
+    from guided_diffusion.cli.sample import _build_parser, _parse, job_from_flags
 
     argv = shlex.split(GUIDED) + ["--model_path", str(ckpt["uncond"]), "--classifier_path", str(ckpt["classifier"]),
                                   "--classifier_scale", "2", "--sampler", "heun", "--steps", "10", "--step_grid",
@@ -240,7 +240,7 @@ def test_library_errors_are_in_library_terms(pipe):
 
 
 def test_small_images_make_a_grid_at_least_512_pixels_wide(tmp_path):
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     tiny = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _train_helpers import child_env, free_port
 from test_cli_sample import COND, load_npz, make_checkpoints, run
 

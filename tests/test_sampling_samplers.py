@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_cli_sample import randomise_zero_layers
 
-from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.sampling.denoiser import DiffusionDenoiser
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
 from guided_diffusion.sampling.noise import SampleNoise, random_labels, sample_seed
 from guided_diffusion.sampling.samplers import ddim, ddpm, dpmpp_2m
-from test_cli_sample import randomise_zero_layers
+from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
 
 TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="4",
             num_head_channels=8, resblock_updown=True, diffusion_steps=40, noise_schedule="cosine")

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import assert_same_checkpoint_set, child_env, free_port, load_checkpoint_file, make_blob_dataset, run_cli
+from _train_helpers import (
+    assert_same_checkpoint_set,
+    child_env,
+    free_port,
+    load_checkpoint_file,
+    make_blob_dataset,
+    run_cli,
+)
 
 TINY = [
     "--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1",
@@ -85,8 +92,8 @@ def test_exact_resume_after_sigkill(reference_run, data_dir, tmp_path):
 KILL_DURING_SAVE = """
 import io, os, signal, sys, torch
 from guided_diffusion import atomic
-from guided_diffusion.training import checkpointing
-real_save = checkpointing.atomic_torch_save
+from guided_diffusion.training import snapshots
+real_save = snapshots.atomic_torch_save
 def dying_save(obj, path):
     if os.path.basename(str(path)) == "opt000020.pt":
         buffer = io.BytesIO()
@@ -96,9 +103,9 @@ def dying_save(obj, path):
             handle.write(data[: len(data) // 2])
             handle.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        atomic.atomic_write(path, write_half_then_die)
+        atomic.atomic_write_stream(path, write_half_then_die)
     return real_save(obj, path)
-checkpointing.atomic_torch_save = dying_save
+snapshots.atomic_torch_save = dying_save
 from guided_diffusion.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -11,7 +11,7 @@ from guided_diffusion import logger
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.errors import UserError
-from guided_diffusion.training import checkpointing
+from guided_diffusion.training import snapshots
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions, TrainBatch, log_loss_dict
 from guided_diffusion.training.precision import MixedPrecisionTrainer
 
@@ -136,7 +136,7 @@ def test_fp16_overflow_skips_step_lowers_scale_to_floor_and_survives_resume(tmp_
     trainer.save()
 
     resumed = _trainer(tmp_path, use_fp16=True, min_lg_loss_scale=18.0, ema_rate="0.9", model=_model(seed=9, use_fp16=True))
-    resumed.load_resume_point(checkpointing.resolve_resume_point("auto", tmp_path / "run"))
+    resumed.load_resume_point(snapshots.resolve_resume_point("auto", tmp_path / "run"))
     assert resumed.step == 6
     assert resumed.mp_trainer.lg_loss_scale == pytest.approx(18.003)
     assert resumed.mp_trainer.skipped_steps == 3
@@ -202,7 +202,7 @@ def test_original_fp16_optimizer_files_are_converted(tmp_path):
         "state": {0: {"step": torch.tensor(7.0), "exp_avg": flat_small, "exp_avg_sq": flat_small.abs()}, 1: {"step": torch.tensor(7.0), "exp_avg": flat_large, "exp_avg_sq": flat_large}},
         "param_groups": [dict(trainer.opt.param_groups[0], params=[0, 1])],
     }
-    point = checkpointing.ResumePoint(directory=tmp_path, step=0, model=tmp_path / "m.pt", opt=tmp_path / "o.pt")
+    point = snapshots.ResumePoint(directory=tmp_path, step=0, model=tmp_path / "m.pt", opt=tmp_path / "o.pt")
     trainer._load_optimizer(state, point)
     index_of_first_large = next(i for i, p in enumerate(params) if p.ndim > 1)
     assert torch.all(trainer.opt.state[params[index_of_first_large]]["exp_avg"] == 100.0)

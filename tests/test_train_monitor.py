@@ -222,7 +222,7 @@ def test_run_clock_budget_and_time_to_next_save():
     clock = RunClock(max_time_hours=100 / 3600, save_interval=10, final_save_seconds=5.0, start=0.0)
     clock.tick(now=8.0)  # start-up and step 1
     assert clock.next_save_text(1) is None  # no plain step measured yet
-    for step, now in ((2, 10.0), (3, 12.0), (4, 14.0)):
+    for now in (10.0, 12.0, 14.0):  # steps 2, 3 and 4
         clock.tick(now=now)
     assert clock.recent_step == pytest.approx(2.0)
     assert clock.next_save_text(4) == "12s"  # 6 steps of 2 s

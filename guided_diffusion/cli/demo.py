@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    import torch  # noqa: PLC0415 - keep --help fast
+    import torch
 
-    from guided_diffusion.demo import run_demo  # noqa: PLC0415
+    from guided_diffusion.demo import run_demo
 
     torch.set_num_threads(THREADS)
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)

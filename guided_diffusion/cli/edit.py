@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import (
     config_for_checkpoint,
     read_config_json,
@@ -31,7 +30,6 @@ from guided_diffusion.config import (
     SuperResConfig,
 )
 from guided_diffusion.editing.grid import model_kwargs_of, start_points
-from guided_diffusion.sampling.inversion import ddim_invert, psnr
 from guided_diffusion.editing.io import (
     load_images,
     load_mask,
@@ -51,13 +49,15 @@ from guided_diffusion.editing.measurement import (
 from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.editing.sdedit import sdedit
 from guided_diffusion.errors import UserError
+from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.sampling.denoiser import CondFn, Denoiser
 from guided_diffusion.sampling.generate import SamplerSettings, gather_in_order
 from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import GuidedModel, check_cfg, classifier_cond_fn
+from guided_diffusion.sampling.inversion import ddim_invert, psnr
+from guided_diffusion.sampling.job import settings_option
 from guided_diffusion.sampling.noise import SampleNoise, fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_samples
-from guided_diffusion.sampling.job import settings_option
 from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.script_util import str2bool
@@ -205,18 +205,18 @@ def _shared_seed(seed: int | None) -> int:
     if seed is not None:
         return seed
     box = [fresh_seed()]
-    if dist_util.get_world_size() > 1:
+    if distributed.get_world_size() > 1:
         dist.broadcast_object_list(box, src=0)
-    logger.log(f"seed: {box[0]} (pass --seed {box[0]} to make the same edits again)")
+    logs.log(f"seed: {box[0]} (pass --seed {box[0]} to make the same edits again)")
     return int(box[0])
 
 
 def _start(args: argparse.Namespace, configs: tuple[ModelConfig, DiffusionConfig]) -> tuple[Networks, int]:
     """Join the ranks, open the output directory, load the networks, agree on the seed (after every
     input has been checked, so a bad flag leaves nothing behind)."""
-    dist_util.setup_dist()
-    logger.configure(dir=args.out_dir)
-    networks = _load_networks(args, *configs, dist_util.dev())
+    distributed.setup_dist()
+    logs.configure(dir=args.out_dir)
+    networks = _load_networks(args, *configs, distributed.dev())
     return networks, _shared_seed(args.seed)
 
 
@@ -260,7 +260,7 @@ def _classifier_cond_fn(args: argparse.Namespace, networks: Networks) -> CondFn 
 
 
 def _run(args: argparse.Namespace, count: int, make_batch: Callable[[list[int]], Batch], what: str) -> Batch | None:
-    logger.log(f"{what}: {count} images on {dist_util.get_world_size()} rank(s)...")
+    logs.log(f"{what}: {count} images on {distributed.get_world_size()} rank(s)...")
     return gather_in_order(count, args.batch_size, make_batch, progress=_progress(args))
 
 
@@ -268,10 +268,10 @@ def _write_images(result: Batch | None) -> None:
     """Rank 0 writes samples_NxHxWx3.npz (arr_0 images, arr_1 labels) and a PNG grid, atomically."""
     if result is not None:
         images, labels = result
-        path = save_samples(logger.get_dir(), images, labels)
+        path = save_samples(logs.get_dir(), images, labels)
         save_grid(path.with_suffix(".png"), images)
-        logger.log(f"saving to {path} (and a grid in {path.with_suffix('.png').name})")
-    dist_util.barrier()
+        logs.log(f"saving to {path} (and a grid in {path.with_suffix('.png').name})")
+    distributed.barrier()
 
 
 # -- invert --------------------------------------------------------------------------------------------
@@ -311,14 +311,14 @@ def invert(argv: list[str]) -> int:
 
     result = _run(args, len(images), make_batch, f"inverting with {args.steps} DDIM steps")
     if result is not None:
-        path = save_latents(Path(logger.get_dir()) / "latents.npz", *result)
-        logger.log(f"saving to {path} (arr_0 float32 {'x'.join(map(str, result[0].shape))}"
+        path = save_latents(Path(logs.get_dir()) / "latents.npz", *result)
+        logs.log(f"saving to {path} (arr_0 float32 {'x'.join(map(str, result[0].shape))}"
                    f"{', arr_1 labels' if result[1] is not None else ''})")
     if args.round_trip:
         mean, worst, n = _reduce_psnr(psnrs)
-        if dist_util.is_main_process():
+        if distributed.is_main_process():
             print(f"round trip (DDIM, {args.steps} steps): PSNR {mean:.2f} dB mean, {worst:.2f} dB worst over {n} images")
-    dist_util.barrier()
+    distributed.barrier()
     return 0
 
 
@@ -327,7 +327,7 @@ def _reduce_psnr(values: list[float]) -> tuple[float, float, int]:
     finite = [min(v, 100.0) for v in values]
     totals = torch.tensor([sum(finite), float(len(finite))], dtype=torch.float64)
     worst = torch.tensor([min(finite, default=100.0)], dtype=torch.float64)
-    if dist_util.get_world_size() > 1:
+    if distributed.get_world_size() > 1:
         dist.all_reduce(totals)
         dist.all_reduce(worst, op=dist.ReduceOp.MIN)
     return float(totals[0] / totals[1]), float(worst[0]), int(totals[1])

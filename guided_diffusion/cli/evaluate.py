@@ -49,14 +49,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
         problem = directory_write_problem(path.parent)
         if problem is not None:
             raise UserError(f"{flag} {path} cannot be written: {problem}")
-    from guided_diffusion.evaluation.npz import NpzArrayReader, npz_keys  # noqa: PLC0415
+    from guided_diffusion.evaluation.npz import NpzArrayReader, npz_keys
 
     for path in (args.ref_batch, args.sample_batch):  # a damaged or object-holding batch fails here, not after the weights load
         if path is not None and "arr_0" in npz_keys(path):
             NpzArrayReader(path).close()
     if args.inception_weights is None and getattr(args, "features", "inception") == "inception":
-        from guided_diffusion.download import cache_dir, check_cache_dir  # noqa: PLC0415
-        from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL  # noqa: PLC0415
+        from guided_diffusion.download import cache_dir, check_cache_dir
+        from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL
 
         if not (cache_dir() / INCEPTION_WEIGHTS_URL.rsplit("/", 1)[-1]).is_file():
             check_cache_dir()

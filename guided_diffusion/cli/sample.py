@@ -31,14 +31,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion import dist_util, logger
 from guided_diffusion.atomic import directory_write_problem
 from guided_diffusion.checkpoints import read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.errors import UserError
+from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.sampling.grids import DEFAULT_GRID, GRIDS
 from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
-from guided_diffusion.sampling.job import JobError, check_counts, SamplingJob, array_digest, check_init_noise, check_low_res, fp16_runs_on, sampling_job, settings_option
+from guided_diffusion.sampling.job import (
+    JobError,
+    SamplingJob,
+    array_digest,
+    check_counts,
+    check_init_noise,
+    check_low_res,
+    fp16_runs_on,
+    sampling_job,
+    settings_option,
+)
 from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
 from guided_diffusion.sampling.runner import (
@@ -241,7 +251,7 @@ def _apply_saved_config(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
     """Fill flags from --preset; returns the checkpoints to fetch ({"model_path": Preset, ...})."""
-    from guided_diffusion.sampling.fetch import get_preset  # noqa: PLC0415 - presets table only when asked
+    from guided_diffusion.presets import get_preset
 
     if args.preset is None:
         return {}
@@ -311,7 +321,7 @@ def _precision(args: argparse.Namespace, device: torch.device) -> dict[str, bool
     resolved = {name: fp16_runs_on(device, getattr(args, name), bf16=args.bf16)
                 for name in ("use_fp16", "classifier_use_fp16") if hasattr(args, name)}
     dropped = [name for name, on in resolved.items() if getattr(args, name) and not on and not args.bf16]
-    if dropped and dist_util.is_main_process():
+    if dropped and distributed.is_main_process():
         print(f"warning: --{' and --'.join(f + ' True' for f in dropped)} needs a GPU; running in fp32 on {device.type}",
               file=sys.stderr)
     return resolved
@@ -388,7 +398,7 @@ def _check_checkpoints_exist(args: argparse.Namespace, to_fetch: dict[str, Any])
 def _load_init_noise(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None] | None:
     if not getattr(args, "init_noise", None):
         return None
-    from guided_diffusion.editing.io import read_latents  # noqa: PLC0415 (only this flag needs the editing package)
+    from guided_diffusion.editing.io import read_latents
 
     try:
         latents, labels = read_latents(args.init_noise)
@@ -419,12 +429,12 @@ def _on_rank0(action: Callable[[], Any]) -> Any:
     rank is left waiting in a collective when rank 0 refuses)."""
     result: Any = None
     failure: str | None = None
-    if dist_util.is_main_process():
+    if distributed.is_main_process():
         try:
             result = action()
         except (UserError, ResumeError) as exc:
             failure = str(exc)
-    if dist_util.get_world_size() > 1:
+    if distributed.get_world_size() > 1:
         box = [(result, failure)]
         dist.broadcast_object_list(box, src=0)
         result, failure = box[0]
@@ -447,7 +457,7 @@ def _run_seed(args: argparse.Namespace, partial_dir: Path | None) -> tuple[int, 
 
 
 def _checkpoint_paths(args: argparse.Namespace, to_fetch: dict[str, Any], progress: bool) -> None:
-    from guided_diffusion.sampling.fetch import fetch  # noqa: PLC0415
+    from guided_diffusion.sampling.fetch import fetch
 
     for flag, preset in to_fetch.items():
         setattr(args, flag, str(fetch(preset, progress=progress)))
@@ -459,7 +469,7 @@ def _resume_command(command: str, argv: list[str], seed: int) -> str:
         words += ["--seed", str(seed)]
     if "--resume" not in words:
         words.append("--resume")
-    world = dist_util.get_world_size()
+    world = distributed.get_world_size()
     launcher = ["guided-diffusion"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "guided_diffusion"]
     return shlex.join([*launcher, command, *words])
 
@@ -493,14 +503,14 @@ def _sample(command: str, argv: list[str]) -> int:
     from_config = _apply_saved_config(parser, args, explicit)
     base = _load_base_samples(args) if command == "super_res_sample" else None
     init_noise = _load_init_noise(args)
-    dist_util.setup_dist()
-    device = dist_util.dev()
+    distributed.setup_dist()
+    device = distributed.dev()
     job = job_from_flags(command, args, explicit, device, seed=args.seed if args.seed is not None else 0, base=base,
                          init_noise=init_noise)
-    logger.configure(dir=args.out_dir)
-    out_dir = Path(logger.get_dir())
+    logs.configure(dir=args.out_dir)
+    out_dir = Path(logs.get_dir())
     if from_config:
-        logger.log(f"flags from the checkpoint's saved config: {', '.join(sorted(set(from_config)))}")
+        logs.log(f"flags from the checkpoint's saved config: {', '.join(sorted(set(from_config)))}")
     partial_dir = PartialRun.directory_for(out_dir, job)
     store: PartialRun | None = None
     seed = job.seed
@@ -508,13 +518,13 @@ def _sample(command: str, argv: list[str]) -> int:
         try:
             seed, chosen = _run_seed(args, partial_dir)
             if chosen:
-                logger.log(f"seed: {seed} (pass --seed {seed} to draw the same samples again)")
+                logs.log(f"seed: {seed} (pass --seed {seed} to draw the same samples again)")
             _checkpoint_paths(args, to_fetch, job.settings.progress)
             job = dataclasses.replace(job, seed=seed, model_path=args.model_path,
                                       classifier_path=getattr(args, "classifier_path", ""))
             store = _on_rank0(lambda: PartialRun.open(out_dir, job, resume=args.resume))
-            if store is not None and dist_util.is_main_process() and store.finished():
-                logger.log(f"resuming: {store.count()} of {job.num_samples} samples already in {store.directory}")
+            if store is not None and distributed.is_main_process() and store.finished():
+                logs.log(f"resuming: {store.count()} of {job.num_samples} samples already in {store.directory}")
             return _draw_and_write(job, device, base, store, init_noise[0] if init_noise is not None else None)
         except NonFiniteSampleError as exc:
             kept = f"; the {store.count()} finished samples stay in {store.directory}" if store is not None else ""
@@ -531,7 +541,7 @@ def _sample(command: str, argv: list[str]) -> int:
 
 def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarray, Any] | None,
                     store: PartialRun | None, init_noise: np.ndarray | None = None) -> int:
-    logger.log("loading networks...")
+    logs.log("loading networks...")
     model = load_network(job.model, job.model_path, device, channels_last=job.channels_last)
     classifier = None
     if job.guided:
@@ -540,25 +550,25 @@ def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarr
     diffusion = job.build_diffusion()
     verb = "upsampling" if job.is_upsampler else "sampling"
     steps = job.settings.steps or diffusion.num_timesteps  # with --steps the diffusion is the un-respaced one
-    logger.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({steps} steps)...")
+    logs.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({steps} steps)...")
     result = draw_samples(job, model_fn, cond_fn, device, diffusion=diffusion,
                           low_res=base[0] if base is not None else None, init_noise=init_noise, store=store)
     if result is not None:
         images, labels = result
-        path = save_samples(Path(logger.get_dir()), images, labels)
+        path = save_samples(Path(logs.get_dir()), images, labels)
         save_grid(path.with_suffix(".png"), images)
         if store is not None:
             store.discard()
-        logger.log(f"saving to {path} (and a grid of the first images in {path.with_suffix('.png').name})")
-    dist_util.barrier()
-    logger.log("sampling complete")
+        logs.log(f"saving to {path} (and a grid of the first images in {path.with_suffix('.png').name})")
+    distributed.barrier()
+    logs.log("sampling complete")
     return 0
 
 
 def _interrupted(command: str, argv: list[str], job: SamplingJob, seed: int, signum: int,
                  store: PartialRun | None) -> int:
     """One line on rank 0 (what was kept, the command that continues), and the conventional 128 + signal."""
-    if dist_util.is_main_process():
+    if distributed.is_main_process():
         name = signal.Signals(signum).name
         if store is None:
             print(f"interrupted by {name} before sampling started; nothing to keep", file=sys.stderr)
@@ -574,7 +584,7 @@ def _interrupted(command: str, argv: list[str], job: SamplingJob, seed: int, sig
 
 def image_nll(argv: list[str]) -> int:
     """`guided-diffusion image_nll`: bits/dim of a model on an image folder, with per-timestep terms."""
-    from guided_diffusion.image_datasets import load_data  # noqa: PLC0415 - data stack only for this command
+    from guided_diffusion.image_datasets import load_data
 
     parser = _build_parser("image_nll")
     args, explicit = _parse(parser, argv)
@@ -589,25 +599,25 @@ def image_nll(argv: list[str]) -> int:
     if not args.data_dir:
         raise UserError("pass --data_dir DIR: the images to evaluate")
     progress = _progress(args)
-    dist_util.setup_dist()
-    device = dist_util.dev()
+    distributed.setup_dist()
+    device = distributed.dev()
     model_config = ModelConfig.from_flags(args).replace(use_fp16=_precision(args, device)["use_fp16"])
-    logger.configure(dir=args.out_dir)
+    logs.configure(dir=args.out_dir)
     _checkpoint_paths(args, to_fetch, progress)
     if args.seed is not None:
-        torch.manual_seed(args.seed + dist_util.get_rank())
+        torch.manual_seed(args.seed + distributed.get_rank())
 
-    logger.log("creating model and diffusion...")
+    logs.log("creating model and diffusion...")
     model = load_network(model_config, args.model_path, device, channels_last=args.channels_last)
     diffusion = DiffusionConfig.from_flags(args).build()
     model_fn = GuidedModel(model, class_cond=args.class_cond, autocast_dtype=torch.bfloat16 if args.bf16 else None)
 
-    logger.log("creating data loader...")
+    logs.log("creating data loader...")
     data = load_data(data_dir=args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
                      class_cond=args.class_cond, deterministic=True, random_flip=args.random_flip)
 
-    logger.log("evaluating...")
-    world = dist_util.get_world_size()
+    logs.log("evaluating...")
+    world = distributed.get_world_size()
     all_bpd: list[float] = []
     all_metrics: dict[str, list[np.ndarray]] = {"vb": [], "mse": [], "xstart_mse": []}
     num_complete = 0
@@ -628,16 +638,16 @@ def image_nll(argv: list[str]) -> int:
             dist.all_reduce(total_bpd)
         all_bpd.append(total_bpd.item())
         num_complete += world * batch.shape[0]
-        logger.log(f"done {num_complete} samples: bpd={np.mean(all_bpd)}")
+        logs.log(f"done {num_complete} samples: bpd={np.mean(all_bpd)}")
 
-    if dist_util.is_main_process():
+    if distributed.is_main_process():
         for name, terms in all_metrics.items():
-            out_path = Path(logger.get_dir()) / f"{name}_terms.npz"
-            logger.log(f"saving {name} terms to {out_path}")
+            out_path = Path(logs.get_dir()) / f"{name}_terms.npz"
+            logs.log(f"saving {name} terms to {out_path}")
             save_npz(out_path, np.mean(np.stack(terms), axis=0))
         print(f"bits/dim: {np.mean(all_bpd):.6f} over {num_complete} images")
-    dist_util.barrier()
-    logger.log("evaluation complete")
+    distributed.barrier()
+    logs.log("evaluation complete")
     return 0
 
 
@@ -653,8 +663,8 @@ def _human_size(size: int | None) -> str:
 
 def _verified_state(preset) -> str:
     """Re-hash a cached checkpoint and re-check its layout: 'verified', or 'BAD: reason'."""
-    from guided_diffusion.presets import ensure_preset  # noqa: PLC0415
-    from guided_diffusion.sampling.fetch import checkpoint_path  # noqa: PLC0415
+    from guided_diffusion.presets import ensure_preset
+    from guided_diffusion.sampling.fetch import checkpoint_path
 
     if not checkpoint_path(preset).is_file():
         return "no"
@@ -667,9 +677,9 @@ def _verified_state(preset) -> str:
 
 def presets(argv: list[str]) -> int:
     """`guided-diffusion presets [--verify]`: the released checkpoints, and whether each is in the cache."""
-    from guided_diffusion.download import cache_dir  # noqa: PLC0415
-    from guided_diffusion.presets import PRESETS  # noqa: PLC0415
-    from guided_diffusion.sampling.fetch import cache_state  # noqa: PLC0415
+    from guided_diffusion.download import cache_dir
+    from guided_diffusion.presets import PRESETS
+    from guided_diffusion.sampling.fetch import cache_state
 
     parser = argparse.ArgumentParser(prog="guided-diffusion presets", allow_abbrev=False,
                                      description="List the released checkpoints usable with --preset NAME.")
@@ -679,7 +689,7 @@ def presets(argv: list[str]) -> int:
                         help="print the released models' training recipes instead (batch, lr, iterations, flags)")
     args = parser.parse_args(argv)
     if args.training:
-        from guided_diffusion.training.recipes import recipes_text  # noqa: PLC0415
+        from guided_diffusion.training.recipes import recipes_text
 
         print(recipes_text())
         return 0
@@ -704,8 +714,7 @@ def presets(argv: list[str]) -> int:
 
 def download(argv: list[str]) -> int:
     """`guided-diffusion download NAME... | --all [--verify]`: fetch released checkpoints into the cache."""
-    from guided_diffusion.presets import PRESETS, ensure_preset  # noqa: PLC0415
-    from guided_diffusion.sampling.fetch import get_preset  # noqa: PLC0415
+    from guided_diffusion.presets import PRESETS, ensure_preset, get_preset
 
     parser = argparse.ArgumentParser(prog="guided-diffusion download", allow_abbrev=False,
                                      description="Download released checkpoints into the cache (resumable, "

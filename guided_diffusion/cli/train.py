@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     classifier_and_diffusion_defaults,
     model_and_diffusion_defaults,
     sr_model_and_diffusion_defaults,
 )
+from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
 
 # Flags added by this package to every training subcommand, with defaults that keep the original's
 # behaviour (apart from fixes), and their help text.
@@ -98,7 +98,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         extra["sum_microbatch_grads"] = False
     group = parser.add_argument_group("added by this package")
     add_dict_to_argparser(group, extra)  # type: ignore[arg-type] - groups take add_argument too
-    for action in group._group_actions:  # noqa: SLF001 - attach help text to the new flags
+    for action in group._group_actions:
         key = action.dest
         action.help = NEW_FLAGS[key][1] if key in NEW_FLAGS else "sum microbatch gradients as the original did (default: average them)"
     add_watch_flags(parser, name)  # samples/metrics during training, --init_from, --max_time, --ema_warmup
@@ -108,8 +108,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 def _run(name: str, kind: str, argv: list[str]) -> int:
     args = build_parser(name).parse_args(argv)
     args.explicit_flags = explicit_flags(argv)  # --init_from: which flags override the checkpoint's
-    from guided_diffusion.training.run import train_from_flags  # noqa: PLC0415 - keep --help fast
-    from guided_diffusion.training.rundir import tolerant_console  # noqa: PLC0415
+    from guided_diffusion.training.run import train_from_flags
+    from guided_diffusion.training.rundir import tolerant_console
 
     with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
         try:

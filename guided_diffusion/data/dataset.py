@@ -66,7 +66,7 @@ class ImageFolderDataset(Dataset):
                 image = prepare_image(
                     self.paths[current], self.image_size, random_crop=self.random_crop, random_flip=self.random_flip, rng=rng
                 )
-            except _IMAGE_ERRORS as exc:  # noqa: PERF203 - retry loop
+            except _IMAGE_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
                 bad.append((self.paths[current], reason))
                 continue
@@ -86,7 +86,7 @@ class ImageBatch:
     bad_files: list[tuple[str, str]]
     failed: bool
 
-    def pin_memory(self) -> "ImageBatch":
+    def pin_memory(self) -> ImageBatch:
         self.images = self.images.pin_memory()
         self.labels = self.labels.pin_memory()
         self.seeds = self.seeds.pin_memory()

@@ -81,17 +81,17 @@ class ClassMap:
         return {"label_mode": self.label_mode, "classes": list(self.names)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ClassMap":
+    def from_dict(cls, data: dict) -> ClassMap:
         return cls(names=tuple(str(n) for n in data["classes"]), label_mode=str(data["label_mode"]))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
-        from guided_diffusion.atomic import atomic_write_bytes  # noqa: PLC0415
+        from guided_diffusion.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ClassMap":
+    def load(cls, path: str | os.PathLike) -> ClassMap:
         try:
             with open(path, encoding="utf-8") as handle:
                 return cls.from_dict(json.load(handle))

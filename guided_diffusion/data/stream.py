@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from guided_diffusion import dist_util
 from guided_diffusion.data.dataset import ImageBatch, ImageFolderDataset, collate_samples
 from guided_diffusion.data.files import (
     CLASS_MAP_NAME,
@@ -29,6 +28,7 @@ from guided_diffusion.data.files import (
     list_image_files,
 )
 from guided_diffusion.errors import UserError
+from guided_diffusion.runtime import distributed
 
 _MASK64 = (1 << 64) - 1
 
@@ -137,8 +137,8 @@ class ImageStream:
         paths: list[str] | None = None,
     ):
         self.spec = spec
-        self.rank = dist_util.get_rank() if rank is None else rank
-        self.world_size = dist_util.get_world_size() if world_size is None else world_size
+        self.rank = distributed.get_rank() if rank is None else rank
+        self.world_size = distributed.get_world_size() if world_size is None else world_size
         self.paths = paths if paths is not None else list_image_files(spec.data_dir)
         if spec.batch_size < 1:
             raise UserError(f"--batch_size must be at least 1 (got {spec.batch_size})")
@@ -198,7 +198,7 @@ class ImageStream:
         )
         return iter(loader)
 
-    def __iter__(self) -> "ImageStream":
+    def __iter__(self) -> ImageStream:
         return self
 
     def __next__(self) -> ImageBatch:
@@ -217,12 +217,12 @@ class ImageStream:
             if self.spec.skip_bad_images:
                 raise UserError(f"{len(batch.bad_files)} images in a row could not be read, the last {path} ({reason}): check the data folder")
             raise UserError(f"cannot read image {path} ({reason}): fix or delete it, or pass --skip_bad_images True")
-        from guided_diffusion import logger  # noqa: PLC0415 - only needed for this rare report
+        from guided_diffusion.runtime import logs
 
         for path, reason in batch.bad_files:
             if path not in self.skipped_files:
                 self.skipped_files.add(path)
-                logger.log(f"skipping unreadable image {path} ({reason}); {len(self.skipped_files)} skipped so far")
+                logs.log(f"skipping unreadable image {path} ({reason}); {len(self.skipped_files)} skipped so far")
 
     def state_dict(self) -> dict:
         """The position, in samples, so it survives a change of world size."""
@@ -234,9 +234,9 @@ class ImageStream:
         samples = int(state.get("samples", 0))
         self.position = samples // self.global_batch
         if samples % self.global_batch:
-            from guided_diffusion import logger  # noqa: PLC0415
+            from guided_diffusion.runtime import logs
 
-            logger.log(f"data position {samples} samples is not a multiple of the global batch {self.global_batch}; continuing from batch {self.position}")
+            logs.log(f"data position {samples} samples is not a multiple of the global batch {self.global_batch}; continuing from batch {self.position}")
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -37,7 +37,7 @@ def random_crop_arr(
 ) -> np.ndarray:
     """Resize the short side to a random size in [S/max_frac, S/min_frac], then crop a random
     `image_size` square (HWC uint8). `rng` defaults to Python's global `random`, as the original."""
-    rng = rng if rng is not None else random._inst  # noqa: SLF001 - the module-level generator
+    rng = rng if rng is not None else random._inst
     smallest = math.ceil(image_size / max_crop_frac)
     largest = math.ceil(image_size / min_crop_frac)
     short_side = rng.randrange(smallest, largest + 1)

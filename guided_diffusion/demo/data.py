@@ -46,7 +46,7 @@ def load_digits_dataset(test_fraction: float = 0.2, split_seed: int = 0) -> Digi
     """The 1797 digits of `sklearn.datasets.load_digits` as uint8 RGB, with a stratified held-out split
     (the same for every run seed, so runs differ only in what they train and sample)."""
     require_demo_extras()
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - optional dependency
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     ink = np.asarray(bunch.images, dtype=np.float64)  # (N, 8, 8) in 0..16

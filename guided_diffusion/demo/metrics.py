@@ -36,7 +36,7 @@ class Reference:
     sigma: np.ndarray
 
     @classmethod
-    def of(cls, features: Features) -> "Reference":
+    def of(cls, features: Features) -> Reference:
         mu, sigma = statistics(features.pool)
         return cls(features=features.pool, mu=mu, sigma=sigma)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.checkpoints import atomic_write
+from guided_diffusion.atomic import atomic_write_path
 from guided_diffusion.demo.metrics import SettingMetrics
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def setting_name(sampler: str, scale: float) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write_path(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, num_classes: int) -> Path:
@@ -52,10 +52,10 @@ def write_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, 
 
 def write_plot(path: str | os.PathLike, metrics: list[SettingMetrics]) -> Path:
     """Accuracy, FID, precision and recall against the guidance scale, one line per sampler."""
-    import matplotlib  # noqa: PLC0415 - optional dependency, only for the plot
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     panels = [("accuracy", "judge accuracy (intended class)"), ("fid", "FID (judge features)"),
               ("precision", "precision (fidelity)"), ("recall", "recall (diversity)")]
@@ -137,7 +137,7 @@ def _verdict(metrics: list[SettingMetrics]) -> str:
             "every sampler; the default recipe, with longer training, does.")
 
 
-def write_report(path: str | os.PathLike, result: "StudyResult", settings: "StudySettings", seed: int) -> Path:
+def write_report(path: str | os.PathLike, result: StudyResult, settings: StudySettings, seed: int) -> Path:
     """report.md: what was trained, the metrics, the pictures and how to sample again."""
     path = Path(path)
     s = settings

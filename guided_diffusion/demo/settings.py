@@ -74,7 +74,7 @@ class StudySettings:
     def num_samples(self) -> int:
         return self.samples_per_class * self.unet.num_classes
 
-    def replace(self, **changes) -> "StudySettings":
+    def replace(self, **changes) -> StudySettings:
         return replace(self, **changes)
 
 

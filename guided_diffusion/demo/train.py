@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from guided_diffusion import logger
 from guided_diffusion.checkpoints import load_model, write_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
-from guided_diffusion.training import checkpointing
+from guided_diffusion.runtime import logs
+from guided_diffusion.training import snapshots
 from guided_diffusion.training.classifier import ClassifierTrainer
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
 from guided_diffusion.training.rng import seed_everything
@@ -92,7 +92,7 @@ def train_network(
     )
     common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir)
     # Loop logs go to log.txt / progress.csv in the run directory; the terminal shows progress bars.
-    with logger.scoped_configure(dir=str(run_dir), format_strs=["log", "csv"]):
+    with logs.scoped_configure(dir=str(run_dir), format_strs=["log", "csv"]):
         if is_classifier:
             trainer = ClassifierTrainer(noised=spec.noised, anneal_lr=spec.anneal_lr, **common)
         else:
@@ -100,8 +100,8 @@ def train_network(
         trainer.prepare_run_dir()
         trainer.run()
     if is_classifier or spec.ema_rate is None:
-        checkpoint = run_dir / checkpointing.model_name(spec.steps)
+        checkpoint = run_dir / snapshots.model_name(spec.steps)
     else:
-        checkpoint = run_dir / checkpointing.ema_name(options.ema_rates()[0], spec.steps)
+        checkpoint = run_dir / snapshots.ema_name(options.ema_rates()[0], spec.steps)
     trained = load_model(checkpoint)
     return TrainedNetwork(model=trained.eval(), checkpoint=checkpoint, config=network_config)

@@ -8,13 +8,13 @@ step does no host-to-device copies (the original re-uploaded each array at every
 from __future__ import annotations
 
 import enum
-from typing import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
+from guided_diffusion.errors import UserError
 from guided_diffusion.models.layers import mean_flat
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -311,11 +311,11 @@ class GaussianDiffusion:
                       model_kwargs=None, device=None, progress=False, generator: Generator = None) -> torch.Tensor:
         """Draw samples with the full ancestral sampler; returns the final x_0."""
         final = None
-        for final in self.p_sample_loop_progressive(
+        for step in self.p_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
             model_kwargs=model_kwargs, device=device, progress=progress, generator=generator,
         ):
-            pass
+            final = step
         return final["sample"]
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
@@ -400,11 +400,11 @@ class GaussianDiffusion:
                          model_kwargs=None, device=None, progress=False, eta=0.0, generator: Generator = None) -> torch.Tensor:
         """Draw samples with DDIM; returns the final x_0."""
         final = None
-        for final in self.ddim_sample_loop_progressive(
+        for step in self.ddim_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
             model_kwargs=model_kwargs, device=device, progress=progress, eta=eta, generator=generator,
         ):
-            pass
+            final = step
         return final["sample"]
 
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,

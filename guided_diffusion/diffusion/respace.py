@@ -2,7 +2,7 @@
 marginals q(x_t | x_0) of the kept steps are unchanged (Nichol & Dhariwal 2021, sec. 4)."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -8,7 +8,6 @@
   sampling as a cond_fn for every sampler, added to classifier guidance with `sum_cond_fns`.
 """
 from guided_diffusion.editing.grid import start_points
-from guided_diffusion.sampling.inversion import ddim_invert, psnr
 from guided_diffusion.editing.io import (
     load_images,
     load_latents,
@@ -27,6 +26,7 @@ from guided_diffusion.editing.measurement import (
 )
 from guided_diffusion.editing.repaint import repaint, repaint_schedule
 from guided_diffusion.editing.sdedit import sdedit
+from guided_diffusion.sampling.inversion import ddim_invert, psnr
 
 __all__ = [
     "BlurOperator",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from guided_diffusion.editing.grid import start_points
-from guided_diffusion.sampling.inversion import ddim_invert
 from guided_diffusion.sampling.denoiser import CondFn, Denoiser
+from guided_diffusion.sampling.inversion import ddim_invert
 from guided_diffusion.sampling.samplers import SAMPLERS, NoiseSource
 
 __all__ = ["sdedit"]

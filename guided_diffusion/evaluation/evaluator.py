@@ -11,9 +11,9 @@ import contextlib
 import queue
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -89,7 +89,7 @@ def _prefetched(batches: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.nd
                 if not put(batch):
                     return
             put(done)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as exc:
             put(exc)
 
     worker = threading.Thread(target=produce, daemon=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class InceptionFeatureExtractor(FeatureExtractor):
 
     @classmethod
     def from_weights(cls, path: Path | str | None = None, *, device: str | torch.device | None = None,
-                     batch_size: int = 64, progress: bool = True) -> "InceptionFeatureExtractor":
+                     batch_size: int = 64, progress: bool = True) -> InceptionFeatureExtractor:
         """Build from pytorch-fid's weights at `path`, or from the cached download when `path` is None."""
         return cls(load_inception_network(path, progress=progress), device=device, batch_size=batch_size)
 
@@ -141,11 +141,11 @@ class ClassifierFeatureExtractor(FeatureExtractor):
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, device: str | torch.device | None = None,
-                        batch_size: int = 64) -> "ClassifierFeatureExtractor":
+                        batch_size: int = 64) -> ClassifierFeatureExtractor:
         """Load a classifier checkpoint (architecture from config.json beside it, safetensors metadata,
         or the released preset of that name)."""
-        from guided_diffusion.checkpoints import config_for_checkpoint, load_state_dict, load_weights  # noqa: PLC0415
-        from guided_diffusion.config import ClassifierConfig  # noqa: PLC0415
+        from guided_diffusion.checkpoints import config_for_checkpoint, load_state_dict, load_weights
+        from guided_diffusion.config import ClassifierConfig
 
         state = load_state_dict(path)
         config = config_for_checkpoint(path, state)

@@ -235,7 +235,7 @@ class InceptionV3(nn.Module):
         # bias exists so pytorch-fid's state dict loads unchanged.
         self.fc = nn.Linear(2048, num_classes)
 
-    def fuse_batchnorm(self) -> "InceptionV3":
+    def fuse_batchnorm(self) -> InceptionV3:
         """Fold every batch norm into its convolution (inference only; changes the state dict keys)."""
         for module in self.modules():
             if isinstance(module, BasicConv2d):

@@ -94,7 +94,7 @@ def frechet_distance(
     else:
         covmean = _sqrtm(sigma1.dot(sigma2))
         if not np.isfinite(covmean).all():
-            warnings.warn(f"FID: singular covariance product; adding {eps} to the diagonals", RuntimeWarning)
+            warnings.warn(f"FID: singular covariance product; adding {eps} to the diagonals", RuntimeWarning, stacklevel=2)
             offset = np.eye(sigma1.shape[0]) * eps
             covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
         if np.iscomplexobj(covmean):

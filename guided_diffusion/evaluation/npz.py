@@ -9,8 +9,8 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class NpzArrayReader:
             self._member.close()
         self._archive.close()
 
-    def __enter__(self) -> "NpzArrayReader":
+    def __enter__(self) -> NpzArrayReader:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -212,12 +212,12 @@ class NpzWriter:
                 if self._stream is not None:
                     self._stream.close()
                 self._archive.close()
-            except Exception:  # noqa: BLE001 - the archive is being thrown away anyway
+            except Exception:
                 pass
             self._file.close()
         self._temp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "NpzWriter":
+    def __enter__(self) -> NpzWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

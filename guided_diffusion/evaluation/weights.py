@@ -50,7 +50,7 @@ def load_inception_network(path: Path | str | None = None, *, progress: bool = T
     weights = inception_weights_file(path, progress=progress)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+    except Exception as exc:
         raise UserError(f"cannot read Inception weights from {weights} ({type(exc).__name__}); "
                         "pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth") from None
     network = InceptionV3()

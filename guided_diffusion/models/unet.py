@@ -3,7 +3,7 @@ classifier. Module tree and parameter names match the released checkpoints exact
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

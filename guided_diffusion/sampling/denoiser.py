@@ -69,7 +69,7 @@ class Denoiser:
         """Grid point k in the model's original timesteps 0..T-1 (what guidance intervals are given in)."""
         return float(k)
 
-    def truncated(self, num_points: int) -> "Denoiser":
+    def truncated(self, num_points: int) -> Denoiser:
         """The same denoiser on the first `num_points` grid points (k = 0..num_points-1), so a sampler can
         start mid-way (from x at level num_points-1, as SDEdit does)."""
         if not 1 <= num_points <= self.num_steps:
@@ -78,7 +78,7 @@ class Denoiser:
         view.alphas_cumprod = self.alphas_cumprod[:num_points]
         return view
 
-    def with_level(self, alphas_cumprod: float) -> "Denoiser":
+    def with_level(self, alphas_cumprod: float) -> Denoiser:
         """A one-point denoiser (k = 0) at a level between grid points. Needs `predict_level`."""
         return _LevelView(self, alphas_cumprod)
 

@@ -3,25 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guided_diffusion import dist_util
 from guided_diffusion.download import cache_dir
 from guided_diffusion.errors import UserError
-from guided_diffusion.presets import PRESETS, Preset, ensure_preset
-from guided_diffusion.presets import get_preset as _lookup
+from guided_diffusion.presets import Preset, ensure_preset
+from guided_diffusion.runtime import distributed
 
-__all__ = ["get_preset", "checkpoint_path", "cache_state", "fetch"]
-
-
-def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "") -> Preset:
-    """The preset called `name`, checking its kind; a one-line error listing the choices otherwise."""
-    preset = _lookup(name)
-    if kinds is not None and preset.kind not in kinds:
-        wanted = [p.name for p in PRESETS.values() if p.kind in kinds]
-        raise UserError(
-            f"preset {name!r} is a {preset.kind} checkpoint, but {purpose or 'this command'} needs a "
-            f"{' or '.join(kinds)} preset: one of {', '.join(wanted)}"
-        )
-    return preset
+__all__ = ["checkpoint_path", "cache_state", "fetch"]
 
 
 def checkpoint_path(preset: Preset) -> Path:
@@ -44,12 +31,12 @@ def fetch(preset: Preset, *, progress: bool = True) -> Path:
     """
     path = checkpoint_path(preset)
     failure: UserError | None = None
-    if dist_util.is_main_process():
+    if distributed.is_main_process():
         try:  # downloads when missing (size, sha256 and layout checked); else checks the recorded sha256
             ensure_preset(preset, progress=progress)
         except UserError as exc:  # reach the barrier first, so the other ranks do not wait forever
             failure = exc
-    dist_util.barrier()
+    distributed.barrier()
     if failure is not None:
         raise failure
     if not path.is_file():

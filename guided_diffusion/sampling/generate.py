@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from guided_diffusion import dist_util
+from guided_diffusion.runtime import distributed
 from guided_diffusion.sampling.denoiser import CondFn, DiffusionDenoiser, grid_denoiser
 from guided_diffusion.sampling.grids import check_grid_request, make_grid, saturated_first_step
 from guided_diffusion.sampling.guidance import (
@@ -218,7 +218,7 @@ def gather_in_order(
     """
     if num_samples <= 0 or batch_size <= 0:
         raise ValueError("num_samples and batch_size must be positive")
-    rank, world = (dist_util.get_rank(), dist_util.get_world_size()) if split_over_ranks else (0, 1)
+    rank, world = (distributed.get_rank(), distributed.get_world_size()) if split_over_ranks else (0, 1)
     end = start_index + num_samples
     batches = [list(range(s, min(s + batch_size, end))) for s in range(start_index, end, batch_size)]
     done = set(store.finished()) if store is not None and rank == 0 else set()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from guided_diffusion.atomic import atomic_write_path as atomic_write
+from guided_diffusion.atomic import atomic_write_path
 
 __all__ = ["to_uint8", "samples_filename", "save_samples", "save_npz", "save_grid"]
 
@@ -33,13 +33,13 @@ def save_samples(directory: str | Path, images: np.ndarray, labels: np.ndarray |
         raise ValueError("images must be a uint8 NHWC array")
     arrays = [images] if labels is None else [images, np.asarray(labels, dtype=np.int64)]
     path = Path(directory) / samples_filename(images)
-    atomic_write(path, lambda tmp: _savez(tmp, arrays))
+    atomic_write_path(path, lambda tmp: _savez(tmp, arrays))
     return path
 
 
 def save_npz(path: str | Path, *arrays: np.ndarray) -> Path:
     """`np.savez(path, *arrays)` (arr_0, arr_1, ...), atomically."""
-    return atomic_write(path, lambda tmp: _savez(tmp, list(arrays)))
+    return atomic_write_path(path, lambda tmp: _savez(tmp, list(arrays)))
 
 
 def _savez(path: Path, arrays: list[np.ndarray]) -> None:
@@ -65,4 +65,4 @@ def save_grid(path: str | Path, images: np.ndarray, max_images: int = GRID_MAX_I
         sheet[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
     buffer = io.BytesIO()
     Image.fromarray(sheet.squeeze(-1) if c == 1 else sheet).save(buffer, format="PNG")
-    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return atomic_write_path(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))

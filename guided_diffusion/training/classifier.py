@@ -8,8 +8,9 @@ sampler is updated and its importance weights applied; no EMA is kept (the origi
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.training.loop import TrainBatch, TrainerBase, log_loss_dict
 from guided_diffusion.training.precision import autocast_context
-from guided_diffusion.training.samplers import LossAwareSampler
+from guided_diffusion.training.timestep_sampling import LossAwareSampler
 
 
 def compute_top_k(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from guided_diffusion import logger
 from guided_diffusion.errors import UserError
 from guided_diffusion.presets import Preset
+from guided_diffusion.runtime import logs
 
 __all__ = ["LABEL_EMBEDDING", "LABEL_FLAGS", "InitWeights", "load_initial_weights", "resolve_init_from"]
 
@@ -98,7 +98,7 @@ def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
             if key == "timestep_respacing" or (key in explicit and key != "learn_sigma"):
                 continue
             setattr(args, key, value)
-    logger.log(f"--init_from {spec}: a new run from the weights of {path} (architecture from the checkpoint; optimizer fresh)")
+    logs.log(f"--init_from {spec}: a new run from the weights of {path} (architecture from the checkpoint; optimizer fresh)")
     return InitWeights(source=str(path), state=state)
 
 
@@ -126,8 +126,8 @@ def load_initial_weights(model: torch.nn.Module, init: InitWeights) -> list[str]
     if LABEL_EMBEDDING in fresh:
         before = tuple(init.state[LABEL_EMBEDDING].shape) if LABEL_EMBEDDING in init.state else None
         what = f"{before[0]} rows" if before else "no label embedding"
-        logger.log(f"the checkpoint has {what}, this run needs {own[LABEL_EMBEDDING].shape[0]}: the label embedding is "
+        logs.log(f"the checkpoint has {what}, this run needs {own[LABEL_EMBEDDING].shape[0]}: the label embedding is "
                    "initialised afresh (all other weights come from the checkpoint)")
     elif LABEL_EMBEDDING in init.state and LABEL_EMBEDDING not in own:
-        logger.log("this run is unconditional: the checkpoint's label embedding is not used")
+        logs.log("this run is unconditional: the checkpoint's label embedding is not used")
     return fresh

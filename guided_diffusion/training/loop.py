@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,16 +23,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion.atomic import remove_stale_temp_files
 from guided_diffusion.checkpoints import diagnose_mismatch
 from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
-from guided_diffusion.training import checkpointing
-from guided_diffusion.atomic import remove_stale_temp_files
+from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.training import snapshots
 from guided_diffusion.training.precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, autocast_context
 from guided_diffusion.training.rng import capture_rng_state, per_example_draws, restore_rng_state
-from guided_diffusion.training.samplers import LossAwareSampler, ScheduleSampler, UniformSampler
+from guided_diffusion.training.timestep_sampling import LossAwareSampler, ScheduleSampler, UniformSampler
 
 
 @dataclass
@@ -46,7 +47,7 @@ class TrainBatch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def slice(self, start: int, stop: int) -> "TrainBatch":
+    def slice(self, start: int, stop: int) -> TrainBatch:
         return TrainBatch(
             images=self.images[start:stop],
             cond={k: v[start:stop] for k, v in self.cond.items()},
@@ -111,11 +112,11 @@ class _StopRequest:
                 except ValueError:  # not the main thread
                     break
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+    def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        logger.log(f"received signal {signum}: finishing this step, saving a checkpoint and stopping (Ctrl-C again to abort)")
+        logs.log(f"received signal {signum}: finishing this step, saving a checkpoint and stopping (Ctrl-C again to abort)")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -147,10 +148,10 @@ class TrainerBase:
         self.options = options
         self.diffusion = diffusion
         self.data = data
-        self.device = dist_util.dev()
-        self.rank = dist_util.get_rank()
-        self.world_size = dist_util.get_world_size()
-        self.run_dir = Path(run_dir if run_dir is not None else logger.get_dir())
+        self.device = distributed.dev()
+        self.rank = distributed.get_rank()
+        self.world_size = distributed.get_world_size()
+        self.run_dir = Path(run_dir if run_dir is not None else logs.get_dir())
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
         if options.use_fp16 and options.use_bf16:
             raise UserError("--use_fp16 and --use_bf16 exclude each other: pick one")
@@ -188,11 +189,11 @@ class TrainerBase:
 
     # --- resume ---------------------------------------------------------------------------------
 
-    def load_resume_point(self, point: checkpointing.ResumePoint) -> None:
+    def load_resume_point(self, point: snapshots.ResumePoint) -> None:
         """Restore weights, EMAs, optimizer and (when recorded) the exact training state. Every
         rank reads the files itself: no collective, no deadlock."""
-        logger.log(point.describe())
-        model_state, opt_state, ema_states = checkpointing.load_resume_files(point, self.device)
+        logs.log(point.describe())
+        model_state, opt_state, ema_states = snapshots.load_resume_files(point, self.device)
         problems = diagnose_mismatch(model_state, self.model)
         if problems:
             raise UserError(f"{point.model} does not match the model flags: " + "; ".join(problems))
@@ -201,14 +202,14 @@ class TrainerBase:
             state = ema_states.get(str(rate))
             values = self.mp_trainer.state_dict_to_master_params(state) if state is not None else self.mp_trainer.master_params
             if state is None:
-                logger.log(f"no EMA file for rate {rate} at step {point.step}: the EMA starts from the model weights")
+                logs.log(f"no EMA file for rate {rate} at step {point.step}: the EMA starts from the model weights")
             with torch.no_grad():
                 for target, value in zip(ema, values):
                     target.copy_(value.detach())
         if opt_state is not None:
             self._load_optimizer(opt_state, point)
         else:
-            logger.log(f"no optimizer file {checkpointing.opt_name(point.step)} beside {point.model.name}: the optimizer starts fresh")
+            logs.log(f"no optimizer file {snapshots.opt_name(point.step)} beside {point.model.name}: the optimizer starts fresh")
         self.step = self.resume_step = self.resumed_from = point.step
         state = point.state
         if state is None:
@@ -223,14 +224,14 @@ class TrainerBase:
         if self.rank < len(rng_states) and state.get("world_size") == self.world_size:
             self._restored_rng = rng_states[self.rank]
         else:
-            logger.log(f"checkpoint has RNG states for {len(rng_states)} ranks, this run has {self.world_size}: generators are reseeded")
+            logs.log(f"checkpoint has RNG states for {len(rng_states)} ranks, this run has {self.world_size}: generators are reseeded")
 
-    def _load_optimizer(self, opt_state: dict, point: checkpointing.ResumePoint) -> None:
+    def _load_optimizer(self, opt_state: dict, point: snapshots.ResumePoint) -> None:
         saved_params = sum(len(group["params"]) for group in opt_state.get("param_groups", []))
         if saved_params != len(self.mp_trainer.master_params):
             opt_state = _unflatten_original_fp16_optimizer(opt_state, self.mp_trainer.master_params)
             if opt_state is None:
-                logger.log(f"{point.opt.name} holds {saved_params} parameter tensors, the model has {len(self.mp_trainer.master_params)}: the optimizer starts fresh")
+                logs.log(f"{point.opt.name} holds {saved_params} parameter tensors, the model has {len(self.mp_trainer.master_params)}: the optimizer starts fresh")
                 return
         self.opt.load_state_dict(opt_state)
 
@@ -261,7 +262,7 @@ class TrainerBase:
         total = self.options.total_steps()
         if total is None:
             how = " (Ctrl-C or SIGTERM saves a checkpoint and stops)" if self.options.handle_signals else ""
-            logger.log(f"no --iterations or --lr_anneal_steps: training runs until stopped{how}")
+            logs.log(f"no --iterations or --lr_anneal_steps: training runs until stopped{how}")
         stop = _StopRequest(self.options.handle_signals)
         test_mode = bool(os.environ.get("DIFFUSION_TRAINING_TEST", ""))
         bar = tqdm(
@@ -328,9 +329,9 @@ class TrainerBase:
         if took_step:
             self.update_ema()
         self.step += 1
-        logger.logkv("step", self.step)
-        logger.logkv("samples", self.step * self.global_batch)
-        logger.logkv("lr", lr)
+        logs.logkv("step", self.step)
+        logs.logkv("samples", self.step * self.global_batch)
+        logs.logkv("lr", lr)
 
     def before_step(self) -> None:
         """Hook run before each step (validation for classifiers)."""
@@ -369,12 +370,12 @@ class TrainerBase:
         masters = [p.detach() for p in self.mp_trainer.master_params]
         for rate, ema in zip(self.ema_rate, self.ema_params):
             decay = rate if self.ema_warmup is None else self.ema_warmup.decay(rate, self.step)
-            torch._foreach_mul_(ema, decay)  # noqa: SLF001 - fused EMA: ema = decay*ema + (1-decay)*p
-            torch._foreach_add_(ema, masters, alpha=1.0 - decay)  # noqa: SLF001
+            torch._foreach_mul_(ema, decay)
+            torch._foreach_add_(ema, masters, alpha=1.0 - decay)
 
     def dump_logs(self, bar: tqdm | None = None) -> None:
         with tqdm.external_write_mode() if self.rank == 0 else nullcontext():
-            values = logger.dumpkvs()
+            values = logs.dumpkvs()
         if bar is not None and "loss" in values:
             extra = self.monitor.bar_fields(self.step) if self.monitor is not None else {}
             bar.set_postfix({**extra, "loss": f"{values['loss']:.4g}"}, refresh=False)
@@ -403,7 +404,7 @@ class TrainerBase:
                 "data": self.data.state_dict() if hasattr(self.data, "state_dict") else {},
             }
             train_state.update(self.extra_state())
-            checkpointing.save_checkpoint_files(
+            snapshots.save_checkpoint_files(
                 self.run_dir,
                 self.step,
                 model_state=self.mp_trainer.master_params_to_state_dict(),
@@ -411,12 +412,12 @@ class TrainerBase:
                 ema_states={str(rate): self.mp_trainer.master_params_to_state_dict(ema) for rate, ema in zip(self.ema_rate, self.ema_params)},
                 train_state=train_state,
             )
-            removed = checkpointing.prune_checkpoints(self.run_dir, self.options.keep_last)
+            removed = snapshots.prune_checkpoints(self.run_dir, self.options.keep_last)
             note = f"; removed checkpoints of steps {removed} (--keep_last {self.options.keep_last})" if removed else ""
             with tqdm.external_write_mode():
-                logger.log(f"saved checkpoint {checkpointing.model_name(self.step)} in {self.run_dir} ({time.time() - start:.1f}s){note}")
+                logs.log(f"saved checkpoint {snapshots.model_name(self.step)} in {self.run_dir} ({time.time() - start:.1f}s){note}")
         self._last_saved_step = self.step
-        dist_util.barrier()
+        distributed.barrier()
 
     def prepare_run_dir(self) -> None:
         """Create the run directory and remove temp files of writers that were killed."""
@@ -424,8 +425,8 @@ class TrainerBase:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             removed = remove_stale_temp_files(self.run_dir)
             if removed:
-                logger.log(f"removed {len(removed)} partial files left by an interrupted save: {', '.join(removed[:3])}")
-        dist_util.barrier()
+                logs.log(f"removed {len(removed)} partial files left by an interrupted save: {', '.join(removed[:3])}")
+        distributed.barrier()
 
 
 class DiffusionTrainer(TrainerBase):
@@ -466,10 +467,10 @@ def log_loss_dict(diffusion: Any, ts: torch.Tensor, losses: dict[str, torch.Tens
     flat = torch.cat([values.mean(1), sums.reshape(-1), counts]).tolist()
     means, quarter_sums, quarter_counts = flat[: len(keys)], flat[len(keys) : len(keys) * 5], flat[len(keys) * 5 :]
     for i, key in enumerate(keys):
-        logger.logkv_mean(key, means[i], count=n)
+        logs.logkv_mean(key, means[i], count=n)
         for q in range(4):
             if quarter_counts[q] > 0:
-                logger.logkv_mean(f"{key}_q{q}", quarter_sums[i * 4 + q] / quarter_counts[q], count=quarter_counts[q])
+                logs.logkv_mean(f"{key}_q{q}", quarter_sums[i * 4 + q] / quarter_counts[q], count=quarter_counts[q])
 
 
 def _unflatten_original_fp16_optimizer(opt_state: dict, master_params: list[torch.Tensor]) -> dict | None:

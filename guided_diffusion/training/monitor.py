@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion import logger
 from guided_diffusion.atomic import atomic_write_bytes, atomic_write_path
 from guided_diffusion.data.stream import mix_seed
 from guided_diffusion.errors import UserError
+from guided_diffusion.runtime import logs
 from guided_diffusion.training.rng import capture_rng_state, restore_rng_state
 
 __all__ = ["METRICS_FILE", "SAMPLES_DIR", "RunClock", "TrainingMonitor", "WatchOptions", "image_grid", "isolated_rng"]
@@ -279,7 +279,7 @@ class TrainingMonitor:
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as stored:
                 if str(stored["meta"]) == meta:
-                    logger.log(f"held-out statistics from {cache}")
+                    logs.log(f"held-out statistics from {cache}")
                     return {key: stored[key] for key in ("mu", "sigma", "pool")}
         start = time.time()
         pools = []
@@ -294,7 +294,7 @@ class TrainingMonitor:
         reference = {"mu": mu, "sigma": sigma, "pool": pool}
         if self.rank == 0:
             _write_npz(cache, meta=np.array(meta), **reference)
-        logger.log(f"held-out statistics of {len(paths)} images in {self.options.eval_data_dir} ({self.options.eval_features}, "
+        logs.log(f"held-out statistics of {len(paths)} images in {self.options.eval_data_dir} ({self.options.eval_features}, "
                    f"{time.time() - start:.1f}s) cached in {cache}")
         return reference
 
@@ -321,7 +321,7 @@ class TrainingMonitor:
             return False
         if not self.announced_stop:
             left = self.clock.remaining() or 0.0
-            logger.log(f"--max_time {self.options.max_time}h: {_duration(left)} left, less than one step plus the final save "
+            logs.log(f"--max_time {self.options.max_time}h: {_duration(left)} left, less than one step plus the final save "
                        f"({_duration(self.clock.longest_step + self.clock.final_save_seconds)}): saving and stopping")
             self.announced_stop = True
         return True
@@ -329,7 +329,7 @@ class TrainingMonitor:
     def bar_fields(self, step: int) -> dict[str, str]:
         """Progress-bar fields: the running loss and the time to the next checkpoint."""
         values: dict[str, str] = {}
-        loss = logger.getkvs().get("loss")
+        loss = logs.getkvs().get("loss")
         if isinstance(loss, (int, float)):
             values["loss"] = f"{loss:.4g}"
         next_save = self.clock.next_save_text(step)
@@ -430,11 +430,11 @@ class TrainingMonitor:
             _write_png(self.run_dir / SAMPLES_DIR / f"{stem}.png", grid)
             self._to_tensorboard(f"samples/{tag}", grid, trainer.step)
             written.append(self.run_dir / SAMPLES_DIR / f"{stem}.png")
-        logger.logkv("sample_seconds", time.time() - start)
+        logs.logkv("sample_seconds", time.time() - start)
         return written
 
     def _to_tensorboard(self, tag: str, grid: np.ndarray, step: int) -> None:
-        for output in getattr(logger.get_current(), "output_formats", []):
+        for output in getattr(logs.get_current(), "output_formats", []):
             writer = getattr(output, "writer", None)
             if writer is not None and hasattr(writer, "add_image"):
                 writer.add_image(tag, grid, step, dataformats="HWC")
@@ -473,12 +473,12 @@ class TrainingMonitor:
                "recall": f"{recall:.6g}", "features": self.options.eval_features.strip(), "num_samples": total,
                "seconds": f"{time.time() - start:.2f}"}
         self._append_metric_row(row)
-        logger.logkv("eval_fid", fid)
-        logger.logkv("eval_precision", precision)
-        logger.logkv("eval_recall", recall)
+        logs.logkv("eval_fid", fid)
+        logs.logkv("eval_precision", precision)
+        logs.logkv("eval_recall", recall)
         best = best_metric_row(read_metric_rows(self.run_dir))
         note = f"; best FID {best['fid']} at step {best['step']}" if best is not None else ""
-        logger.log(f"step {trainer.step}: FID {fid:.4g}, precision {precision:.3f}, recall {recall:.3f} "
+        logs.log(f"step {trainer.step}: FID {fid:.4g}, precision {precision:.3f}, recall {recall:.3f} "
                    f"({total} samples, {tag}, {self.options.eval_features.strip()} features){note}")
         return row
 

@@ -10,15 +10,15 @@ training stops with a clear error instead of spinning forever (the original's sc
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-from guided_diffusion import logger
 from guided_diffusion.errors import UserError
 from guided_diffusion.models.layers import convert_module_to_f16, convert_module_to_f32
+from guided_diffusion.runtime import logs
 
 INITIAL_LOG_LOSS_SCALE = 20.0
 MIN_LOG_LOSS_SCALE = 0.0
@@ -39,7 +39,7 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     tensors = [t for t in tensors if t is not None]
     if not tensors:
         return torch.zeros(())
-    norms = torch._foreach_norm([t.float() for t in tensors])  # noqa: SLF001 - fused per-tensor norms
+    norms = torch._foreach_norm([t.float() for t in tensors])
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -123,13 +123,13 @@ class MixedPrecisionTrainer:
             return False
         self.consecutive_skips = 0
         if scale != 1.0:
-            torch._foreach_mul_(grads, 1.0 / scale)  # noqa: SLF001
+            torch._foreach_mul_(grads, 1.0 / scale)
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.master_params, self.max_grad_norm)
-        logger.logkv_mean("grad_norm", grad_norm_value)
-        logger.logkv_mean("param_norm", float(global_norm([p.detach() for p in self.master_params])))
+        logs.logkv_mean("grad_norm", grad_norm_value)
+        logs.logkv_mean("param_norm", float(global_norm([p.detach() for p in self.master_params])))
         if self.use_fp16:
-            logger.logkv_mean("lg_loss_scale", self.lg_loss_scale)
+            logs.logkv_mean("lg_loss_scale", self.lg_loss_scale)
         opt.step()
         self.zero_grad()
         if self.use_fp16:
@@ -143,10 +143,10 @@ class MixedPrecisionTrainer:
         self.consecutive_skips += 1
         if self.use_fp16:
             self.lg_loss_scale = max(self.lg_loss_scale - 1.0, self.min_lg_loss_scale)
-            logger.log(f"Found NaN, decreased lg_loss_scale to {self.lg_loss_scale:g}")
+            logs.log(f"Found NaN, decreased lg_loss_scale to {self.lg_loss_scale:g}")
         else:
-            logger.log("Found non-finite gradients, skipped the step")
-        logger.logkv_mean("skipped_steps", 1.0)
+            logs.log("Found non-finite gradients, skipped the step")
+        logs.logkv_mean("skipped_steps", 1.0)
         if self.consecutive_skips >= self.max_consecutive_skips:
             where = f" with the loss scale at its floor 2^{self.min_lg_loss_scale:g}" if self.use_fp16 else ""
             raise UserError(

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch.distributed as dist
 
-from guided_diffusion import dist_util, logger
 from guided_diffusion.checkpoints import read_config_json, write_config_json
 from guided_diffusion.config import (
     SR_CHANNEL_MULT_BY_SIZE,
@@ -26,13 +25,14 @@ from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_m
 from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
 from guided_diffusion.errors import UserError
 from guided_diffusion.performance import optimize_model
-from guided_diffusion.training import checkpointing
+from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.training import snapshots
 from guided_diffusion.training.classifier import ClassifierTrainer
+from guided_diffusion.training.finetune import load_initial_weights
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
 from guided_diffusion.training.rng import seed_everything
 from guided_diffusion.training.rundir import RunDirLock
-from guided_diffusion.training.samplers import create_named_schedule_sampler
-from guided_diffusion.training.finetune import load_initial_weights
+from guided_diffusion.training.timestep_sampling import create_named_schedule_sampler
 from guided_diffusion.training.watch import attach_watchers, prepare_watch
 
 KINDS = ("image", "superres", "classifier")
@@ -40,8 +40,8 @@ KINDS = ("image", "superres", "classifier")
 
 def train_from_flags(args: Namespace, kind: str) -> int:
     """Run the training job described by `args` (see `guided_diffusion.cli.train`)."""
-    created_group = not dist_util.is_initialized()
-    dist_util.setup_dist()
+    created_group = not distributed.is_initialized()
+    distributed.setup_dist()
     held: list[RunDirLock] = []  # the run directory's lock, released however the run ends
     try:
         _train(args, kind, held)
@@ -49,7 +49,7 @@ def train_from_flags(args: Namespace, kind: str) -> int:
         for lock in held:
             lock.release()
         if created_group:
-            dist_util.teardown_dist()
+            distributed.teardown_dist()
     return 0
 
 
@@ -120,22 +120,22 @@ def _uses_fp16(args: Namespace, kind: str) -> bool:
 def _log_formats(args: Namespace) -> list[str] | None:
     if not args.tensorboard:
         return None
-    if dist_util.get_rank() == 0:
+    if distributed.get_rank() == 0:
         formats = [f for f in os.environ.get("OPENAI_LOG_FORMAT", "stdout,log,csv").split(",") if f]
         return formats + ([] if "tensorboard" in formats else ["tensorboard"])
     return [f for f in os.environ.get("OPENAI_LOG_FORMAT_MPI", "log").split(",") if f]
 
 
-def _choose_seed(args: Namespace, point: checkpointing.ResumePoint | None) -> int:
+def _choose_seed(args: Namespace, point: snapshots.ResumePoint | None) -> int:
     if point is not None and point.state is not None and "seed" in point.state:
         saved = int(point.state["seed"])
         if args.seed >= 0 and args.seed != saved:
-            logger.log(f"--seed {args.seed} ignored: the resumed run was seeded with {saved}, which fixes its data order")
+            logs.log(f"--seed {args.seed} ignored: the resumed run was seeded with {saved}, which fixes its data order")
         return saved
     if args.seed >= 0:
         return int(args.seed)
     choice = [random.SystemRandom().randrange(1 << 62)]
-    if dist_util.get_world_size() > 1:
+    if distributed.get_world_size() > 1:
         dist.broadcast_object_list(choice, src=0)
     return int(choice[0])
 
@@ -159,7 +159,7 @@ def _record_config(run_dir: Path, config: dict) -> None:
             for key in set(previous.get(section, {})) | set(config.get(section, {}))
             if previous.get(section, {}).get(key) != config.get(section, {}).get(key)
         )
-        logger.log(f"config.json in {run_dir} had different settings ({', '.join(changed) or 'kind'}): rewriting it with this run's")
+        logs.log(f"config.json in {run_dir} had different settings ({', '.join(changed) or 'kind'}): rewriting it with this run's")
     write_config_json(run_dir, config)
 
 
@@ -175,7 +175,7 @@ def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
     if not directory:
         return  # a fresh temporary directory: nobody else uses it
     message = None
-    if dist_util.get_rank() == 0:
+    if distributed.get_rank() == 0:
         flag = "--log_dir" if args.log_dir else "OPENAI_LOGDIR"
         try:
             held.append(RunDirLock(directory).acquire())
@@ -183,7 +183,7 @@ def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
             message = str(exc)
         except OSError as exc:  # a file in the way, a parent that is a file, no permission
             message = f"{flag} {directory} cannot be used as a run directory ({exc.strerror or exc}): pass a writable folder"
-    if dist_util.get_world_size() > 1:
+    if distributed.get_world_size() > 1:
         box = [message]
         dist.broadcast_object_list(box, src=0)
         message = box[0]
@@ -196,21 +196,21 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
         raise ValueError(kind)
     _validate(args, kind)
     init = prepare_watch(args, kind)  # add-on flags checked; --init_from sets the architecture flags
-    rank = dist_util.get_rank()
+    rank = distributed.get_rank()
     _claim_run_dir(args, held if held is not None else [])
-    logger.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
-    run_dir = Path(logger.get_dir())
+    logs.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
+    run_dir = Path(logs.get_dir())
     for lock in held or []:
         if lock.previous_holder:
-            logger.log(f"took over the lock of a run that ended without releasing it (pid {lock.previous_holder.get('pid')}, "
+            logs.log(f"took over the lock of a run that ended without releasing it (pid {lock.previous_holder.get('pid')}, "
                        f"started {lock.previous_holder.get('started')}; that process is gone)")
-    point = checkpointing.resolve_resume_point(args.resume or args.resume_checkpoint, run_dir, log=logger.log)
+    point = snapshots.resolve_resume_point(args.resume or args.resume_checkpoint, run_dir, log=logs.log)
     seed = _choose_seed(args, point)
-    logger.log(f"seed {seed}; {dist_util.get_world_size()} rank(s) on {dist_util.dev()}; run directory {run_dir}")
+    logs.log(f"seed {seed}; {distributed.get_world_size()} rank(s) on {distributed.dev()}; run directory {run_dir}")
 
     seed_everything(seed)  # identical initial weights on every rank
     network_config, diffusion_config = _configs(args, kind)
-    logger.log("creating model and diffusion...")
+    logs.log("creating model and diffusion...")
     model = network_config.build()
     if init is not None and point is None:  # a resumed run continues from its own checkpoint instead
         load_initial_weights(model, init)
@@ -231,15 +231,15 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
         skip_bad_images=args.skip_bad_images,
         seed=seed,
     )
-    logger.log("creating data loader...")
+    logs.log("creating data loader...")
     paths = list_image_files(args.data_dir)
     class_map = resolve_class_map(spec, paths, run_dir)
     _check_class_count(class_map, args.num_classes)
     data = ImageStream(spec, class_map, paths=paths)
     if class_map is not None:
-        logger.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {'sub-folders' if class_map.label_mode == 'folder' else 'file-name prefixes'})")
+        logs.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {'sub-folders' if class_map.label_mode == 'folder' else 'file-name prefixes'})")
     else:
-        logger.log(f"{len(paths)} images")
+        logs.log(f"{len(paths)} images")
 
     options = LoopOptions(
         batch_size=args.batch_size,
@@ -301,8 +301,8 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
         if class_map is not None:
             class_map.save(run_dir / CLASS_MAP_NAME)
     attach_watchers(trainer, args, kind, diffusion_config)  # grids, metrics, --max_time, --ema_warmup
-    if trainer._restored_rng is None:  # noqa: SLF001 - fresh generators, different per rank
+    if trainer._restored_rng is None:
         seed_everything(mix_seed(seed, rank, trainer.step))
-    logger.log("training...")
+    logs.log("training...")
     trainer.run()
-    logger.log(f"done: {trainer.step} steps; checkpoints in {run_dir}")
+    logs.log(f"done: {trainer.step} steps; checkpoints in {run_dir}")

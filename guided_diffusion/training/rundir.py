@@ -43,7 +43,7 @@ class RunDirLock:
         self._fallback: Any = None
         self.previous_holder: dict[str, Any] | None = None  # a dead run whose lock was taken over
 
-    def acquire(self) -> "RunDirLock":
+    def acquire(self) -> RunDirLock:
         """Take the lock, or raise a one-line `UserError` naming the live process that holds it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if fcntl is None:

@@ -8,14 +8,15 @@ finished steps including the resumed ones, and `modelN.pt` holds exactly N updat
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from guided_diffusion import logger
-from guided_diffusion.training import checkpointing
+from guided_diffusion.runtime import logs
+from guided_diffusion.training import snapshots
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions, log_loss_dict
-from guided_diffusion.training.samplers import ScheduleSampler
+from guided_diffusion.training.timestep_sampling import ScheduleSampler
 
-parse_resume_step_from_filename = checkpointing.parse_resume_step_from_filename
+parse_resume_step_from_filename = snapshots.parse_resume_step_from_filename
 
 __all__ = [
     "TrainLoop",
@@ -29,7 +30,7 @@ __all__ = [
 
 def get_blob_logdir() -> str:
     """Where checkpoints go: the logger's directory."""
-    return logger.get_dir()
+    return logs.get_dir()
 
 
 def find_resume_checkpoint() -> str | None:
@@ -41,9 +42,9 @@ def find_ema_checkpoint(main_checkpoint: str | None, step: int, rate: float) -> 
     """The EMA file beside `main_checkpoint` for `step` and `rate`, if it exists."""
     if not main_checkpoint:
         return None
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    path = Path(main_checkpoint).parent / checkpointing.ema_name(rate, step)
+    path = Path(main_checkpoint).parent / snapshots.ema_name(rate, step)
     return str(path) if path.exists() else None
 
 
@@ -93,7 +94,7 @@ class TrainLoop(DiffusionTrainer):
         self.lr_anneal_steps = lr_anneal_steps
         self.resume_checkpoint = find_resume_checkpoint() or resume_checkpoint
         self.prepare_run_dir()
-        point = checkpointing.resolve_resume_point(self.resume_checkpoint, self.run_dir, log=logger.log)
+        point = snapshots.resolve_resume_point(self.resume_checkpoint, self.run_dir, log=logs.log)
         if point is not None:
             self.load_resume_point(point)
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from guided_diffusion.atomic import atomic_torch_save, file_digest
 from guided_diffusion.checkpoints import load_state_dict, read_tensor_file
 from guided_diffusion.errors import UserError
-from guided_diffusion.atomic import atomic_torch_save, file_digest
 
 STATE_FORMAT = 1
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
@@ -113,7 +113,7 @@ def verify_checkpoint(directory: Path, step: int, check_digests: bool = True) ->
         return None, f"{state_name(step)} is missing (the save did not finish)"
     try:
         record = _load_state_record(path)
-    except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+    except Exception as exc:
         return None, f"{state_name(step)} is unreadable ({type(exc).__name__})"
     for name, expected in record["files"].items():
         file = directory / name
@@ -149,7 +149,7 @@ def find_latest_checkpoint(directory: str | os.PathLike, log=print) -> ResumePoi
     for step in model_steps:  # a run of the original code: no completeness marker, so try to load
         try:
             torch.load(directory / model_name(step), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"{model_name(step)} in {directory} cannot be loaded ({type(exc).__name__}); trying the previous one")
             continue
         return legacy_resume_point(directory / model_name(step))

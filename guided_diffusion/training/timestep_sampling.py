@@ -18,7 +18,7 @@ from guided_diffusion.errors import UserError
 SAMPLER_NAMES = ("uniform", "loss-second-moment")
 
 
-def create_named_schedule_sampler(name: str, diffusion) -> "ScheduleSampler":
+def create_named_schedule_sampler(name: str, diffusion) -> ScheduleSampler:
     """The sampler called `name` for `diffusion` (`uniform` or `loss-second-moment`)."""
     if name == "uniform":
         return UniformSampler(diffusion)

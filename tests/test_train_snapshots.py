@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guided_diffusion.errors import UserError
-from guided_diffusion.training import checkpointing as ck
 from guided_diffusion.atomic import atomic_torch_save, remove_stale_temp_files
+from guided_diffusion.errors import UserError
+from guided_diffusion.training import snapshots as ck
 
 
 def _save(directory, step, rates=("0.9999",)):
