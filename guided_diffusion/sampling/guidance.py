@@ -6,7 +6,6 @@ sampler accepts both.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,19 +13,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from guided_diffusion.runtime.precision import autocast
+
 __all__ = [
     "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "guidance_weight",
     "GUIDANCE_SCHEDULES",
 ]
 
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """`torch.autocast` to `dtype` on `device`, or a no-op when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def check_cfg(cfg_scale: float, *, class_cond: bool, null_label: int | None) -> None:
