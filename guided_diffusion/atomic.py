@@ -32,7 +32,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> tuple[int, str]:
     """Write `path` atomically with `write(file)`; returns (size in bytes, sha256 hex digest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> tuple[in
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
     """Delete temp files left in `directory` by writers that were killed; returns their names."""
     directory = Path(directory)
-    removed = []
+    removed: list[str] = []
     if not directory.is_dir():
         return removed
     for entry in directory.iterdir():

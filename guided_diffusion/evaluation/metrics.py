@@ -168,6 +168,7 @@ def _manifold_radii(features: torch.Tensor, k: int, block: int) -> torch.Tensor:
             if nearest is not None:
                 distances = torch.cat([nearest, distances], 1)
             nearest = torch.topk(distances, min(k + 1, distances.shape[1]), dim=1, largest=False).values
+        assert nearest is not None  # features is not empty
         radii[row : row + block] = torch.sort(nearest, dim=1).values[:, k]
     return radii
 

@@ -11,6 +11,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class NpzArrayReader:
         self.path = Path(path)
         self.name = name
         self._archive = _open_zip(self.path)
-        self._member = None
+        self._member: IO[bytes] | None = None
         self._array: np.ndarray | None = None
         member_name = f"{name}.npy"
         if member_name not in self._archive.namelist():
@@ -98,6 +99,7 @@ class NpzArrayReader:
             shape, dtype = self._array.shape, self._array.dtype
         else:
             self._member = member
+        assert shape is not None  # set by the header, or by the whole-array read
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype: np.dtype = np.dtype(dtype)
         self._next_row = 0
@@ -119,11 +121,13 @@ class NpzArrayReader:
                 yield np.array(self._array[start : start + rows])
                 continue
             block = np.empty((rows, *self.shape[1:]), dtype=self.dtype)
-            view = memoryview(block).cast("B")
+            view = memoryview(block).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs omit it
+            member = self._member
+            assert member is not None  # set in __init__ unless the array was read whole above
             filled = 0
             while filled < len(view):
                 try:
-                    count = self._member.readinto(view[filled:])
+                    count = member.readinto(view[filled:])  # type: ignore[attr-defined]  # a ZipExtFile
                 except _DAMAGE as exc:
                     raise _damaged(self.path, self.name, exc) from None
                 if not count:
@@ -154,7 +158,7 @@ class NpzWriter:
         self._file = os.fdopen(handle, "w+b")
         self._temp = Path(temp_name)
         self._archive = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
-        self._stream = None
+        self._stream: IO[bytes] | None = None
         self._stream_left = 0
         self._committed = False
 
@@ -170,7 +174,7 @@ class NpzWriter:
             raise RuntimeError("finish the current streamed array before starting another")
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
         self._stream = self._archive.open(f"{name}.npy", "w", force_zip64=True)
-        np.lib.format.write_array_header_1_0(self._stream, header)
+        np.lib.format.write_array_header_1_0(self._stream, header)  # type: ignore[arg-type]  # a binary writer
         self._stream_dtype = np.dtype(dtype)
         self._stream_row_shape = tuple(shape[1:])
         self._stream_left = shape[0]
@@ -190,6 +194,7 @@ class NpzWriter:
             self._finish_stream()
 
     def _finish_stream(self) -> None:
+        assert self._stream is not None
         self._stream.close()
         self._stream = None
 
