@@ -14,15 +14,11 @@ Regenerate (only when an intended change of the samples is agreed; the file is t
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_cli_sample import randomise_zero_layers
+from helpers import randomise_zero_layers
 
 from guided_diffusion.sampling.generate import SamplerSettings, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn

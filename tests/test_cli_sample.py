@@ -11,10 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    ARCH,
+    CFG,
+    CLASSIFIER,
+    COMPAT,
+    COND,
+    REPO,
+    SR,
+    UNCOND,
+    assert_same_images,
+    load_npz,
+    make_checkpoints,
+    parse_sample_flags,
+    run,
+    sample,
+)
 from PIL import Image
 
-from guided_diffusion.checkpoints import save_checkpoint, save_model_with_config
-from guided_diffusion.cli import main
+from guided_diffusion.checkpoints import save_model_with_config
 from guided_diffusion.cli.sample import _build_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.script_util import (
@@ -27,85 +42,12 @@ from guided_diffusion.script_util import (
     sr_model_and_diffusion_defaults,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-COMPAT = REPO / "tests" / "compat"
-
-ARCH = ("--num_channels 32 --num_res_blocks 1 --channel_mult 1,1 --attention_resolutions 4 --num_head_channels 8 "
-        "--resblock_updown True --learn_sigma True --diffusion_steps 40 --noise_schedule cosine --num_classes 10")
-COND = f"--image_size 8 --class_cond True {ARCH}"
-UNCOND = f"--image_size 8 --class_cond False {ARCH}"
-CFG = f"{COND} --class_dropout_prob 0.1"
-SR = f"--large_size 8 --small_size 4 --class_cond True {ARCH}"
-CLASSIFIER = ("--classifier_width 32 --classifier_depth 1 --classifier_attention_resolutions 4 "
-              "--classifier_channel_mult 1,1 --classifier_num_head_channels 8")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def randomise_zero_layers(network: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values for the zero-initialised layers (residual outputs, attention projections, the head),
-    which would otherwise make labels and most of the network irrelevant to the prediction."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in network.parameters():
-            if not p.any():
-                scale = (p[0].numel() ** -0.5) if p.ndim > 1 else 0.1
-                p.copy_(torch.randn(p.shape, generator=generator) * scale)
-    return network
-
-
-def _flags(command: str, flag_string: str):
-    return _build_parser(command).parse_args(shlex.split(flag_string))
-
-
-def make_checkpoints(directory: Path) -> dict[str, Path]:
-    """Tiny checkpoints matching the flag strings above (plain .pt state dicts, as released)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    torch.manual_seed(0)
-    for name, flags in (("cond", COND), ("uncond", UNCOND), ("cfg", CFG)):
-        args = _flags("image_sample", flags)
-        model, _ = create_model_and_diffusion(**args_to_dict(args, model_and_diffusion_defaults().keys()))
-        paths[name] = save_checkpoint(directory / f"{name}.pt", randomise_zero_layers(model, len(paths)).state_dict())
-    args = _flags("classifier_sample", f"--image_size 8 {CLASSIFIER} --num_classes 10")
-    classifier = create_classifier(**args_to_dict(args, classifier_defaults().keys()))
-    paths["classifier"] = save_checkpoint(directory / "classifier.pt", randomise_zero_layers(classifier, 7).state_dict())
-    args = _flags("super_res_sample", SR)
-    model, _ = sr_create_model_and_diffusion(**args_to_dict(args, sr_model_and_diffusion_defaults().keys()))
-    paths["sr"] = save_checkpoint(directory / "sr.pt", randomise_zero_layers(model, 8).state_dict())
-    return paths
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> dict[str, Path]:
     return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-def run(command: str, flags: str, out_dir: Path | None, *extra: str) -> int:
-    argv = [command, *shlex.split(flags), *extra]
-    if out_dir is not None:
-        argv += ["--out_dir", str(out_dir)]
-    return main(argv)
-
-
-def load_npz(path: Path) -> list[np.ndarray]:
-    with np.load(path) as data:
-        return [data[k] for k in data.files]
-
-
-def sample(tmp_path: Path, name: str, command: str, flags: str, *extra: str) -> list[np.ndarray]:
-    out = tmp_path / name
-    assert run(command, flags, out, *extra) == 0
-    [npz] = out.glob("samples_*.npz")
-    return load_npz(npz)
-
-
-def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
-    """Equal, allowing a 1-level flip on a few pixels from float reassociation in batched kernels."""
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    diff = np.abs(a.astype(int) - b.astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 # -- image_sample ---------------------------------------------------------------------------------------
@@ -284,7 +226,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_flags_come_from_the_config_saved_with_a_checkpoint(ckpt, tmp_path):
-    args = _flags("image_sample", COND)
+    args = parse_sample_flags("image_sample", COND)
     config = ModelConfig.from_flags(args)
     model = config.build()
     model.load_state_dict(torch.load(ckpt["cond"], weights_only=True))

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_cli_sample import CLASSIFIER, COND, make_checkpoints, sample
+from helpers import CLASSIFIER, COND, make_checkpoints, sample
 
 from guided_diffusion import presets as presets_module
 from guided_diffusion.cli import main

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import COMPAT
+from helpers import COMPAT
 
 from guided_diffusion import script_util
 from guided_diffusion.presets import PRESETS, parse_flag_string

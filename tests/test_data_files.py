@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _train_helpers import write_image
+from helpers import write_image
 
 from guided_diffusion.data.files import (
     ClassMap,

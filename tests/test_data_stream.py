@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _train_helpers import make_blob_dataset, write_image
+from helpers import make_blob_dataset, write_image
 
 from guided_diffusion.data import ImageStream, StreamSpec
 from guided_diffusion.errors import UserError

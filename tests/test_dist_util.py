@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _train_helpers import child_env, run_python, run_ranks
+from helpers import child_env, run_python, run_ranks
 
 from guided_diffusion import dist_util
 from guided_diffusion.errors import UserError

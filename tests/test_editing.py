@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_ranks
 from PIL import Image
 
 from guided_diffusion import cli
@@ -49,9 +49,6 @@ from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.noise import SampleNoise
 from guided_diffusion.sampling.output import save_npz
 from guided_diffusion.sampling.samplers import SAMPLERS
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import run_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from evaluation_support import write_random_weights
+from helpers import write_random_weights
 
 from guided_diffusion.cli import main as cli_main
 from guided_diffusion.evaluation import (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from evaluation_support import write_random_weights
+from helpers import write_random_weights
 
 from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import InceptionFeatureExtractor, InceptionV3, resize_bilinear_tf1

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_cli_sample import CLASSIFIER, make_checkpoints
+from helpers import CLASSIFIER, make_checkpoints
 
 from guided_diffusion.cli import main
 from guided_diffusion.presets import PRESETS, Preset

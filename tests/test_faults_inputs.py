@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import child_env
-from test_cli_sample import CLASSIFIER, COND, make_checkpoints
+from helpers import CLASSIFIER, COND, child_env, make_checkpoints
 
 from guided_diffusion.checkpoints import load_model, load_state_dict, read_config_json, save_checkpoint
 from guided_diffusion.cli import main

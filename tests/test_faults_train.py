@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import child_env, make_blob_dataset, write_image
+from helpers import child_env, make_blob_dataset, write_image
 
 from guided_diffusion import logger
 from guided_diffusion.cli import main

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _train_helpers import run_ranks
+from helpers import run_ranks
 
 from guided_diffusion import logger
 from guided_diffusion.errors import UserError

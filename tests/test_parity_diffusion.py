@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, load_fixture, rel_err
+from helpers import FIXTURES, load_fixture, rel_err
 
 from guided_diffusion import gaussian_diffusion, respace, script_util
 

@@ -1,7 +1,7 @@
 """Networks against the golden outputs of the original code (relative error < 1e-4)."""
 import pytest
 import torch
-from conftest import load_fixture, rel_err
+from helpers import load_fixture, rel_err
 
 from guided_diffusion import script_util, unet
 from guided_diffusion.models.attention import attention_backend

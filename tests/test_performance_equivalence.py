@@ -103,10 +103,7 @@ def test_matmul_precision_restores_flags():
 
 def test_training_cli_channels_last_matches_plain(tmp_path):
     """`image_train --channels_last True` trains to the same weights as the default layout."""
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from _train_helpers import make_blob_dataset, run_cli
+    from helpers import make_blob_dataset, run_cli
 
     data = make_blob_dataset(tmp_path / "data", count=8, size=8)
     flags = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",

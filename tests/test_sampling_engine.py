@@ -8,8 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_cli_sample import randomise_zero_layers
-from test_sampling_samplers import CountingModel, tiny
+from helpers import CountingModel, randomise_zero_layers, tiny_adm
 
 from guided_diffusion.sampling.denoiser import DiffusionDenoiser
 from guided_diffusion.sampling.generate import SamplerSettings, draw
@@ -24,7 +23,7 @@ CLASSES = 5
 
 @pytest.fixture(scope="module")
 def networks():
-    model, diffusion = tiny(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50)
+    model, diffusion = tiny_adm(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50)
     torch.manual_seed(3)
     classifier = create_classifier(8, False, 32, 1, "4", True, True, "attention", classifier_channel_mult="1,1",
                                    classifier_num_head_channels=8, num_classes=CLASSES).eval()
@@ -41,7 +40,7 @@ def run(networks, settings, indices=(0, 1), diffusion=None, cond=True, scale=2.0
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.7), ("ddpm", 0.0)])
 def test_leading_grid_reproduces_the_ddimN_respacing(networks, sampler, eta):
     _, diffusion, _ = networks
-    _, respaced = tiny(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50,
+    _, respaced = tiny_adm(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50,
                        timestep_respacing="ddim10")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -119,7 +118,7 @@ def test_guidance_interval_skips_classifier_passes(networks):
 
 def test_default_settings_keep_the_original_outputs(networks):
     # steps=None, constant schedule, no interval: the same as before these options existed (ddim10 path).
-    _, respaced = tiny(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50,
+    _, respaced = tiny_adm(learn_sigma=True, class_cond=True, num_classes=CLASSES, diffusion_steps=50,
                        timestep_respacing="ddim10")
     a = run(networks, SamplerSettings(sampler="ddim"), diffusion=respaced)
     b = run(networks, SamplerSettings(sampler="ddim", guidance_schedule="constant", cfg_interval=None),
@@ -130,7 +129,7 @@ def test_default_settings_keep_the_original_outputs(networks):
 
 
 def test_cfg_interval_runs_one_pass_outside_it():
-    model, _ = tiny(learn_sigma=True, class_cond=True, num_classes=CLASSES, class_dropout_prob=0.1)
+    model, _ = tiny_adm(learn_sigma=True, class_cond=True, num_classes=CLASSES, class_dropout_prob=0.1)
     batches = []
 
     class Spy(torch.nn.Module):
@@ -188,4 +187,4 @@ def test_sampler_kwargs_carry_each_solvers_options():
     assert SamplerSettings(sampler="unipc", order=2).sampler_kwargs()["order"] == 2
     assert SamplerSettings(sampler="dpm++3m_sde", s_noise=0.9).sampler_kwargs()["s_noise"] == 0.9
     assert "eta" not in SamplerSettings(sampler="euler").sampler_kwargs()
-    assert isinstance(SamplerSettings().denoiser(lambda *a, **k: None, tiny()[1]), DiffusionDenoiser)
+    assert isinstance(SamplerSettings().denoiser(lambda *a, **k: None, tiny_adm()[1]), DiffusionDenoiser)

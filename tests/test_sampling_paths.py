@@ -12,8 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import child_env, free_port
-from test_cli_sample import CFG, CLASSIFIER, COND, SR, UNCOND, assert_same_images, load_npz, make_checkpoints, run
+from helpers import (
+    CFG,
+    CLASSIFIER,
+    COND,
+    SR,
+    UNCOND,
+    assert_same_images,
+    child_env,
+    free_port,
+    load_npz,
+    make_checkpoints,
+    run,
+)
 
 from guided_diffusion.cli import main
 from guided_diffusion.sampling import load_pipeline

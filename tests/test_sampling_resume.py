@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _train_helpers import child_env, free_port
-from test_cli_sample import COND, load_npz, make_checkpoints, run
+from helpers import COND, child_env, free_port, load_npz, make_checkpoints, run
 
 NUM = 24
 # ddpm on 20 of the 40 steps: cheap batches, many of them, so a kill lands mid-run

@@ -5,24 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_cli_sample import randomise_zero_layers
+from helpers import CountingModel, randomise_zero_layers, tiny_adm
 
 from guided_diffusion.sampling.denoiser import DiffusionDenoiser
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
 from guided_diffusion.sampling.noise import SampleNoise, random_labels, sample_seed
 from guided_diffusion.sampling.samplers import ddim, ddpm, dpmpp_2m
-from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
-
-TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="4",
-            num_head_channels=8, resblock_updown=True, diffusion_steps=40, noise_schedule="cosine")
-
-
-def tiny(seed: int = 0, **overrides):
-    flags = {**model_and_diffusion_defaults(), **TINY, **overrides}
-    torch.manual_seed(seed)
-    model, diffusion = create_model_and_diffusion(**flags)
-    return randomise_zero_layers(model, seed).eval(), diffusion
+from guided_diffusion.script_util import create_classifier
 
 
 def start(n: int = 3, seed: int = 1) -> torch.Tensor:
@@ -55,7 +45,7 @@ def kwargs_for(case, n):
 
 @pytest.mark.parametrize("case,guided", [(CASES[0], True), (CASES[1], False), (CASES[2], True)])
 def test_ddpm_is_the_original_p_sample_loop(case, guided):
-    model, diffusion = tiny(**case)
+    model, diffusion = tiny_adm(**case)
     x, kw = start(), kwargs_for(case, 3)
     cond = target_cond_fn if guided else None
     torch.manual_seed(5)
@@ -67,7 +57,7 @@ def test_ddpm_is_the_original_p_sample_loop(case, guided):
 
 @pytest.mark.parametrize("case,guided,eta", [(CASES[0], False, 0.7), (CASES[1], True, 0.0), (CASES[2], True, 0.7)])
 def test_ddim_matches_the_original_ddim_loop(case, guided, eta):
-    model, diffusion = tiny(**case)
+    model, diffusion = tiny_adm(**case)
     x, kw = start(), kwargs_for(case, 3)
     cond = target_cond_fn if guided else None
     torch.manual_seed(6)
@@ -80,18 +70,18 @@ def test_ddim_matches_the_original_ddim_loop(case, guided, eta):
 
 
 def test_dpmpp_2m_first_step_is_ddim_and_later_steps_are_not():
-    model, diffusion = tiny(learn_sigma=True, timestep_respacing="2")
+    model, diffusion = tiny_adm(learn_sigma=True, timestep_respacing="2")
     denoiser = DiffusionDenoiser(model, diffusion)
     x = start()
     torch.testing.assert_close(dpmpp_2m(denoiser, x), ddim(denoiser, x), rtol=1e-6, atol=1e-6)
-    model, diffusion = tiny(learn_sigma=True, timestep_respacing="6")
+    model, diffusion = tiny_adm(learn_sigma=True, timestep_respacing="6")
     denoiser = DiffusionDenoiser(model, diffusion)
     assert (dpmpp_2m(denoiser, x) - ddim(denoiser, x)).abs().max() > 1e-3
 
 
 def test_denoiser_feeds_the_model_original_timesteps():
     seen = []
-    model, diffusion = tiny(timestep_respacing="5", rescale_timesteps=True)
+    model, diffusion = tiny_adm(timestep_respacing="5", rescale_timesteps=True)
 
     def spy(x, t, **kw):
         seen.append(t.clone())
@@ -122,7 +112,7 @@ def test_random_labels_are_per_sample_and_cover_the_classes():
 
 @pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 1.0), ("dpm++2m", 0.0)])
 def test_samples_do_not_depend_on_the_batch(sampler, eta):
-    model, diffusion = tiny(learn_sigma=True, class_cond=True, num_classes=5, timestep_respacing="4")
+    model, diffusion = tiny_adm(learn_sigma=True, class_cond=True, num_classes=5, timestep_respacing="4")
     fn = GuidedModel(model, class_cond=True)
     settings = SamplerSettings(sampler=sampler, eta=eta)
     labels = class_labels_for(range(8), 11, 5)
@@ -139,18 +129,8 @@ def test_samples_do_not_depend_on_the_batch(sampler, eta):
     assert not torch.allclose(whole[0], whole[1])
 
 
-class CountingModel(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.inner(*args, **kwargs)
-
-
 def test_classifier_free_guidance_combines_cond_and_uncond_in_one_pass():
-    model, _ = tiny(learn_sigma=True, class_cond=True, num_classes=5, class_dropout_prob=0.1)
+    model, _ = tiny_adm(learn_sigma=True, class_cond=True, num_classes=5, class_dropout_prob=0.1)
     counting = CountingModel(model)
     x, t, y = start(), torch.tensor([3, 10, 20]), torch.tensor([0, 2, 4])
     out = GuidedModel(counting, class_cond=True, cfg_scale=3.0, null_label=5)(x, t, y=y)
@@ -163,7 +143,7 @@ def test_classifier_free_guidance_combines_cond_and_uncond_in_one_pass():
 
 
 def test_unconditional_model_ignores_labels_given_for_the_classifier():
-    model, _ = tiny()
+    model, _ = tiny_adm()
     x, t = start(), torch.tensor([1, 2, 3])
     torch.testing.assert_close(GuidedModel(model, class_cond=False)(x, t, y=torch.tensor([1, 2, 3])), model(x, t))
 
@@ -199,7 +179,7 @@ def test_dynamic_threshold_rescales_only_saturated_samples():
 
 @pytest.mark.parametrize("sampler", [ddpm, ddim, dpmpp_2m])
 def test_thresholding_keeps_predictions_in_range(sampler):
-    model, diffusion = tiny(learn_sigma=True, timestep_respacing="4")
+    model, diffusion = tiny_adm(learn_sigma=True, timestep_respacing="4")
     predictions = []
     sampler(DiffusionDenoiser(model, diffusion), start() * 3, cond_fn=lambda x, t, **k: 50 * torch.ones_like(x),
             clip_denoised=False, threshold=dynamic_threshold(0.99), callback=lambda info: predictions.append(info["x0"]))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _train_helpers import make_blob_dataset
+from helpers import make_blob_dataset
 
 from guided_diffusion import logger
 from guided_diffusion.cli import main

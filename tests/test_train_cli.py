@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import (
+from helpers import (
     assert_same_checkpoint_set,
     child_env,
     free_port,

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 import torch
-from _train_helpers import make_blob_dataset
+from helpers import make_blob_dataset
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.cli.train import build_parser

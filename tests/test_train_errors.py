@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _train_helpers import make_blob_dataset, write_image
+from helpers import make_blob_dataset, write_image
 
 from guided_diffusion import logger
 from guided_diffusion.cli import main

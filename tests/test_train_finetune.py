@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import make_blob_dataset, run_cli
+from helpers import make_blob_dataset, run_cli
 
 from guided_diffusion.training.ema import EMAWarmup, warmup_decay
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import assert_same_checkpoint_set, load_checkpoint_file, make_blob_dataset, run_cli
+from helpers import assert_same_checkpoint_set, load_checkpoint_file, make_blob_dataset, run_cli
 
 from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import ClassifierConfig, config_to_dict

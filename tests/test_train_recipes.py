@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from _train_helpers import run_cli
+from helpers import run_cli
 
 from guided_diffusion.checkpoints import preset_network_config
 from guided_diffusion.cli.train import build_parser
