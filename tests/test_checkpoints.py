@@ -149,9 +149,17 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_ddp_prefix_is_stripped(tmp_path):
+    """A state dict saved from a DistributedDataParallel wrapper ("module." keys) loads into the bare network."""
     model = make()
     save_checkpoint(tmp_path / "m.pt", {f"module.{k}": v for k, v in model.state_dict().items()})
-    load_weights(make(), load_state_dict(tmp_path / "m.pt"))
+    state = load_state_dict(tmp_path / "m.pt")
+    assert list(state) == list(model.state_dict())
+    torch.manual_seed(1)  # other random weights, so equality below shows the load
+    other = make()
+    assert not all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+    loaded = load_weights(other, state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_checkpoint_of_another_image_size_names_image_size():

@@ -44,25 +44,51 @@ README_FLAGS = {
 }
 
 
+def flag_values(flag_string: str) -> dict[str, str]:
+    """{name: value text} of a `--name value --name value ...` string."""
+    tokens = shlex.split(flag_string)
+    assert all(name.startswith("--") for name in tokens[::2]) and len(tokens) % 2 == 0, flag_string
+    return {name[2:]: value for name, value in zip(tokens[::2], tokens[1::2])}
+
+
+def typed_like(value: str, default):
+    """The README's value text as the original's argparse reads it: the default's type, booleans as True/False."""
+    if isinstance(default, bool):
+        return {"True": True, "False": False}[value]
+    return type(default)(value)
+
+
 @pytest.mark.parametrize("name", sorted(README_FLAGS))
 def test_readme_flag_strings_parse_verbatim(name):
+    """Each README flag sets its value (typed as the original's default) and every other flag keeps its default."""
     parser = build_parser(name)
+    defaults = vars(parser.parse_args([]))
     for flags in README_FLAGS[name]:
-        args = parser.parse_args(shlex.split(flags))
-        assert args is not None
+        given = flag_values(flags)
+        args = vars(parser.parse_args(shlex.split(flags)))
+        assert {k: args[k] for k in given} == {k: typed_like(v, defaults[k]) for k, v in given.items()}
+        assert {k: v for k, v in args.items() if k not in given} == {k: v for k, v in defaults.items() if k not in given}
     args = parser.parse_args(shlex.split(" ".join(README_FLAGS[name])))
     if name == "classifier_train":
         assert (args.iterations, args.anneal_lr, args.weight_decay, args.classifier_pool) == (300000, True, 0.05, "attention")
+    elif name == "image_train":  # a flag given twice takes its last value, as argparse does
+        assert (args.diffusion_steps, args.image_size, args.ema_rate, args.use_kl) == (1000, 64, "0.9999,0.999", True)
+    else:
+        assert (args.large_size, args.small_size, args.num_heads, args.class_cond) == (256, 64, 4, True)
 
 
 def test_defaults_are_the_originals():
     image = vars(build_parser("image_train").parse_args([]))
-    expected = dict(data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, batch_size=1, microbatch=-1, ema_rate="0.9999", log_interval=10, save_interval=10000, resume_checkpoint="", use_fp16=False, fp16_scale_growth=1e-3)
+    expected = dict(data_dir="", schedule_sampler="uniform", lr=1e-4, weight_decay=0.0, lr_anneal_steps=0, batch_size=1,
+                    microbatch=-1, ema_rate="0.9999", log_interval=10, save_interval=10000, resume_checkpoint="",
+                    use_fp16=False, fp16_scale_growth=1e-3)
     expected.update(model_and_diffusion_defaults())
     assert {k: image[k] for k in expected} == expected
     assert image["random_flip"] is True and image["iterations"] == 0 and image["sum_microbatch_grads"] is False
     classifier = vars(build_parser("classifier_train").parse_args([]))
-    expected = dict(data_dir="", val_data_dir="", noised=True, iterations=150000, lr=3e-4, weight_decay=0.0, anneal_lr=False, batch_size=4, microbatch=-1, schedule_sampler="uniform", resume_checkpoint="", log_interval=10, eval_interval=5, save_interval=10000)
+    expected = dict(data_dir="", val_data_dir="", noised=True, iterations=150000, lr=3e-4, weight_decay=0.0, anneal_lr=False,
+                    batch_size=4, microbatch=-1, schedule_sampler="uniform", resume_checkpoint="", log_interval=10,
+                    eval_interval=5, save_interval=10000)
     assert {k: classifier[k] for k in expected} == expected
     assert classifier["random_crop"] is True  # hard-coded for classifiers by the original
     sr = vars(build_parser("super_res_train").parse_args([]))
@@ -79,11 +105,15 @@ def test_original_style_script_with_train_loop(tmp_path, monkeypatch):
         dist_util.setup_dist()
         logger.configure(dir=str(tmp_path / "run"), format_strs=["csv"])
         flags = model_and_diffusion_defaults()
-        flags.update(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="", diffusion_steps=50, learn_sigma=True)
+        flags.update(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="", diffusion_steps=50,
+                     learn_sigma=True)
         model, diffusion = create_model_and_diffusion(**args_to_dict(type("A", (), flags), flags.keys()))
         model.to(dist_util.dev())
         data = load_data(data_dir=str(make_blob_dataset(tmp_path / "d", count=8, size=8)), batch_size=2, image_size=8, num_workers=0)
-        loop_args = dict(model=model, diffusion=diffusion, data=data, batch_size=2, microbatch=-1, lr=1e-4, ema_rate="0.9999", log_interval=10, save_interval=3, resume_checkpoint="", use_fp16=False, fp16_scale_growth=1e-3, schedule_sampler=create_named_schedule_sampler("loss-second-moment", diffusion), weight_decay=0.0, lr_anneal_steps=5)
+        loop_args = dict(model=model, diffusion=diffusion, data=data, batch_size=2, microbatch=-1, lr=1e-4, ema_rate="0.9999",
+                         log_interval=10, save_interval=3, resume_checkpoint="", use_fp16=False, fp16_scale_growth=1e-3,
+                         schedule_sampler=create_named_schedule_sampler("loss-second-moment", diffusion), weight_decay=0.0,
+                         lr_anneal_steps=5)
         TrainLoop(**loop_args).run_loop()  # stops at lr_anneal_steps
         run = tmp_path / "run"
         assert {"model000003.pt", "model000005.pt", "ema_0.9999_000005.pt", "opt000005.pt"} <= {p.name for p in run.iterdir()}
