@@ -51,7 +51,7 @@ def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], obj
     return size, digest
 
 
-def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Like atomic_write_stream, for writers that want a file name (safetensors, PIL): `write(tmp)` fills a
     temporary path in the same folder, which is then fsynced and renamed over `path`."""
     path = Path(path)

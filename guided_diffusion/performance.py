@@ -23,9 +23,9 @@ def optimize_model(
     "max-autotune" searches kernels. Compilation happens on the first call for each input shape.
     """
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     if compile:
-        model = torch.compile(model, mode=compile_mode, dynamic=False)
+        model = torch.compile(model, mode=compile_mode, dynamic=False)  # type: ignore[assignment]  # a Module wrapper
     return model
 
 

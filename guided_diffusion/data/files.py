@@ -123,7 +123,7 @@ def labels_for(paths: list[str], root: str | os.PathLike, class_map: ClassMap) -
     if missing:
         raise UserError(_missing_label_message(missing, class_map.label_mode))
     index = class_map.index
-    unknown = sorted({name for name in names if name not in index})
+    unknown = sorted({name for name in names if name is not None and name not in index})
     if unknown:
         example = next(path for path, name in zip(paths, names) if name == unknown[0])
         raise UserError(

@@ -15,9 +15,11 @@ from PIL import Image
 
 def _resize_short_side(pil_image: Image.Image, short_side: int) -> Image.Image:
     while min(*pil_image.size) >= 2 * short_side:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+        width, height = pil_image.size
+        pil_image = pil_image.resize((width // 2, height // 2), resample=Image.Resampling.BOX)
     scale = short_side / min(*pil_image.size)
-    return pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    width, height = pil_image.size
+    return pil_image.resize((round(width * scale), round(height * scale)), resample=Image.Resampling.BICUBIC)
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:

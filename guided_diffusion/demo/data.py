@@ -54,7 +54,7 @@ def load_digits_dataset(test_fraction: float = 0.2, split_seed: int = 0) -> Digi
     images = np.repeat(gray[..., None], 3, axis=-1)
     labels = np.asarray(bunch.target, dtype=np.int64)
     rng = np.random.default_rng(split_seed)
-    test = []
+    test: list[np.ndarray] = []
     for c in range(NUM_CLASSES):
         members = np.flatnonzero(labels == c)
         test.extend(rng.permutation(members)[: int(round(test_fraction * len(members)))])

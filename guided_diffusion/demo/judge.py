@@ -26,7 +26,7 @@ class JudgeFeatures(FeatureExtractor):
         self.judge = judge.eval()
         self.batch_size = batch_size
         self.device = next(judge.parameters()).device
-        self._pool_layer = judge.out[2]  # normalization, SiLU, AdaptiveAvgPool2d, 1x1 conv, flatten
+        self._pool_layer = judge.get_submodule("out.2")  # normalization, SiLU, AdaptiveAvgPool2d, 1x1 conv, flatten
 
     def extract(self, images: np.ndarray) -> Features:
         pooled: list[torch.Tensor] = []
@@ -43,4 +43,6 @@ class JudgeFeatures(FeatureExtractor):
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """The judge's class for each image."""
-        return self.extract(images).logits.argmax(axis=1)
+        logits = self.extract(images).logits
+        assert logits is not None  # extract() always fills them
+        return logits.argmax(axis=1)

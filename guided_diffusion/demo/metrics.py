@@ -50,6 +50,7 @@ def score_samples(judge: JudgeFeatures, reference: Reference, images: np.ndarray
                   sampler: str, scale: float) -> SettingMetrics:
     """Metrics of uint8 NHWC `images` meant to show classes `labels`."""
     features = judge.extract(images)
+    assert features.logits is not None  # JudgeFeatures.extract always fills them
     accuracy = float(np.mean(features.logits.argmax(axis=1) == labels))
     mu, sigma = statistics(features.pool)
     # eigh: the same trace as sqrtm for these PSD matrices, and always real when guidance collapses samples.

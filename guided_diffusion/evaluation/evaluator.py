@@ -11,7 +11,7 @@ import contextlib
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,7 +68,7 @@ class BatchSummary:
     precomputed: tuple[str, ...]  # names of statistics read from the file rather than computed
 
 
-def _prefetched(batches: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+def _prefetched(batches: Iterator[np.ndarray], depth: int = 2) -> Generator[np.ndarray, None, None]:
     """Read (and decompress) the next batches on a thread while the network works on this one."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -204,7 +204,7 @@ class _ReferenceWriter:
         # Sorted random rows: unbiased even when the file is ordered by class, readable in one pass.
         self._rows = np.sort(np.random.default_rng(seed).choice(total, size=keep, replace=False))
         self._writer = NpzWriter(out_path)
-        self._writer.begin("arr_0", (keep, *image_shape), np.uint8)
+        self._writer.begin("arr_0", (keep, *image_shape), np.dtype(np.uint8))
 
     def __call__(self, start: int, images: np.ndarray) -> None:
         lo, hi = np.searchsorted(self._rows, [start, start + len(images)])
@@ -214,7 +214,7 @@ class _ReferenceWriter:
     def finish(self, summary: BatchSummary) -> Path:
         self._writer.write("mu", summary.mu)
         self._writer.write("sigma", summary.sigma)
-        if summary.mu_s is not None:
+        if summary.mu_s is not None and summary.sigma_s is not None:
             self._writer.write("mu_s", summary.mu_s)
             self._writer.write("sigma_s", summary.sigma_s)
         return self._writer.commit()
@@ -290,7 +290,7 @@ def evaluate(
     score = inception_score(softmax(sample.logits)) if sample.logits is not None else None
     fid = frechet_distance(sample.mu, sample.sigma, ref.mu, ref.sigma, method=fid_method)
     sfid = None
-    if sample.mu_s is not None and ref.mu_s is not None:
+    if sample.mu_s is not None and sample.sigma_s is not None and ref.mu_s is not None and ref.sigma_s is not None:
         sfid = frechet_distance(sample.mu_s, sample.sigma_s, ref.mu_s, ref.sigma_s, method=fid_method)
     precision, recall = precision_recall(ref.pool, sample.pool, device=extractor.device)
     return EvaluationResult(inception_score=score, fid=fid, sfid=sfid, precision=precision, recall=recall)

@@ -91,7 +91,7 @@ class InceptionFeatureExtractor(FeatureExtractor):
         network = network.eval()
         if fuse_batchnorm:  # same function, one op per layer instead of two
             network.fuse_batchnorm()
-        self.network = network.to(self.device, memory_format=torch.channels_last)
+        self.network = network.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
 
     @classmethod
     def from_weights(cls, path: Path | str | None = None, *, device: str | torch.device | None = None,

@@ -80,13 +80,16 @@ class BasicConv2d(nn.Module):
         """Fold the (inference-mode) batch norm into the convolution: one op instead of two."""
         if not isinstance(self.bn, nn.BatchNorm2d):
             return
-        bn = self.bn
+        bn, conv = self.bn, self.conv
+        assert bn.running_var is not None and bn.running_mean is not None  # built with running statistics
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        padding = conv.padding if isinstance(conv.padding, str) else (conv.padding[0], conv.padding[1])
         fused = nn.Conv2d(
-            self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size,
-            stride=self.conv.stride, padding=self.conv.padding, bias=True,
-        ).to(self.conv.weight.device, self.conv.weight.dtype)
-        fused.weight.copy_(self.conv.weight * scale[:, None, None, None])
+            conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
+            stride=(conv.stride[0], conv.stride[1]), padding=padding, bias=True,
+        ).to(conv.weight.device, conv.weight.dtype)
+        assert fused.bias is not None
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         self.conv, self.bn = fused, nn.Identity()
 

@@ -74,5 +74,8 @@ def _check_state_dict(state: object, network: InceptionV3, source: Path) -> None
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); {hint}"
         )
     for key, shape in expected.items():
-        if tuple(given[key]) != tuple(shape):
-            raise UserError(f"{source}: {key} has shape {tuple(given[key])}, expected {tuple(shape)}; {hint}")
+        got = given[key]
+        if got is None:
+            raise UserError(f"{source}: {key} is not a tensor; {hint}")
+        if tuple(got) != tuple(shape):
+            raise UserError(f"{source}: {key} has shape {tuple(got)}, expected {tuple(shape)}; {hint}")
