@@ -52,15 +52,18 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 # -- tiny networks with random weights --------------------------------------------------------------------
 
 
-def randomise_zero_layers(network: nn.Module, seed: int) -> nn.Module:
+def randomise_zero_layers(network: nn.Module, seed: int, scale: float | None = None) -> nn.Module:
     """Random values for the zero-initialised layers (residual outputs, attention projections, the head),
-    which would otherwise make labels and most of the network irrelevant to the prediction."""
+    which would otherwise make labels and most of the network irrelevant to the prediction.
+
+    Normal with standard deviation `scale`, or by default 1/sqrt(fan-in) for weights and 0.1 for biases;
+    a small `scale` keeps a many-step sampler's output far from the clipping bounds."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in network.parameters():
             if not p.any():
-                scale = (p[0].numel() ** -0.5) if p.ndim > 1 else 0.1
-                p.copy_(torch.randn(p.shape, generator=generator) * scale)
+                std = scale if scale is not None else (p[0].numel() ** -0.5) if p.ndim > 1 else 0.1
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
     return network
 
 

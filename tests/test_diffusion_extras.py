@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_zero_layers
 
 from guided_diffusion import script_util
 from guided_diffusion.config import ModelConfig
@@ -12,10 +13,7 @@ def tiny():
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
                       num_heads=2, learn_sigma=True)
-    model = cfg.build().eval()
-    with torch.no_grad():  # zero-initialised heads would make every model output 0
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = randomise_zero_layers(cfg.build(), 0, scale=0.05).eval()  # zero-initialised heads would make every output 0
     diffusion = script_util.create_gaussian_diffusion(steps=100, learn_sigma=True, noise_schedule="cosine",
                                                       timestep_respacing="10")
     return model, diffusion

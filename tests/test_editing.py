@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_ranks
+from helpers import randomise_zero_layers, run_ranks
 from PIL import Image
 
 from guided_diffusion import cli
@@ -26,6 +26,7 @@ from guided_diffusion.config import (
     ModelConfig,
     config_to_dict,
 )
+from guided_diffusion.diffusion.denoiser import Denoiser, DiffusionDenoiser
 from guided_diffusion.editing import (
     BlurOperator,
     DownsampleOperator,
@@ -44,9 +45,8 @@ from guided_diffusion.editing import (
     start_points,
     sum_cond_fns,
 )
-from guided_diffusion.sampling.denoiser import Denoiser, DiffusionDenoiser
+from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.generate import SamplerSettings
-from guided_diffusion.sampling.noise import SampleNoise
 from guided_diffusion.sampling.output import save_npz
 from guided_diffusion.sampling.samplers import SAMPLERS
 
@@ -96,9 +96,7 @@ def _tiny_unet(seed: int = 0, class_cond: bool = False) -> tuple[torch.nn.Module
     config = ModelConfig(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="",
                          num_head_channels=32, learn_sigma=True, num_classes=10, class_cond=class_cond)
     torch.manual_seed(seed)
-    model = config.build().eval()
-    for p in model.parameters():  # the zero-initialised output layers would make eps = 0
-        p.data.add_(0.05 * torch.randn_like(p))
+    model = randomise_zero_layers(config.build(), seed).eval()  # the zero-initialised output layers would make eps = 0
     return model, config, DiffusionConfig(learn_sigma=True, diffusion_steps=100, noise_schedule="cosine")
 
 

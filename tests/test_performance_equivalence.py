@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_zero_layers
 
 from guided_diffusion import script_util
 from guided_diffusion.config import ClassifierConfig, ModelConfig
@@ -9,15 +10,6 @@ from guided_diffusion.models.attention import attention_backend
 from guided_diffusion.performance import matmul_precision, optimize_model, unwrap
 
 TOL = 1e-4
-
-
-def randomised(module, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return module.eval()
 
 
 def rel(a, b):
@@ -32,7 +24,8 @@ def nets():
                            num_classes=10, resblock_updown=True, use_new_attention_order=True)
     clf_cfg = ClassifierConfig(image_size=16, classifier_width=32, classifier_depth=1, classifier_channel_mult="1,2",
                                classifier_attention_resolutions="8", classifier_num_head_channels=16, num_classes=10)
-    return (unet_cfg, randomised(unet_cfg.build(), 1)), (clf_cfg, randomised(clf_cfg.build(), 2))
+    unet, classifier = randomise_zero_layers(unet_cfg.build(), 1, scale=0.05), randomise_zero_layers(clf_cfg.build(), 2, scale=0.05)
+    return (unet_cfg, unet.eval()), (clf_cfg, classifier.eval())
 
 
 def copy_of(cfg, net):

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_zero_layers
 
 from guided_diffusion import cli
 from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import DiffusionConfig, ModelConfig, config_to_dict
-from guided_diffusion.sampling.inversion import psnr
+from guided_diffusion.diffusion.inversion import psnr
 from guided_diffusion.sampling.output import save_npz
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,9 +24,7 @@ def run(tmp_path_factory):
     config = ModelConfig(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,1", attention_resolutions="",
                          num_head_channels=32, learn_sigma=True, num_classes=10, class_cond=True)
     torch.manual_seed(0)
-    model = config.build()
-    for p in model.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
+    model = randomise_zero_layers(config.build(), 0)
     (root / "unet").mkdir()
     save_checkpoint(root / "unet" / "model.pt", model.state_dict())
     write_config_json(root / "unet", config_to_dict(config, DiffusionConfig(learn_sigma=True, diffusion_steps=100,
