@@ -63,7 +63,7 @@ def test_unknown_format_and_missing_tensorboard_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="unknown log format 'bogus'"):
         logger.configure(dir=str(tmp_path), format_strs=["bogus"])
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401 - probe: is the optional dependency installed
     except ImportError:
         with pytest.raises(UserError, match="pip install tensorboard"):
             logger.configure(dir=str(tmp_path), format_strs=["tensorboard"])

@@ -110,7 +110,10 @@ def test_training_cli_channels_last_matches_plain(tmp_path):
         runs[layout] = [torch.load(run / f"model00000{s}.pt", weights_only=True) for s in (2, 4)]
     (plain2, plain4), (_, fast4) = runs["False"], runs["True"]
     assert plain4.keys() == fast4.keys()
-    flat = lambda sd: torch.cat([v.flatten() for v in sd.values()])  # noqa: E731
+
+    def flat(state_dict):
+        return torch.cat([v.flatten() for v in state_dict.values()])
+
     update = flat(plain4) - flat(plain2)  # what two optimizer steps changed
     assert update.norm() > 0
     assert (flat(fast4) - flat(plain4)).norm() / update.norm() < 1e-3

@@ -33,7 +33,9 @@ def test_classifier_learns_and_validates_with_training_class_indices(tmp_path):
     train = make_blob_dataset(tmp_path / "train", count=32, size=10, layout="folder")
     val = make_blob_dataset(tmp_path / "val", count=16, size=10, layout="filename", seed=1)  # other layout, same classes
     run = tmp_path / "run"
-    args = ["classifier_train", "--data_dir", str(train), "--val_data_dir", str(val), "--log_dir", str(run), "--noised", "False", "--iterations", "30", "--anneal_lr", "True", "--save_interval", "30", "--log_interval", "10", "--eval_interval", "2", "--seed", "3", *CLASSIFIER]
+    args = ["classifier_train", "--data_dir", str(train), "--val_data_dir", str(val), "--log_dir", str(run), "--noised", "False",
+            "--iterations", "30", "--anneal_lr", "True", "--save_interval", "30", "--log_interval", "10", "--eval_interval", "2",
+            "--seed", "3", *CLASSIFIER]
     assert main(args) == 0
     rows = _rows(run / "progress.csv")
     last = rows[-1]
@@ -53,7 +55,8 @@ def test_classifier_learns_and_validates_with_training_class_indices(tmp_path):
 def test_noised_classifier_resumes_and_rejects_unknown_validation_classes(tmp_path, capsys):
     train = make_blob_dataset(tmp_path / "train", count=16, size=10)
     run = tmp_path / "run"
-    base = ["classifier_train", "--data_dir", str(train), "--log_dir", str(run), "--save_interval", "2", "--log_interval", "2", "--seed", "4", *CLASSIFIER]
+    base = ["classifier_train", "--data_dir", str(train), "--log_dir", str(run), "--save_interval", "2", "--log_interval", "2",
+            "--seed", "4", *CLASSIFIER]
     assert main([*base, "--iterations", "2", "--classifier_use_fp16", "True"]) == 0
     assert main([*base, "--iterations", "4", "--classifier_use_fp16", "True", "--resume", "auto"]) == 0
     out = capsys.readouterr().out

@@ -42,7 +42,8 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("reference")
-    result = run_cli(["image_train", "--data_dir", str(data_dir), "--log_dir", str(run), "--iterations", str(REFERENCE_STEPS), "--save_interval", "10", *REFERENCE])
+    result = run_cli(["image_train", "--data_dir", str(data_dir), "--log_dir", str(run), "--iterations", str(REFERENCE_STEPS),
+                      "--save_interval", "10", *REFERENCE])
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -73,7 +74,8 @@ def test_loss_goes_down_and_run_directory_is_complete(reference_run):
 def test_exact_resume_after_sigkill(reference_run, data_dir, tmp_path):
     run = tmp_path / "run"
     args = ["image_train", "--data_dir", str(data_dir), "--log_dir", str(run), "--save_interval", "5", *REFERENCE]
-    proc = subprocess.Popen([sys.executable, "-m", "guided_diffusion", *args, "--iterations", "200"], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "guided_diffusion", *args, "--iterations", "200"], env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (run / "train_state000010.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -114,7 +116,8 @@ sys.exit(main(sys.argv[1:]))
 def test_kill_during_save_leaves_no_half_written_file_and_resume_is_exact(reference_run, data_dir, tmp_path):
     run = tmp_path / "run"
     args = ["image_train", "--data_dir", str(data_dir), "--log_dir", str(run), "--save_interval", "5", *REFERENCE]
-    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args, "--iterations", "100"], env=child_env(), capture_output=True, text=True, timeout=180)
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args, "--iterations", "100"], env=child_env(),
+                            capture_output=True, text=True, timeout=180)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     names = {p.name for p in run.iterdir()}
     assert "model000020.pt" in names and "opt000020.pt" not in names and "train_state000020.pt" not in names
@@ -134,9 +137,12 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(data_dir, tmp_path):
-    common = ["image_train", "--data_dir", str(data_dir), *TINY, "--ema_rate", "0.9", "--seed", "11", "--iterations", "6", "--save_interval", "3", "--log_interval", "1", "--class_cond", "True", "--num_classes", "2"]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    two = subprocess.run([*launcher, "-m", "guided_diffusion", *common, "--batch_size", "2", "--log_dir", str(tmp_path / "two")], env=child_env(), capture_output=True, text=True, timeout=240)
+    common = ["image_train", "--data_dir", str(data_dir), *TINY, "--ema_rate", "0.9", "--seed", "11", "--iterations", "6",
+              "--save_interval", "3", "--log_interval", "1", "--class_cond", "True", "--num_classes", "2"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    two = subprocess.run([*launcher, "-m", "guided_diffusion", *common, "--batch_size", "2", "--log_dir", str(tmp_path / "two")],
+                         env=child_env(), capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_cli([*common, "--batch_size", "4", "--log_dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]

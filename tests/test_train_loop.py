@@ -52,7 +52,8 @@ def _batches(n=4, labels=False, seed=0):
 def _trainer(tmp_path, model=None, data=None, **options):
     opts = dict(batch_size=4, lr=1e-3, ema_rate="0.9,0.99", log_interval=1000, save_interval=1000, progress=False, seed=5)
     opts.update(options)
-    return DiffusionTrainer(model=model or _model(), diffusion=_diffusion(), data=data or _batches(), options=LoopOptions(**opts), run_dir=tmp_path / "run")
+    return DiffusionTrainer(model=model or _model(), diffusion=_diffusion(), data=data or _batches(), options=LoopOptions(**opts),
+                            run_dir=tmp_path / "run")
 
 
 def _grads(trainer):
@@ -162,7 +163,7 @@ def test_diverged_run_stops_with_a_clear_error():
         trainer.backward(loss)
         if attempt < 2:
             assert trainer.optimize(opt) is False
-    with pytest.raises(UserError, match="not finite for 3 steps in a row.*lower --lr"):
+    with pytest.raises(UserError, match="not finite for 3 steps in a row.*lower lr"):
         trainer.optimize(opt)
 
 
@@ -199,7 +200,8 @@ def test_original_fp16_optimizer_files_are_converted(tmp_path):
     flat_small = torch.cat([torch.full((p.numel(),), float(i)) for i, p in enumerate(small)])
     flat_large = torch.cat([torch.full((p.numel(),), float(100 + i)) for i, p in enumerate(large)])
     state = {
-        "state": {0: {"step": torch.tensor(7.0), "exp_avg": flat_small, "exp_avg_sq": flat_small.abs()}, 1: {"step": torch.tensor(7.0), "exp_avg": flat_large, "exp_avg_sq": flat_large}},
+        "state": {0: {"step": torch.tensor(7.0), "exp_avg": flat_small, "exp_avg_sq": flat_small.abs()},
+                  1: {"step": torch.tensor(7.0), "exp_avg": flat_large, "exp_avg_sq": flat_large}},
         "param_groups": [dict(trainer.opt.param_groups[0], params=[0, 1])],
     }
     point = snapshots.ResumePoint(directory=tmp_path, step=0, model=tmp_path / "m.pt", opt=tmp_path / "o.pt")

@@ -203,7 +203,8 @@ def test_classifier_run_reports_held_out_accuracy_per_noise_level(setup, tmp_pat
     result = run_cli(["classifier_train", "--data_dir", str(setup["data"]), "--val_data_dir", str(setup["heldout"]),
                       "--log_dir", str(run), "--iterations", "6", "--eval_interval", "2", "--log_interval", "2",
                       "--save_interval", "6", "--image_size", "8", "--classifier_width", "32", "--classifier_depth", "1",
-                      "--classifier_attention_resolutions", "", "--classifier_channel_mult", "1", "--classifier_pool", "adaptive", "--classifier_num_head_channels", "32",
+                      "--classifier_attention_resolutions", "", "--classifier_channel_mult", "1", "--classifier_pool", "adaptive",
+                      "--classifier_num_head_channels", "32",
                       "--num_classes", "2", "--batch_size", "4", "--num_workers", "0", "--diffusion_steps", "50",
                       "--max_time", "1", "--seed", "0", "--progress", "False"])
     assert result.returncode == 0, result.stderr[-3000:]
