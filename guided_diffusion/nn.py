@@ -1,4 +1,5 @@
-"""Compatibility shim: the original `guided_diffusion.nn` helpers, re-exported from guided_diffusion.models.layers."""
+"""Compatibility shim: the original `guided_diffusion.nn` helpers, re-exported from guided_diffusion.models.layers
+(`update_ema` from guided_diffusion.training.ema)."""
 from torch.nn import SiLU
 
 from guided_diffusion.models.layers import (
@@ -11,9 +12,9 @@ from guided_diffusion.models.layers import (
     normalization,
     scale_module,
     timestep_embedding,
-    update_ema,
     zero_module,
 )
+from guided_diffusion.training.ema import update_ema
 
 __all__ = [
     "SiLU", "GroupNorm32", "avg_pool_nd", "checkpoint", "conv_nd", "linear", "mean_flat", "normalization",

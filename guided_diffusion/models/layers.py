@@ -1,8 +1,7 @@
-"""Small building blocks shared by the UNet and the classifier: norms, N-d convs, embeddings, EMA."""
+"""Small building blocks shared by the UNet and the classifier: norms, N-d convs, embeddings."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -67,17 +66,6 @@ def scale_module(module: nn.Module, scale: float) -> nn.Module:
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch."""
     return tensor.mean(dim=list(range(1, tensor.ndim)))
-
-
-@torch.no_grad()
-def update_ema(target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor], rate: float = 0.99) -> None:
-    """target <- rate * target + (1 - rate) * source, in place."""
-    targets, sources = list(target_params), list(source_params)
-    if targets and all(t.dtype == s.dtype and t.device == s.device for t, s in zip(targets, sources)):
-        torch._foreach_lerp_(targets, sources, 1.0 - rate)  # one fused kernel instead of one per tensor
-        return
-    for targ, src in zip(targets, sources):
-        targ.mul_(rate).add_(src.to(targ), alpha=1 - rate)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:

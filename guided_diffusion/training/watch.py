@@ -5,7 +5,6 @@ from __future__ import annotations
 from argparse import Namespace
 from typing import Any
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.training.ema import EMAWarmup
 from guided_diffusion.training.finetune import InitWeights, resolve_init_from
 from guided_diffusion.training.monitor import (
@@ -26,20 +25,23 @@ def watch_options(args: Namespace, kind: str) -> WatchOptions:
     return WatchOptions.from_flags(args)
 
 
+def ema_warmup(args: Namespace) -> EMAWarmup | None:
+    """The EMA warm-up schedule of `--ema_warmup` (None without it: the fixed rates of the original)."""
+    return EMAWarmup(power=float(args.ema_warmup_power)) if getattr(args, "ema_warmup", False) else None
+
+
 def prepare_watch(args: Namespace, kind: str) -> InitWeights | None:
     """Check the add-on flags (one-line errors, nothing written yet) and resolve `--init_from`, which
     sets the architecture flags in `args` from the checkpoint."""
     watch_options(args, kind).validate()
-    if getattr(args, "ema_warmup", False) and getattr(args, "ema_warmup_power", 1.0) <= 0:
-        raise UserError(f"--ema_warmup_power must be positive (got {args.ema_warmup_power})")
+    ema_warmup(args)  # checks ema_warmup_power
     return resolve_init_from(args, kind)
 
 
 def attach_watchers(trainer: Any, args: Namespace, kind: str, diffusion_config: Any) -> TrainingMonitor:
     """Give `trainer` its monitor (always: the progress bar's time to the next save) and, with
     --ema_warmup, the warm-up schedule. Held-out statistics are computed here, before training."""
-    if getattr(args, "ema_warmup", False):
-        trainer.ema_warmup = EMAWarmup(power=float(args.ema_warmup_power))
+    trainer.ema_warmup = ema_warmup(args)
     size = int(args.large_size if kind == "superres" else args.image_size)
     num_params = sum(p.numel() for p in trainer.model.parameters())
     monitor = TrainingMonitor(
