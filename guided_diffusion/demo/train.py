@@ -16,10 +16,10 @@ import torch
 from guided_diffusion.checkpoints import load_model, write_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
 from guided_diffusion.runtime import logs
+from guided_diffusion.runtime.rng import seed_everything
 from guided_diffusion.training import snapshots
-from guided_diffusion.training.classifier import ClassifierTrainer
-from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
-from guided_diffusion.training.rng import seed_everything
+from guided_diffusion.training.loop import LoopOptions
+from guided_diffusion.training.trainers import build_trainer
 
 __all__ = ["TrainSpec", "TrainedNetwork", "train_network"]
 
@@ -90,13 +90,12 @@ def train_network(
         progress=progress,
         seed=seed,
     )
-    common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir)
     # Loop logs go to log.txt / progress.csv in the run directory; the terminal shows progress bars.
     with logs.scoped_configure(dir=str(run_dir), format_strs=["log", "csv"]):
-        if is_classifier:
-            trainer = ClassifierTrainer(noised=spec.noised, anneal_lr=spec.anneal_lr, **common)
-        else:
-            trainer = DiffusionTrainer(**common)
+        trainer = build_trainer(
+            network_config, model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir,
+            noised=spec.noised, anneal_lr=spec.anneal_lr,
+        )
         trainer.prepare_run_dir()
         trainer.run()
     if is_classifier or spec.ema_rate is None:

@@ -15,10 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.training.loop import TrainBatch, TrainerBase, log_loss_dict
-from guided_diffusion.training.precision import autocast_context
 from guided_diffusion.training.timestep_sampling import LossAwareSampler
 
 
@@ -35,7 +33,9 @@ class ClassifierTrainer(TrainerBase):
     kind = "classifier"
     has_ema = False
 
-    def __init__(self, *, noised: bool = True, val_data: Iterator[Any] | None = None, eval_interval: int = 5, anneal_lr: bool = False, **kwargs: Any):
+    def __init__(
+        self, *, noised: bool = True, val_data: Iterator[Any] | None = None, eval_interval: int = 5, anneal_lr: bool = False, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.noised = noised
         self.val_data = val_data
@@ -51,14 +51,9 @@ class ClassifierTrainer(TrainerBase):
 
     def evaluate(self) -> None:
         """Log `val_*` metrics on one validation batch."""
-        item = next(self.val_data)
-        if isinstance(item, ImageBatch):
-            batch = TrainBatch(images=item.images, cond={"y": item.labels}, seeds=item.seeds)
-        else:
-            images, cond = item
-            batch = TrainBatch(images=images, cond=dict(cond), seeds=None)
-        batch.images = batch.images.to(self.device)
-        batch.cond = {k: v.to(self.device) for k, v in batch.cond.items()}
+        if self.val_data is None:
+            return
+        batch = TrainBatch.from_item(next(self.val_data), labels=True).to(self.device)
         self.model.eval()
         with torch.no_grad():
             self._run_chunks(batch, prefix="val", train=False)
@@ -81,7 +76,7 @@ class ClassifierTrainer(TrainerBase):
                 weights = torch.ones_like(weights)
             labels = chunk.cond["y"]
             with self.sync_context(last) if train else nullcontext():
-                with autocast_context(self.device, self.options.use_bf16):
+                with self.autocast():
                     logits = network(images, timesteps=t)
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 log_loss_dict(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.precision import autocast
+from guided_diffusion.runtime.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training import snapshots
-from guided_diffusion.training.precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, autocast_context
-from guided_diffusion.training.rng import capture_rng_state, per_example_draws, restore_rng_state
+from guided_diffusion.training.ema import parse_ema_rates, update_ema
+from guided_diffusion.training.precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, check_precision_choice
 from guided_diffusion.training.timestep_sampling import LossAwareSampler, ScheduleSampler, UniformSampler
 
 
@@ -43,6 +45,24 @@ class TrainBatch:
     images: torch.Tensor
     cond: dict[str, torch.Tensor]
     seeds: torch.Tensor | None
+
+    @classmethod
+    def from_item(cls, item: ImageBatch | tuple[torch.Tensor, dict], *, labels: bool) -> TrainBatch:
+        """A batch from a data source: an `ImageBatch` (its labels become `y` when `labels`), or the
+        original's (images, cond) pair, used as given."""
+        if isinstance(item, ImageBatch):
+            return cls(images=item.images, cond={"y": item.labels} if labels else {}, seeds=item.seeds)
+        images, cond = item
+        return cls(images=images, cond=dict(cond), seeds=None)
+
+    def to(self, device: torch.device) -> TrainBatch:
+        """The batch on `device` (asynchronous copies on a GPU)."""
+        non_blocking = device.type == "cuda"
+        return TrainBatch(
+            images=self.images.to(device, non_blocking=non_blocking),
+            cond={k: v.to(device, non_blocking=non_blocking) for k, v in self.cond.items()},
+            seeds=self.seeds,
+        )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -63,7 +83,7 @@ class LoopOptions:
     microbatch: int = -1
     lr: float = 1e-4
     weight_decay: float = 0.0
-    ema_rate: str = "0.9999"
+    ema_rate: str | float = "0.9999"  # a number or a comma list (`parse_ema_rates`)
     log_interval: int = 10
     save_interval: int = 10000
     lr_anneal_steps: int = 0
@@ -85,13 +105,7 @@ class LoopOptions:
     seed: int = 0
 
     def ema_rates(self) -> list[float]:
-        if isinstance(self.ema_rate, (int, float)):
-            return [float(self.ema_rate)]
-        text = str(self.ema_rate).strip()
-        try:
-            return [float(x) for x in text.split(",")] if text else []
-        except ValueError:
-            raise UserError(f"--ema_rate {self.ema_rate!r} is not a comma list of numbers: use e.g. 0.9999 or 0.9999,0.999") from None
+        return parse_ema_rates(self.ema_rate)
 
     def total_steps(self) -> int | None:
         """Where training stops (None: never, as the original without lr_anneal_steps)."""
@@ -153,8 +167,7 @@ class TrainerBase:
         self.world_size = distributed.get_world_size()
         self.run_dir = Path(run_dir if run_dir is not None else logs.get_dir())
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
-        if options.use_fp16 and options.use_bf16:
-            raise UserError("--use_fp16 and --use_bf16 exclude each other: pick one")
+        check_precision_choice(options.use_fp16, options.use_bf16)
         self.model = model.to(self.device)
         self.mp_trainer = MixedPrecisionTrainer(
             model=self.model,
@@ -173,6 +186,7 @@ class TrainerBase:
         self.seed = options.seed
         self._restored_rng: dict | None = None
         self._last_saved_step: int | None = None
+        self.ddp_model: torch.nn.Module
         if self.world_size > 1:
             device_ids = [self.device] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(
@@ -196,7 +210,7 @@ class TrainerBase:
         model_state, opt_state, ema_states = snapshots.load_resume_files(point, self.device)
         problems = diagnose_mismatch(model_state, self.model)
         if problems:
-            raise UserError(f"{point.model} does not match the model flags: " + "; ".join(problems))
+            raise UserError(f"{point.model} does not match the model settings: " + "; ".join(problems))
         self.mp_trainer.load_master_params(self.mp_trainer.state_dict_to_master_params(model_state))
         for rate, ema in zip(self.ema_rate, self.ema_params):
             state = ema_states.get(str(rate))
@@ -224,15 +238,18 @@ class TrainerBase:
         if self.rank < len(rng_states) and state.get("world_size") == self.world_size:
             self._restored_rng = rng_states[self.rank]
         else:
-            logs.log(f"checkpoint has RNG states for {len(rng_states)} ranks, this run has {self.world_size}: generators are reseeded")
+            logs.log(f"checkpoint has RNG states for {len(rng_states)} ranks, this run has {self.world_size}: "
+                     "generators are reseeded")
 
     def _load_optimizer(self, opt_state: dict, point: snapshots.ResumePoint) -> None:
         saved_params = sum(len(group["params"]) for group in opt_state.get("param_groups", []))
         if saved_params != len(self.mp_trainer.master_params):
-            opt_state = _unflatten_original_fp16_optimizer(opt_state, self.mp_trainer.master_params)
-            if opt_state is None:
-                logs.log(f"{point.opt.name} holds {saved_params} parameter tensors, the model has {len(self.mp_trainer.master_params)}: the optimizer starts fresh")
+            converted = _unflatten_original_fp16_optimizer(opt_state, self.mp_trainer.master_params)
+            if converted is None:
+                logs.log(f"{snapshots.opt_name(point.step)} holds {saved_params} parameter tensors, the model has "
+                         f"{len(self.mp_trainer.master_params)}: the optimizer starts fresh")
                 return
+            opt_state = converted
         self.opt.load_state_dict(opt_state)
 
     def load_extra_state(self, state: dict) -> None:
@@ -262,7 +279,7 @@ class TrainerBase:
         total = self.options.total_steps()
         if total is None:
             how = " (Ctrl-C or SIGTERM saves a checkpoint and stops)" if self.options.handle_signals else ""
-            logs.log(f"no --iterations or --lr_anneal_steps: training runs until stopped{how}")
+            logs.log(f"no iterations or lr_anneal_steps set: training runs until stopped{how}")
         stop = _StopRequest(self.options.handle_signals)
         test_mode = bool(os.environ.get("DIFFUSION_TRAINING_TEST", ""))
         bar = tqdm(
@@ -305,16 +322,7 @@ class TrainerBase:
         return bool(flag.item())
 
     def next_batch(self) -> TrainBatch:
-        item = next(self.data)
-        if isinstance(item, ImageBatch):
-            cond = {"y": item.labels} if self.options.class_cond else {}
-            batch = TrainBatch(images=item.images, cond=cond, seeds=item.seeds)
-        else:  # the original's (images, cond) pairs
-            images, cond = item
-            batch = TrainBatch(images=images, cond=dict(cond), seeds=None)
-        non_blocking = self.device.type == "cuda"
-        batch.images = batch.images.to(self.device, non_blocking=non_blocking)
-        batch.cond = {k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.cond.items()}
+        batch = TrainBatch.from_item(next(self.data), labels=self.options.class_cond).to(self.device)
         if self.options.low_res_size:
             batch.cond["low_res"] = F.interpolate(batch.images, self.options.low_res_size, mode="area")
         return batch
@@ -367,11 +375,14 @@ class TrainerBase:
         raise NotImplementedError
 
     def update_ema(self) -> None:
+        """Move every EMA towards the master weights by its rate (or the warm-up's decay)."""
         masters = [p.detach() for p in self.mp_trainer.master_params]
         for rate, ema in zip(self.ema_rate, self.ema_params):
-            decay = rate if self.ema_warmup is None else self.ema_warmup.decay(rate, self.step)
-            torch._foreach_mul_(ema, decay)
-            torch._foreach_add_(ema, masters, alpha=1.0 - decay)
+            update_ema(ema, masters, rate if self.ema_warmup is None else self.ema_warmup.decay(rate, self.step))
+
+    def autocast(self) -> AbstractContextManager:
+        """bfloat16 autocast on the training device when `use_bf16`, else a no-op."""
+        return autocast(self.device, torch.bfloat16 if self.options.use_bf16 else None)
 
     def dump_logs(self, bar: tqdm | None = None) -> None:
         with tqdm.external_write_mode() if self.rank == 0 else nullcontext():
@@ -409,7 +420,9 @@ class TrainerBase:
                 self.step,
                 model_state=self.mp_trainer.master_params_to_state_dict(),
                 opt_state=self.opt.state_dict(),
-                ema_states={str(rate): self.mp_trainer.master_params_to_state_dict(ema) for rate, ema in zip(self.ema_rate, self.ema_params)},
+                ema_states={
+                    str(rate): self.mp_trainer.master_params_to_state_dict(ema) for rate, ema in zip(self.ema_rate, self.ema_params)
+                },
                 train_state=train_state,
             )
             removed = snapshots.prune_checkpoints(self.run_dir, self.options.keep_last)
@@ -441,9 +454,10 @@ class DiffusionTrainer(TrainerBase):
             cond = dict(chunk.cond)
             if self.options.class_cond and self.options.class_dropout_prob > 0 and "y" in cond:
                 # Classifier-free guidance: the null label is index num_classes.
-                cond["y"] = torch.where(u_drop < self.options.class_dropout_prob, torch.full_like(cond["y"], self.options.num_classes), cond["y"])
+                null = torch.full_like(cond["y"], self.options.num_classes)
+                cond["y"] = torch.where(u_drop < self.options.class_dropout_prob, null, cond["y"])
             with self.sync_context(last):
-                with autocast_context(self.device, self.options.use_bf16):
+                with self.autocast():
                     losses = self.diffusion.training_losses(self.ddp_model, chunk.images, t, model_kwargs=cond, noise=noise)
                 if isinstance(self.schedule_sampler, LossAwareSampler):
                     self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
@@ -473,7 +487,7 @@ def log_loss_dict(diffusion: Any, ts: torch.Tensor, losses: dict[str, torch.Tens
                 logs.logkv_mean(f"{key}_q{q}", quarter_sums[i * 4 + q] / quarter_counts[q], count=quarter_counts[q])
 
 
-def _unflatten_original_fp16_optimizer(opt_state: dict, master_params: list[torch.Tensor]) -> dict | None:
+def _unflatten_original_fp16_optimizer(opt_state: dict, master_params: Sequence[torch.Tensor]) -> dict | None:
     """Convert an `opt*.pt` of the original's fp16 mode (two flat groups: parameters with ndim <= 1,
     then the rest) to one entry per parameter; None when the layout does not fit."""
     groups = opt_state.get("param_groups", [])
@@ -490,9 +504,9 @@ def _unflatten_original_fp16_optimizer(opt_state: dict, master_params: list[torc
             if key in entry and entry[key].numel() != sum(sizes):
                 return None
         for position, index in enumerate(indices):
-            start = sum(sizes[:position])
+            start, shape = sum(sizes[:position]), master_params[index].shape
             new_state[index] = {
-                key: (value.reshape(-1)[start : start + sizes[position]].reshape(master_params[index].shape).clone() if key in ("exp_avg", "exp_avg_sq") else value)
+                key: value.reshape(-1)[start : start + sizes[position]].reshape(shape).clone() if key in ("exp_avg", "exp_avg_sq") else value
                 for key, value in entry.items()
             }
     group = dict(groups[0])

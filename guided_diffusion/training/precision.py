@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn as nn
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.models.layers import convert_module_to_f16, convert_module_to_f32
 from guided_diffusion.runtime import logs
 
@@ -27,7 +26,7 @@ MAX_LOG_LOSS_SCALE = 40.0
 __all__ = [
     "INITIAL_LOG_LOSS_SCALE",
     "MixedPrecisionTrainer",
-    "autocast_context",
+    "check_precision_choice",
     "convert_module_to_f16",
     "convert_module_to_f32",
     "global_norm",
@@ -43,11 +42,11 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def autocast_context(device: torch.device, use_bf16: bool) -> AbstractContextManager:
-    """bfloat16 autocast on `device` when asked, else a no-op."""
-    if not use_bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def check_precision_choice(use_fp16: bool, use_bf16: bool, *, fp16_setting: str = "use_fp16") -> None:
+    """fp16 weights with loss scaling and bfloat16 autocast are two ways to train in reduced precision:
+    at most one. `fp16_setting` names the fp16 switch (`classifier_use_fp16` for classifiers)."""
+    if use_fp16 and use_bf16:
+        raise SettingError("use_bf16", f"{fp16_setting} and use_bf16 exclude each other: pick one")
 
 
 class MixedPrecisionTrainer:
@@ -76,14 +75,14 @@ class MixedPrecisionTrainer:
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.param_names = [name for name, _ in model.named_parameters()]
-        self.model_params = list(model.parameters())
+        self.model_params: list[torch.Tensor] = list(model.parameters())
         self.master_params = self.model_params
         if self.use_fp16 and getattr(model, "dtype", torch.float16) != torch.float16:
-            raise UserError("fp16 training needs a model built for it: pass --use_fp16 True (use_fp16=True) when creating the model")
+            raise SettingError("use_fp16", "use_fp16 training needs a model built for it: create the model with use_fp16=True")
         if self.use_fp16:
             # Copy before casting, so the masters keep the exact float32 values.
             self.master_params = [nn.Parameter(p.detach().float().clone()) for p in self.model_params]
-            self.model.convert_to_fp16()
+            self.model.convert_to_fp16()  # type: ignore[operator]  # UNet and classifier define it; nn.Module does not
 
     # --- gradients ----------------------------------------------------------------------------
 
@@ -91,8 +90,8 @@ class MixedPrecisionTrainer:
         for param in self.model_params:
             param.grad = None
         if self.use_fp16:
-            for param in self.master_params:
-                param.grad = None
+            for master in self.master_params:
+                master.grad = None
 
     def loss_scale(self) -> float:
         """The factor backward multiplies the loss by (1 outside fp16 mode)."""
@@ -107,10 +106,13 @@ class MixedPrecisionTrainer:
     def _collect_master_grads(self) -> list[torch.Tensor]:
         if not self.use_fp16:
             # As the original: parameters without a gradient are left out of the step.
-            return [param.grad for param in self.master_params if param.grad is not None]
+            return [grad for grad in (param.grad for param in self.master_params) if grad is not None]
+        grads = []
         for master, param in zip(self.master_params, self.model_params):
-            master.grad = torch.zeros_like(master) if param.grad is None else param.grad.detach().float()
-        return [master.grad for master in self.master_params]
+            grad = torch.zeros_like(master) if param.grad is None else param.grad.detach().float()
+            master.grad = grad
+            grads.append(grad)
+        return grads
 
     def optimize(self, opt: torch.optim.Optimizer) -> bool:
         """Unscale, check, clip and apply the gradients; False when the step was skipped."""
@@ -151,7 +153,7 @@ class MixedPrecisionTrainer:
             where = f" with the loss scale at its floor 2^{self.min_lg_loss_scale:g}" if self.use_fp16 else ""
             raise UserError(
                 f"gradients were not finite for {self.consecutive_skips} steps in a row{where}: training has diverged; "
-                "resume from an earlier checkpoint with a lower --lr or with --grad_clip 1.0"
+                "resume from an earlier checkpoint with a lower lr or with grad_clip 1.0"
             )
 
     # --- weights --------------------------------------------------------------------------------
@@ -165,9 +167,9 @@ class MixedPrecisionTrainer:
     def master_params_to_state_dict(self, master_params: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """A plain float32 state dict of the model with `master_params` (default: the current
         masters) in place of its parameters; tensors on the CPU, no `module.` prefix."""
-        master_params = self.master_params if master_params is None else master_params
+        params = self.master_params if master_params is None else master_params
         state = {name: value.detach().float().cpu().clone() for name, value in self.model.state_dict().items()}
-        for name, value in zip(self.param_names, master_params):
+        for name, value in zip(self.param_names, params):
             state[name] = value.detach().float().cpu().clone()
         return state
 
@@ -175,13 +177,15 @@ class MixedPrecisionTrainer:
         """The parameters of `state_dict` in master order, as float32 tensors on the masters' device."""
         missing = [name for name in self.param_names if name not in state_dict]
         if missing:
-            raise UserError(f"checkpoint lacks parameter {missing[0]} ({len(missing)} missing): it was saved from a different model; check the model flags")
+            raise UserError(
+                f"checkpoint lacks parameter {missing[0]} ({len(missing)} missing): it was saved from a different model; check the model settings"
+            )
         out = []
         for name, master in zip(self.param_names, self.master_params):
             value = state_dict[name]
             if tuple(value.shape) != tuple(master.shape):
                 raise UserError(
-                    f"checkpoint parameter {name} has shape {tuple(value.shape)}, the model has {tuple(master.shape)}: check the model flags"
+                    f"checkpoint parameter {name} has shape {tuple(value.shape)}, the model has {tuple(master.shape)}: check the model settings"
                 )
             out.append(value.detach().to(device=master.device, dtype=torch.float32))
         return out

@@ -12,27 +12,22 @@ from typing import Any
 import torch.distributed as dist
 
 from guided_diffusion.checkpoints import read_config_json, write_config_json
-from guided_diffusion.config import (
-    SR_CHANNEL_MULT_BY_SIZE,
-    ClassifierConfig,
-    DiffusionConfig,
-    ModelConfig,
-    SuperResConfig,
-    config_to_dict,
-    parse_channel_mult,
-)
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
-from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
-from guided_diffusion.errors import UserError
+from guided_diffusion.data.stream import ImageStream, StreamSpec, resolve_class_map
+from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.models.factory import SR_CHANNEL_MULT_BY_SIZE, parse_channel_mult
 from guided_diffusion.performance import optimize_model
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.rng import mix_seed, seed_everything
 from guided_diffusion.training import snapshots
-from guided_diffusion.training.classifier import ClassifierTrainer
+from guided_diffusion.training.ema import parse_ema_rates
 from guided_diffusion.training.finetune import load_initial_weights
-from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
-from guided_diffusion.training.rng import seed_everything
+from guided_diffusion.training.loop import LoopOptions
+from guided_diffusion.training.precision import check_precision_choice
 from guided_diffusion.training.rundir import RunDirLock
 from guided_diffusion.training.timestep_sampling import create_named_schedule_sampler
+from guided_diffusion.training.trainers import build_trainer
 from guided_diffusion.training.watch import attach_watchers, prepare_watch
 
 KINDS = ("image", "superres", "classifier")
@@ -54,67 +49,63 @@ def train_from_flags(args: Namespace, kind: str) -> int:
 
 
 def _validate(args: Namespace, kind: str) -> None:
-    if args.use_bf16 and _uses_fp16(args, kind):
-        raise UserError("--use_fp16 and --use_bf16 exclude each other: pick one")
+    """Settings that conflict or point nowhere, checked before anything is built or written."""
+    check_precision_choice(_uses_fp16(args, kind), args.use_bf16, fp16_setting=_fp16_setting(kind))
     for name in ("log_interval", "save_interval") + (("eval_interval",) if kind == "classifier" else ()):
         if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be positive (got {getattr(args, name)})")
+            raise SettingError(name, f"{name} must be positive (got {getattr(args, name)})")
     if args.keep_last < 0:
-        raise UserError(f"--keep_last must be 0 (keep all) or positive (got {args.keep_last})")
+        raise SettingError("keep_last", f"keep_last must be 0 (keep all) or positive (got {args.keep_last})")
     if args.resume and args.resume_checkpoint:
-        raise UserError("pass either --resume or --resume_checkpoint, not both")
+        raise SettingError("resume", "give either resume or resume_checkpoint, not both")
     if args.resume == "auto" and not (args.log_dir or os.environ.get("OPENAI_LOGDIR")):
-        raise UserError("--resume auto continues the run in its directory: pass --log_dir DIR (or set OPENAI_LOGDIR)")
+        raise SettingError("resume", "resume 'auto' continues the run in its directory: set log_dir (or OPENAI_LOGDIR)")
     if args.resume and args.resume != "auto" and not os.path.exists(args.resume):
-        raise UserError(f"--resume {args.resume!r} does not exist: use --resume auto or a checkpoint path")
+        raise SettingError("resume", f"resume {args.resume!r} does not exist: use 'auto' or a checkpoint path")
     dropout = getattr(args, "class_dropout_prob", 0.0)
     if not 0.0 <= dropout < 1.0:
-        raise UserError(f"--class_dropout_prob must be in [0, 1) (got {dropout})")
+        raise SettingError("class_dropout_prob", f"class_dropout_prob must be in [0, 1) (got {dropout})")
     if dropout > 0 and not args.class_cond:
-        raise UserError("--class_dropout_prob needs --class_cond True (it drops class labels for classifier-free guidance)")
+        raise SettingError("class_dropout_prob", "class_dropout_prob needs class_cond True (it drops class labels for classifier-free guidance)")
     if args.grad_clip < 0:
-        raise UserError(f"--grad_clip must be 0 (off) or positive (got {args.grad_clip})")
+        raise SettingError("grad_clip", f"grad_clip must be 0 (off) or positive (got {args.grad_clip})")
     _validate_numbers(args, kind)
 
 
 def _validate_numbers(args: Namespace, kind: str) -> None:
     """Values that would otherwise run forever, diverge silently or fail deep inside the network."""
     if args.iterations < 0:
-        raise UserError(f"--iterations must be 0 (stop at --lr_anneal_steps, or never) or a positive step count (got {args.iterations})")
+        raise SettingError("iterations", f"iterations must be 0 (stop at lr_anneal_steps, or never) or a positive step count (got {args.iterations})")
     if getattr(args, "lr_anneal_steps", 0) < 0:
-        raise UserError(f"--lr_anneal_steps must be 0 (off) or positive (got {args.lr_anneal_steps})")
+        raise SettingError("lr_anneal_steps", f"lr_anneal_steps must be 0 (off) or positive (got {args.lr_anneal_steps})")
     for name in ("lr", "weight_decay"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0:
-            raise UserError(f"--{name} must be a finite number >= 0 (got {value})")
+            raise SettingError(name, f"{name} must be a finite number >= 0 (got {value})")
     if kind != "classifier":
-        text = str(args.ema_rate).strip()
-        try:
-            rates = [float(part) for part in text.split(",")] if text else []
-        except ValueError:
-            raise UserError(f"--ema_rate {args.ema_rate!r} is not a comma list of numbers: use e.g. 0.9999 or 0.9999,0.999") from None
-        for rate in rates:
-            if not 0.0 < rate < 1.0:
-                raise UserError(f"--ema_rate {args.ema_rate}: every rate must lie strictly between 0 and 1 (e.g. 0.9999), got {rate}")
-    size_flag, size = ("--large_size", args.large_size) if kind == "superres" else ("--image_size", args.image_size)
+        parse_ema_rates(args.ema_rate)
+    size_setting = "large_size" if kind == "superres" else "image_size"
+    size = getattr(args, size_setting)
     if size < 1:
-        raise UserError(f"{size_flag} must be positive (got {size})")
-    mult_flag = "--classifier_channel_mult" if kind == "classifier" else "--channel_mult"
-    mult_text = args.classifier_channel_mult if kind == "classifier" else args.channel_mult
-    if kind == "superres":
-        mult = parse_channel_mult(mult_text, size, presets=SR_CHANNEL_MULT_BY_SIZE, flag=mult_flag)
-    else:
-        mult = parse_channel_mult(mult_text, size, flag=mult_flag)
+        raise SettingError(size_setting, f"{size_setting} must be positive (got {size})")
+    mult_setting = "classifier_channel_mult" if kind == "classifier" else "channel_mult"
+    presets = {"presets": SR_CHANNEL_MULT_BY_SIZE} if kind == "superres" else {}
+    mult = parse_channel_mult(getattr(args, mult_setting), size, setting=mult_setting, **presets)
     halvings = len(mult) - 1
     if size % (2**halvings):
-        raise UserError(
-            f"{size_flag} {size} cannot be halved {halvings} times ({mult_flag} {','.join(str(m) for m in mult)} has "
-            f"{len(mult)} levels): use a multiple of {2**halvings} for {size_flag}, or fewer levels in {mult_flag}"
+        raise SettingError(
+            size_setting,
+            f"{size_setting} {size} cannot be halved {halvings} times ({mult_setting} {','.join(str(m) for m in mult)} has "
+            f"{len(mult)} levels): use a multiple of {2**halvings} for {size_setting}, or fewer levels in {mult_setting}",
         )
 
 
+def _fp16_setting(kind: str) -> str:
+    return "classifier_use_fp16" if kind == "classifier" else "use_fp16"
+
+
 def _uses_fp16(args: Namespace, kind: str) -> bool:
-    return bool(args.classifier_use_fp16 if kind == "classifier" else args.use_fp16)
+    return bool(getattr(args, _fp16_setting(kind)))
 
 
 def _log_formats(args: Namespace) -> list[str] | None:
@@ -163,9 +154,10 @@ def _record_config(run_dir: Path, config: dict) -> None:
     write_config_json(run_dir, config)
 
 
-def _check_class_count(class_map: ClassMap | None, num_classes: int, flag: str = "--num_classes") -> None:
+def _check_class_count(class_map: ClassMap | None, num_classes: int) -> None:
     if class_map is not None and len(class_map.names) > num_classes:
-        raise UserError(f"the data has {len(class_map.names)} classes but the model has {num_classes} outputs: pass {flag} {len(class_map.names)}")
+        found = len(class_map.names)
+        raise SettingError("num_classes", f"the data has {found} classes but num_classes is {num_classes}: use num_classes {found}")
 
 
 def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
@@ -176,19 +168,19 @@ def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
         return  # a fresh temporary directory: nobody else uses it
     message = None
     if distributed.get_rank() == 0:
-        flag = "--log_dir" if args.log_dir else "OPENAI_LOGDIR"
+        source = "" if args.log_dir else " (from OPENAI_LOGDIR)"
         try:
             held.append(RunDirLock(directory).acquire())
         except UserError as exc:
             message = str(exc)
         except OSError as exc:  # a file in the way, a parent that is a file, no permission
-            message = f"{flag} {directory} cannot be used as a run directory ({exc.strerror or exc}): pass a writable folder"
+            message = f"log_dir {directory}{source} cannot be used as a run directory ({exc.strerror or exc}): use a writable folder"
     if distributed.get_world_size() > 1:
         box = [message]
         dist.broadcast_object_list(box, src=0)
         message = box[0]
     if message:
-        raise UserError(message)
+        raise SettingError("log_dir", message)
 
 
 def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> None:
@@ -203,8 +195,9 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
     for lock in held or []:
         if lock.previous_holder:
             logs.log(f"took over the lock of a run that ended without releasing it (pid {lock.previous_holder.get('pid')}, "
-                       f"started {lock.previous_holder.get('started')}; that process is gone)")
-    point = snapshots.resolve_resume_point(args.resume or args.resume_checkpoint, run_dir, log=logs.log)
+                     f"started {lock.previous_holder.get('started')}; that process is gone)")
+    resume_setting = "resume" if args.resume else "resume_checkpoint"
+    point = snapshots.resolve_resume_point(getattr(args, resume_setting), run_dir, log=logs.log, setting=resume_setting)
     seed = _choose_seed(args, point)
     logs.log(f"seed {seed}; {distributed.get_world_size()} rank(s) on {distributed.dev()}; run directory {run_dir}")
 
@@ -237,7 +230,8 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
     _check_class_count(class_map, args.num_classes)
     data = ImageStream(spec, class_map, paths=paths)
     if class_map is not None:
-        logs.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {'sub-folders' if class_map.label_mode == 'folder' else 'file-name prefixes'})")
+        source = "sub-folders" if class_map.label_mode == "folder" else "file-name prefixes"
+        logs.log(f"{len(paths)} images in {len(class_map.names)} classes (labels from {source})")
     else:
         logs.log(f"{len(paths)} images")
 
@@ -268,31 +262,30 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
         seed=seed,
     )
     sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
-    common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir, schedule_sampler=sampler)
-    if kind == "classifier":
-        val_data = None
-        if args.val_data_dir:
-            val_spec = StreamSpec(
-                data_dir=args.val_data_dir,
-                batch_size=args.batch_size,
-                image_size=image_size,
-                class_cond=True,
-                random_crop=False,
-                random_flip=False,
-                label_mode=args.label_mode,
-                num_workers=min(1, args.num_workers) if args.num_workers >= 0 else 1,
-                skip_bad_images=args.skip_bad_images,
-                seed=mix_seed(seed, 0x7A1),
-            )
-            val_paths = list_image_files(args.val_data_dir)
-            # The training class indices, with labels read the way the validation folder is laid out.
-            val_map = ClassMap(names=class_map.names, label_mode=choose_label_mode(val_paths, args.val_data_dir, args.label_mode))
-            val_data = ImageStream(val_spec, val_map, paths=val_paths)
-        trainer: DiffusionTrainer | ClassifierTrainer = ClassifierTrainer(
-            noised=args.noised, val_data=val_data, eval_interval=args.eval_interval, anneal_lr=args.anneal_lr, **common
+    val_data = None
+    if kind == "classifier" and args.val_data_dir:
+        val_spec = StreamSpec(
+            data_dir=args.val_data_dir,
+            batch_size=args.batch_size,
+            image_size=image_size,
+            class_cond=True,
+            random_crop=False,
+            random_flip=False,
+            label_mode=args.label_mode,
+            num_workers=min(1, args.num_workers) if args.num_workers >= 0 else 1,
+            skip_bad_images=args.skip_bad_images,
+            seed=mix_seed(seed, 0x7A1),
         )
-    else:
-        trainer = DiffusionTrainer(**common)
+        val_paths = list_image_files(args.val_data_dir)
+        # The training class indices, with labels read the way the validation folder is laid out.
+        assert class_map is not None  # a classifier's data always has labels
+        val_map = ClassMap(names=class_map.names, label_mode=choose_label_mode(val_paths, args.val_data_dir, args.label_mode))
+        val_data = ImageStream(val_spec, val_map, paths=val_paths)
+    classifier_settings = dict(noised=args.noised, eval_interval=args.eval_interval, anneal_lr=args.anneal_lr) if kind == "classifier" else {}
+    trainer = build_trainer(
+        network_config, model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir, schedule_sampler=sampler,
+        val_data=val_data, **classifier_settings,
+    )
     trainer.prepare_run_dir()
     if point is not None:
         trainer.load_resume_point(point)

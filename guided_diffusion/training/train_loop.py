@@ -76,7 +76,7 @@ class TrainLoop(DiffusionTrainer):
             microbatch=microbatch,
             lr=lr,
             weight_decay=weight_decay,
-            ema_rate=ema_rate,  # type: ignore[arg-type] - a float is accepted as the original
+            ema_rate=ema_rate,
             log_interval=log_interval,
             save_interval=save_interval,
             lr_anneal_steps=lr_anneal_steps,
