@@ -72,7 +72,7 @@ def test_resume_arguments(tmp_path):
     with pytest.raises(UserError, match=r"resume checkpoint .*missing\.pt does not exist") as info:
         ck.resolve_resume_point(str(tmp_path / "missing.pt"), tmp_path)
     assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match="--log_dir"):
+    with pytest.raises(UserError, match="log_dir"):
         ck.resolve_resume_point("auto", None)
     messages = []
     assert ck.resolve_resume_point("auto", tmp_path / "fresh", log=messages.append) is None

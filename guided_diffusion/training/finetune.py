@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.presets import Preset
 from guided_diffusion.runtime import logs
 
@@ -48,7 +48,7 @@ def _checkpoint_file(spec: str) -> tuple[Path, Preset | None]:
 
         preset = PRESETS[name]
         return fetch(preset), preset
-    raise UserError(f"--init_from {spec!r} is neither a checkpoint file nor a released preset (see `guided-diffusion presets`)")
+    raise SettingError("init_from", f"init_from {spec!r} is neither a checkpoint file nor a released preset name")
 
 
 def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
@@ -78,14 +78,14 @@ def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
         wanted is None and isinstance(network, SuperResConfig)
     ):
         what = {"superres": "super-resolution model", "image": "diffusion model"}.get(kind, kind)
-        raise UserError(f"--init_from {spec}: that checkpoint is a {type(network).__name__}, not a {what}")
+        raise SettingError("init_from", f"init_from {spec}: that checkpoint is a {type(network).__name__}, not a {what}")
     explicit = set(getattr(args, "explicit_flags", set()) or set())
     for key, value in network.to_dict().items():
         if key in _FREE_FLAGS and key in explicit:
             continue
         if key in explicit and hasattr(args, key) and getattr(args, key) != value:
-            raise UserError(f"--{key} {getattr(args, key)} disagrees with {path.name}'s {value}: with --init_from the "
-                            f"architecture comes from the checkpoint (drop --{key})")
+            raise SettingError(key, f"{key} {getattr(args, key)} disagrees with {path.name}'s {value}: with init_from the "
+                                    f"architecture comes from the checkpoint (leave {key} unset)")
         setattr(args, key, value)
     saved = read_config_json(path)
     diffusion = None
@@ -98,7 +98,7 @@ def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
             if key == "timestep_respacing" or (key in explicit and key != "learn_sigma"):
                 continue
             setattr(args, key, value)
-    logs.log(f"--init_from {spec}: a new run from the weights of {path} (architecture from the checkpoint; optimizer fresh)")
+    logs.log(f"init_from {spec}: a new run from the weights of {path} (architecture from the checkpoint; optimizer fresh)")
     return InitWeights(source=str(path), state=state)
 
 

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 from guided_diffusion.atomic import atomic_write_bytes, atomic_write_path
-from guided_diffusion.data.stream import mix_seed
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.runtime import logs
-from guided_diffusion.training.rng import capture_rng_state, restore_rng_state
+from guided_diffusion.runtime.rng import capture_rng_state, mix_seed, restore_rng_state
 
 __all__ = ["METRICS_FILE", "SAMPLES_DIR", "RunClock", "TrainingMonitor", "WatchOptions", "image_grid", "isolated_rng"]
 
@@ -68,36 +67,36 @@ class WatchOptions:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def validate(self) -> None:
-        """Raise UserError naming the flag for impossible settings."""
+        """Raise a SettingError naming the setting at fault."""
         from guided_diffusion.sampling.samplers import SAMPLERS
 
         for name in ("sample_interval", "eval_interval"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be 0 (off) or positive (got {getattr(self, name)})")
+                raise SettingError(name, f"{name} must be 0 (off) or positive (got {getattr(self, name)})")
         if self.max_time < 0:
-            raise UserError(f"--max_time must be 0 (no limit) or a positive number of hours (got {self.max_time})")
+            raise SettingError("max_time", f"max_time must be 0 (no limit) or a positive number of hours (got {self.max_time})")
         if self.sample_interval or self.eval_interval:
             if self.sample_steps < 2:
-                raise UserError(f"--sample_steps must be >= 2 (got {self.sample_steps})")
+                raise SettingError("sample_steps", f"sample_steps must be >= 2 (got {self.sample_steps})")
             if self.sample_sampler not in SAMPLERS:
-                raise UserError(f"--sample_sampler {self.sample_sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
+                raise SettingError("sample_sampler", f"sample_sampler {self.sample_sampler!r} is unknown: choose one of {', '.join(SAMPLERS)}")
         if self.sample_interval and self.sample_num < 1:
-            raise UserError(f"--sample_num must be positive (got {self.sample_num})")
+            raise SettingError("sample_num", f"sample_num must be positive (got {self.sample_num})")
         if self.eval_interval:
             if not self.eval_data_dir:
-                raise UserError("--eval_interval needs --eval_data_dir DIR (held-out images to compare samples with)")
+                raise SettingError("eval_data_dir", "eval_interval needs eval_data_dir, a folder of held-out images to compare samples with")
             if not Path(self.eval_data_dir).is_dir():
-                raise UserError(f"--eval_data_dir {self.eval_data_dir!r} is not a folder")
+                raise SettingError("eval_data_dir", f"eval_data_dir {self.eval_data_dir!r} is not a folder")
             if self.eval_num_samples < 2:
-                raise UserError(f"--eval_num_samples must be >= 2 for FID statistics (got {self.eval_num_samples})")
+                raise SettingError("eval_num_samples", f"eval_num_samples must be >= 2 for FID statistics (got {self.eval_num_samples})")
             if self.eval_batch_size < 1:
-                raise UserError(f"--eval_batch_size must be positive (got {self.eval_batch_size})")
+                raise SettingError("eval_batch_size", f"eval_batch_size must be positive (got {self.eval_batch_size})")
             from guided_diffusion.evaluation.features import parse_feature_spec
 
             try:
                 parse_feature_spec(self.eval_features)
             except ValueError as exc:
-                raise UserError(f"--eval_features: {exc}") from None
+                raise SettingError("eval_features", f"eval_features: {exc}") from None
 
     @property
     def draws_samples(self) -> bool:
@@ -256,8 +255,8 @@ class TrainingMonitor:
                                                               batch_size=self.options.eval_batch_size, progress=False)
             except UserError as exc:
                 if self.options.eval_features.strip() == "inception":
-                    raise UserError(f"--eval_features inception needs the Inception weights, which are not available ({exc}); "
-                                    "or use --eval_features classifier:PATH with one of your classifier checkpoints") from None
+                    raise SettingError("eval_features", f"eval_features 'inception' needs the Inception weights, which are not available ({exc}); "
+                                       "or use 'classifier:PATH' with one of your classifier checkpoints") from None
                 raise
             self._reference = self._load_or_compute_reference()
 
@@ -273,7 +272,7 @@ class TrainingMonitor:
 
         paths = list_image_files(self.options.eval_data_dir)
         if len(paths) < 2:
-            raise UserError(f"--eval_data_dir {self.options.eval_data_dir} holds {len(paths)} images: FID needs at least 2")
+            raise SettingError("eval_data_dir", f"eval_data_dir {self.options.eval_data_dir} holds {len(paths)} images: FID needs at least 2")
         meta = self._reference_meta(len(paths))
         cache = self.run_dir / REFERENCE_FILE
         if cache.is_file():

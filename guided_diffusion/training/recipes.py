@@ -19,6 +19,7 @@ from guided_diffusion.presets import PRESETS
 __all__ = ["RECIPES", "Recipe", "recipe_command"]
 
 _CLASSIFIER_TRAIN = "--anneal_lr True --batch_size 256 --lr 3e-4 --save_interval 10000 --weight_decay 0.05"
+_UPSAMPLER_NOTE = "batch and lr as the base models (not listed separately)"
 _CLASSIFIER_ARCH = ("--classifier_attention_resolutions 32,16,8 --classifier_depth 2 --classifier_width 128 "
                     "--classifier_pool attention --classifier_resblock_updown True --classifier_use_scale_shift_norm True")
 
@@ -61,8 +62,8 @@ RECIPES: dict[str, Recipe] = {r.preset: r for r in [
     Recipe("lsun_bedroom", "image_train", _diffusion(256, "1e-4", ""), note="LSUN models ran 200K-500K iterations depending on the class"),
     Recipe("lsun_cat", "image_train", _diffusion(256, "1e-4", ""), note="LSUN models ran 200K-500K iterations depending on the class"),
     Recipe("lsun_horse", "image_train", _diffusion(256, "1e-4", ""), note="LSUN models ran 200K-500K iterations depending on the class"),
-    Recipe("64_256_upsampler", "super_res_train", _diffusion(256, "1e-4", "500000"), note="batch and lr as the base models (not listed separately)"),
-    Recipe("128_512_upsampler", "super_res_train", _diffusion(256, "1e-4", "1050000"), note="batch and lr as the base models (not listed separately)"),
+    Recipe("64_256_upsampler", "super_res_train", _diffusion(256, "1e-4", "500000"), note=_UPSAMPLER_NOTE),
+    Recipe("128_512_upsampler", "super_res_train", _diffusion(256, "1e-4", "1050000"), note=_UPSAMPLER_NOTE),
     Recipe("64x64_classifier", "classifier_train", _CLASSIFIER_TRAIN + " --iterations 300000",
            note="the README's 128x128 recipe; the released 64x64 classifier is deeper (--classifier_depth 4)"),
     Recipe("128x128_classifier", "classifier_train", _CLASSIFIER_TRAIN + " --iterations 300000"),

@@ -83,7 +83,7 @@ class RunDirLock:
         if holder:
             who = f"pid {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')})"
         return (f"run directory {self.directory} is in use by another training run, {who}: wait for it to "
-                "finish or stop it, or pass another --log_dir")
+                "finish or stop it, or use another log_dir")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from guided_diffusion.atomic import atomic_torch_save, file_digest
 from guided_diffusion.checkpoints import load_state_dict, read_tensor_file
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 
 STATE_FORMAT = 1
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
@@ -67,7 +68,10 @@ class ResumePoint:
     state: dict[str, Any] | None = None  # the training-state file's contents, when there is one
 
     def describe(self) -> str:
-        kind = "exact resume" if self.state is not None else "weights only: no training-state file, so loss scale, sampler, RNG and data order start fresh"
+        kind = (
+            "exact resume" if self.state is not None
+            else "weights only: no training-state file, so loss scale, sampler, RNG and data order start fresh"
+        )
         return f"resuming from {self.model} at step {self.step} ({kind})"
 
 
@@ -174,13 +178,14 @@ def legacy_resume_point(model_path: Path) -> ResumePoint:
     return ResumePoint(directory=directory, step=step, model=model_path, opt=opt if opt.is_file() else None, emas=emas)
 
 
-def resolve_resume_point(resume: str, run_dir: str | os.PathLike | None, log=print) -> ResumePoint | None:
-    """Interpret `--resume auto` / `--resume_checkpoint PATH` (a model file or a run directory)."""
+def resolve_resume_point(resume: str, run_dir: str | os.PathLike | None, log=print, *, setting: str = "resume_checkpoint") -> ResumePoint | None:
+    """Interpret a resume setting: "auto" (the latest complete set in `run_dir`), a model file or a run
+    directory. `setting` names it in errors (`resume` or `resume_checkpoint`)."""
     if not resume:
         return None
     if resume == "auto":
         if not run_dir:
-            raise UserError("--resume auto looks in the run directory: pass --log_dir DIR (or set OPENAI_LOGDIR)")
+            raise SettingError(setting, f"{setting} 'auto' looks in the run directory: set log_dir (or OPENAI_LOGDIR)")
         point = find_latest_checkpoint(run_dir, log=log)
         if point is None:
             log(f"no complete checkpoint in {run_dir} yet: starting from scratch")
@@ -189,15 +194,15 @@ def resolve_resume_point(resume: str, run_dir: str | os.PathLike | None, log=pri
     if path.is_dir():
         point = find_latest_checkpoint(path, log=log)
         if point is None:
-            raise UserError(f"no complete checkpoint in {path}: pass a modelNNNNNN.pt file or a run directory with checkpoints")
+            raise SettingError(setting, f"no complete checkpoint in {path}: give {setting} a modelNNNNNN.pt file or a run directory with checkpoints")
         return point
     if not path.is_file():
-        raise UserError(f"resume checkpoint {path} does not exist: check --resume_checkpoint (a modelNNNNNN.pt file or a run directory)")
+        raise SettingError(setting, f"resume checkpoint {path} does not exist: give {setting} a modelNNNNNN.pt file or a run directory")
     step = parse_resume_step_from_filename(path)
     if _MODEL_RE.match(path.name) and (path.parent / state_name(step)).is_file():
         record, reason = verify_checkpoint(path.parent, step)
         if record is None:
-            raise UserError(f"checkpoint {path} is incomplete or corrupt ({reason}): resume from an earlier one or use --resume auto")
+            raise SettingError(setting, f"checkpoint {path} is incomplete or corrupt ({reason}): resume from an earlier one or from 'auto'")
         return _point_from_record(path.parent, step, record)
     if step == 0 and not _MODEL_RE.match(path.name):
         log(f"{path.name} does not carry a step in its name (modelNNNNNN.pt): counting steps from 0")
@@ -214,7 +219,7 @@ def load_resume_files(point: ResumePoint, device: torch.device) -> tuple[dict, d
     return model_state, opt_state, emas
 
 
-def prune_checkpoints(directory: str | os.PathLike, keep_last: int, protect: set[int] = frozenset()) -> list[int]:
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int, protect: AbstractSet[int] = frozenset()) -> list[int]:
     """Delete checkpoint sets beyond the `keep_last` newest (none when keep_last <= 0); returns the
     steps removed. A set's state file is removed last: a kill mid-way leaves the state file, which
     marks the set incomplete (resume skips it) and keeps it counted, so the next prune finishes the

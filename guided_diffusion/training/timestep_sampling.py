@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError
 
 SAMPLER_NAMES = ("uniform", "loss-second-moment")
 
@@ -24,7 +24,7 @@ def create_named_schedule_sampler(name: str, diffusion) -> ScheduleSampler:
         return UniformSampler(diffusion)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(diffusion)
-    raise UserError(f"unknown schedule sampler {name!r}: use --schedule_sampler uniform or loss-second-moment")
+    raise SettingError("schedule_sampler", f"unknown schedule sampler {name!r}: schedule_sampler is one of {', '.join(SAMPLER_NAMES)}")
 
 
 class ScheduleSampler(ABC):
@@ -147,9 +147,10 @@ class LossSecondMomentResampler(LossAwareSampler):
             return
         history = state["loss_history"].numpy().astype(np.float64)
         if history.shape != self._loss_history.shape:
-            raise UserError(
+            raise SettingError(
+                "diffusion_steps",
                 f"saved loss-second-moment history has shape {tuple(history.shape)}, this run needs {self._loss_history.shape}: "
-                "resume with the same --diffusion_steps"
+                "resume with the same diffusion_steps",
             )
         self._loss_history = history
         self._loss_counts = state["loss_counts"].numpy().astype(np.int64)
