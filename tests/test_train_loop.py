@@ -107,6 +107,33 @@ def test_ema_formula_matches_the_original(tmp_path):
         torch.testing.assert_close(e_new, 0.75 * e_old + 0.25 * p.detach())
 
 
+def test_nn_update_ema_is_the_trainers_and_bit_exact_with_the_original():
+    from guided_diffusion.nn import update_ema
+
+    torch.manual_seed(0)
+    targets, sources = [torch.randn(5, 3), torch.randn(7)], [torch.randn(5, 3), torch.randn(7)]
+    expected = [t.clone().mul_(0.9999).add_(s, alpha=1 - 0.9999) for t, s in zip(targets, sources)]  # the original's line
+    update_ema(targets, sources, rate=0.9999)
+    assert all(torch.equal(t, e) for t, e in zip(targets, expected))
+
+
+def test_build_trainer_picks_the_trainer_of_the_network(tmp_path):
+    from guided_diffusion.config import ClassifierConfig
+    from guided_diffusion.training.classifier import ClassifierTrainer
+    from guided_diffusion.training.trainers import build_trainer
+
+    common = dict(diffusion=_diffusion(), data=_batches(), run_dir=tmp_path / "run")
+    options = LoopOptions(batch_size=4, ema_rate="0.9", progress=False)
+    unet = build_trainer(ModelConfig(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions=""),
+                         model=_model(), options=options, **common)
+    assert type(unet) is DiffusionTrainer and unet.ema_rate == [0.9]
+    config = ClassifierConfig(image_size=8, classifier_width=64, classifier_depth=1, classifier_channel_mult="1",
+                              classifier_attention_resolutions="", num_classes=2)
+    classifier = build_trainer(config, model=config.build(), options=LoopOptions(batch_size=4, ema_rate="", class_cond=True, progress=False),
+                               noised=False, **common)
+    assert isinstance(classifier, ClassifierTrainer) and not classifier.noised and classifier.ema_rate == []
+
+
 def test_fp16_overflow_skips_step_lowers_scale_to_floor_and_survives_resume(tmp_path):
     trainer = _trainer(tmp_path, model=_model(use_fp16=True), use_fp16=True, min_lg_loss_scale=18.0, save_interval=6, ema_rate="0.9")
     assert trainer.mp_trainer.lg_loss_scale == 20.0
@@ -149,7 +176,7 @@ def test_fp16_overflow_skips_step_lowers_scale_to_floor_and_survives_resume(tmp_
 
 
 def _to_train(item: ImageBatch) -> TrainBatch:
-    return TrainBatch(images=item.images, cond={}, seeds=item.seeds)
+    return TrainBatch.from_item(item, labels=False)
 
 
 def test_diverged_run_stops_with_a_clear_error():
