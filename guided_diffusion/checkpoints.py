@@ -2,6 +2,7 @@
 beside the weights, and errors that say which flag to change when weights and flags disagree."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -12,8 +13,18 @@ from typing import Any
 import torch
 
 from guided_diffusion.atomic import atomic_write_path
-from guided_diffusion.config import ClassifierConfig, ModelConfig, config_from_dict, config_to_dict
+from guided_diffusion.config import (
+    CONFIG_KINDS,
+    ClassifierConfig,
+    DiffusionConfig,
+    ModelConfig,
+    SuperResConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from guided_diffusion.errors import UserError
+from guided_diffusion.models.factory import CHANNEL_MULT_BY_SIZE
+from guided_diffusion.presets import Preset, preset_for_file
 
 CONFIG_FILENAME = "config.json"
 METADATA_KEY = "guided_diffusion_config"
@@ -81,15 +92,13 @@ _JSON_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (st
 
 def validate_config_dict(data: Mapping[str, Any], source: str) -> None:
     """Check the structure and value types of a config dict (config_to_dict's form)."""
-    import dataclasses
-
-    from guided_diffusion.config import CONFIG_KINDS, DiffusionConfig
-
     fix = "fix or delete it, or pass the model flags instead"
     kind = data.get("kind", "unet")
     if not isinstance(kind, str) or kind not in CONFIG_KINDS:
         raise UserError(f"{source}: \"kind\" is {kind!r}, expected one of {sorted(CONFIG_KINDS)}: {fix}")
-    sections = [("model", CONFIG_KINDS[kind]), ("diffusion", DiffusionConfig), ("classifier", CONFIG_KINDS["classifier"])]
+    sections: list[tuple[str, type[Any]]] = [
+        ("model", CONFIG_KINDS[kind]), ("diffusion", DiffusionConfig), ("classifier", CONFIG_KINDS["classifier"]),
+    ]
     for section, cls in sections:
         values = data.get(section)
         if values is None and section != "model":
@@ -250,8 +259,6 @@ def config_for_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Ten
             if "classifier" in saved:
                 return ClassifierConfig.from_dict(saved["classifier"])
         return network
-    from guided_diffusion.presets import preset_for_file
-
     preset = preset_for_file(path)
     if preset is not None:
         return preset_network_config(preset)
@@ -261,19 +268,26 @@ def config_for_checkpoint(path: str | os.PathLike, state: Mapping[str, torch.Ten
     )
 
 
-def preset_network_config(preset):
-    """The network config that builds a released checkpoint."""
-    from guided_diffusion.config import SuperResConfig
+# The config class of each kind of released checkpoint.
+PRESET_CONFIG_CLASSES: dict[str, type[ModelConfig] | type[ClassifierConfig]] = {
+    "diffusion": ModelConfig, "classifier": ClassifierConfig, "upsampler": SuperResConfig,
+}
 
-    cls = {"diffusion": ModelConfig, "classifier": ClassifierConfig, "upsampler": SuperResConfig}[preset.kind]
-    return cls.from_dict(preset.flags)
+
+def preset_network_config(preset: Preset, overrides: Mapping[str, Any] | None = None) -> ModelConfig | ClassifierConfig:
+    """The network config that builds a released checkpoint (`overrides`: flag values that replace the preset's)."""
+    return PRESET_CONFIG_CLASSES[preset.kind].from_dict({**preset.flags, **(overrides or {})})
+
+
+def check_preset_file(preset: Preset, path: str | os.PathLike) -> None:
+    """Raise `UserError` unless `path` loads without unpickling code and has exactly the keys and
+    shapes of `preset`'s architecture (checked on an unallocated "meta" copy of the network)."""
+    check_layout(path, preset_network_config(preset), f"the released {preset.name} checkpoint")
 
 
 def check_released_flags(source: str, flags: Mapping[str, Any]) -> list[str]:
     """For a released checkpoint (recognised by file name), the flags that weights cannot reveal (the
     attention order and head layout) must equal the published ones."""
-    from guided_diffusion.presets import preset_for_file
-
     preset = preset_for_file(source)
     if preset is None or preset.kind == "classifier":
         return []
@@ -421,8 +435,6 @@ def _unet_problems(ckpt: dict, mine: dict, model: torch.nn.Module) -> list[str]:
 def _size_with_default_mult(ckpt_mult: tuple, mine_mult: tuple, image_size: int | None) -> int | None:
     """The image size whose default channel_mult the checkpoint has, when the flags' channel_mult is the
     default of their own image size (so --image_size, not --channel_mult, is the mistake); else None."""
-    from guided_diffusion.config import CHANNEL_MULT_BY_SIZE
-
     def same(a, b) -> bool:
         return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
 

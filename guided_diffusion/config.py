@@ -2,67 +2,28 @@
 
 Field names are the original command-line flag names, so a config round-trips through the flags, is saved
 beside the weights (`config.json`, or safetensors metadata) and rebuilds the network without retyping
-flags. New fields have defaults that keep the original behaviour.
+flags. New fields have defaults that keep the original behaviour. `build()` is a convenience over the
+factories that hold the construction logic: `diffusion.factory` and `models.factory`.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from guided_diffusion.diffusion.factory import create_gaussian_diffusion
 from guided_diffusion.errors import UserError
-
-NUM_CLASSES = 1000
-
-# channel_mult used by the original when --channel_mult is empty, by image size.
-CHANNEL_MULT_BY_SIZE = {
-    512: (0.5, 1, 1, 2, 2, 4, 4),
-    256: (1, 1, 2, 2, 4, 4),
-    128: (1, 1, 2, 3, 4),
-    64: (1, 2, 3, 4),
-}
-SR_CHANNEL_MULT_BY_SIZE = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+from guided_diffusion.models.factory import NUM_CLASSES, create_classifier, create_model, label_rows, sr_create_model
 
 
-def parse_channel_mult(channel_mult: str | tuple, image_size: int, presets=CHANNEL_MULT_BY_SIZE, flag="--channel_mult") -> tuple:
-    """The per-level width multipliers: the given comma list (fractions allowed, e.g. "0.5,1,2") or the
-    original's preset for the image size."""
-    if isinstance(channel_mult, (tuple, list)):
-        return tuple(channel_mult)
-    if channel_mult == "":
-        if image_size not in presets:
-            raise UserError(
-                f"no default channel_mult for image size {image_size} (known: {sorted(presets)}); "
-                f"pass {flag}, e.g. {flag} 1,2,2,2"
-            )
-        return presets[image_size]
-    try:
-        values = [float(v) for v in str(channel_mult).split(",")]
-    except ValueError:
-        raise UserError(f"{flag} {channel_mult!r} is not a comma list of numbers; use e.g. {flag} 1,2,3,4") from None
-    return tuple(int(v) if v.is_integer() else v for v in values)
-
-
-def parse_attention_resolutions(attention_resolutions: str, image_size: int) -> tuple[int, ...]:
-    """--attention_resolutions lists resolutions; the networks want downsample factors."""
-    if isinstance(attention_resolutions, (tuple, list)):
-        return tuple(image_size // int(r) for r in attention_resolutions)
-    text = str(attention_resolutions).strip()
-    if not text:
-        return ()
-    try:
-        return tuple(image_size // int(res) for res in text.split(","))
-    except ValueError:
-        raise UserError(
-            f"--attention_resolutions {attention_resolutions!r} is not a comma list of resolutions; use e.g. 32,16,8"
-        ) from None
-
-
+@dataclass
 class _Config:
-    """Shared conversions for the config dataclasses."""
+    """Shared conversions for the config dataclasses; `kind` names the network in saved configs."""
+
+    kind: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,8 +58,7 @@ class DiffusionConfig(_Config):
     sigma_small: bool = False
 
     def build(self):
-        from guided_diffusion.script_util import create_gaussian_diffusion
-
+        """The SpacedDiffusion these settings describe."""
         return create_gaussian_diffusion(
             steps=self.diffusion_steps, learn_sigma=self.learn_sigma, sigma_small=self.sigma_small,
             noise_schedule=self.noise_schedule, use_kl=self.use_kl, predict_xstart=self.predict_xstart,
@@ -141,36 +101,11 @@ class ModelConfig(_Config):
 
     def label_count(self) -> int | None:
         """Rows of the label embedding (None when unconditional)."""
-        if not self.class_cond:
-            return None
-        return self.num_classes + (1 if self.class_dropout_prob > 0 else 0)
-
-    def unet_kwargs(self, image_size: int, channel_mult: tuple) -> dict[str, Any]:
-        return dict(
-            image_size=image_size,
-            in_channels=3,
-            model_channels=self.num_channels,
-            out_channels=6 if self.learn_sigma else 3,
-            num_res_blocks=self.num_res_blocks,
-            attention_resolutions=parse_attention_resolutions(self.attention_resolutions, image_size),
-            dropout=self.dropout,
-            channel_mult=channel_mult,
-            num_classes=self.label_count(),
-            use_checkpoint=self.use_checkpoint,
-            use_fp16=self.use_fp16,
-            num_heads=self.num_heads,
-            num_head_channels=self.num_head_channels,
-            num_heads_upsample=self.num_heads_upsample,
-            use_scale_shift_norm=self.use_scale_shift_norm,
-            resblock_updown=self.resblock_updown,
-            use_new_attention_order=self.use_new_attention_order,
-        )
+        return label_rows(self.class_cond, self.num_classes, self.class_dropout_prob)
 
     def build(self) -> torch.nn.Module:
-        from guided_diffusion.models.unet import UNetModel
-
-        mult = parse_channel_mult(self.channel_mult, self.image_size)
-        return UNetModel(**self.unet_kwargs(self.image_size, mult))
+        """The UNetModel these settings describe."""
+        return create_model(**self.to_dict())
 
 
 @dataclass
@@ -183,10 +118,10 @@ class SuperResConfig(ModelConfig):
     kind = "superres"
 
     def build(self) -> torch.nn.Module:
-        from guided_diffusion.models.unet import SuperResModel
-
-        mult = parse_channel_mult(self.channel_mult, self.large_size, SR_CHANNEL_MULT_BY_SIZE)
-        return SuperResModel(**self.unet_kwargs(self.large_size, mult))
+        """The SuperResModel these settings describe (image_size is not used)."""
+        values = self.to_dict()
+        del values["image_size"]
+        return sr_create_model(**values)
 
 
 @dataclass
@@ -209,26 +144,11 @@ class ClassifierConfig(_Config):
     kind = "classifier"
 
     def build(self) -> torch.nn.Module:
-        from guided_diffusion.models.unet import EncoderUNetModel
-
-        mult = parse_channel_mult(self.classifier_channel_mult, self.image_size, flag="--classifier_channel_mult")
-        return EncoderUNetModel(
-            image_size=self.image_size,
-            in_channels=3,
-            model_channels=self.classifier_width,
-            out_channels=self.num_classes,
-            num_res_blocks=self.classifier_depth,
-            attention_resolutions=parse_attention_resolutions(self.classifier_attention_resolutions, self.image_size),
-            channel_mult=mult,
-            use_fp16=self.classifier_use_fp16,
-            num_head_channels=self.classifier_num_head_channels,
-            use_scale_shift_norm=self.classifier_use_scale_shift_norm,
-            resblock_updown=self.classifier_resblock_updown,
-            pool=self.classifier_pool,
-        )
+        """The EncoderUNetModel classifier these settings describe."""
+        return create_classifier(**self.to_dict())
 
 
-CONFIG_KINDS: dict[str, type] = {"unet": ModelConfig, "superres": SuperResConfig, "classifier": ClassifierConfig}
+CONFIG_KINDS: dict[str, type[_Config]] = {"unet": ModelConfig, "superres": SuperResConfig, "classifier": ClassifierConfig}
 
 
 def config_to_dict(network: _Config, diffusion: DiffusionConfig | None = None) -> dict[str, Any]:

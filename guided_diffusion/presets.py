@@ -1,11 +1,23 @@
 """The 15 released checkpoints of the original, by name: their exact flags, download address and the
-README's sampling recipe. The flags also catch what weights cannot show (the attention order)."""
+README's sampling recipe. The flags also catch what weights cannot show (the attention order).
+
+This is the table only; checking a file against a preset is `checkpoints.check_preset_file`, fetching
+one into the cache `sampling.fetch.ensure_preset`."""
 from __future__ import annotations
 
 import os
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from guided_diffusion.errors import UserError
+from guided_diffusion.flags import (
+    classifier_defaults,
+    model_and_diffusion_defaults,
+    sr_model_and_diffusion_defaults,
+    str2bool,
+)
 
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 MIRROR_ENV = "GUIDED_DIFFUSION_MIRROR"
@@ -23,13 +35,6 @@ _LSUN = _COMMON + " --class_cond False --dropout 0.1 --image_size 256 --num_chan
 
 def parse_flag_string(flags: str) -> dict[str, Any]:
     """'--a 1 --b True' -> {'a': 1, 'b': True} with the types of the flag defaults."""
-    from guided_diffusion.script_util import (
-        classifier_defaults,
-        model_and_diffusion_defaults,
-        sr_model_and_diffusion_defaults,
-        str2bool,
-    )
-
     defaults = {**model_and_diffusion_defaults(), **classifier_defaults(), **sr_model_and_diffusion_defaults()}
     tokens = shlex.split(flags)
     out: dict[str, Any] = {}
@@ -105,8 +110,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in _ENTRIES}
 def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "") -> Preset:
     """The preset called `name` (".pt" suffix allowed), of one of `kinds` when given; a one-line UserError
     listing the choices otherwise (`purpose` names what needs it, e.g. "classifier_sample")."""
-    from guided_diffusion.errors import UserError
-
     key = name[:-3] if name.endswith(".pt") else name
     if key not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
@@ -122,32 +125,4 @@ def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "
 
 def preset_for_file(path) -> Preset | None:
     """The preset whose released file name matches path's name, if any."""
-    from pathlib import Path
-
     return PRESETS.get(Path(path).name.removesuffix(".pt"))
-
-
-def check_preset_file(preset: Preset, path) -> None:
-    """Raise `UserError` unless `path` loads without unpickling code and has exactly the keys and
-    shapes of `preset`'s architecture (checked on an unallocated "meta" copy of the network)."""
-    from guided_diffusion.checkpoints import check_layout, preset_network_config
-
-    check_layout(path, preset_network_config(preset), f"the released {preset.name} checkpoint")
-
-
-def ensure_preset(preset: Preset, *, progress: bool = True, verify: bool = False):
-    """The cached file of `preset`, downloaded (size-, hash- and layout-checked) when missing. An
-    installed file is checked against the table's sha256, or the one recorded at its install, on
-    every call; `verify` also re-checks its layout. A file placed by hand is layout-checked once,
-    then its sha256 is recorded."""
-    from guided_diffusion.download import cache_dir, download, recorded_sha256, verify_installed
-
-    path = cache_dir() / preset.filename
-    if path.is_file():
-        first_use = preset.sha256 is None and recorded_sha256(path) is None
-        if verify or first_use:
-            check_preset_file(preset, path)
-        verify_installed(path, preset.sha256)
-        return path
-    return download(preset.url, path, sha256=preset.sha256, progress=progress,
-                    validate=lambda part: check_preset_file(preset, part))

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from guided_diffusion.errors import UserError
-from guided_diffusion.script_util import str2bool
+from guided_diffusion.flags import str2bool
 
 __all__ = ["main", "build_parser", "THREADS"]
 

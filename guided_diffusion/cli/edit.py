@@ -29,6 +29,9 @@ from guided_diffusion.config import (
     ModelConfig,
     SuperResConfig,
 )
+from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
+from guided_diffusion.diffusion.grids import GRIDS
+from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import model_kwargs_of, start_points
 from guided_diffusion.editing.io import (
     load_images,
@@ -48,19 +51,16 @@ from guided_diffusion.editing.measurement import (
 )
 from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.editing.sdedit import sdedit
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.flags import str2bool
 from guided_diffusion.runtime import distributed, logs
-from guided_diffusion.sampling.denoiser import CondFn, Denoiser
+from guided_diffusion.runtime.rng import SampleNoise, fresh_seed
 from guided_diffusion.sampling.generate import SamplerSettings, gather_in_order
-from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import GuidedModel, check_cfg, classifier_cond_fn
-from guided_diffusion.sampling.inversion import ddim_invert, psnr
 from guided_diffusion.sampling.job import settings_option
-from guided_diffusion.sampling.noise import SampleNoise, fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_samples
 from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
-from guided_diffusion.script_util import str2bool
 
 __all__ = ["img2img", "inpaint", "invert", "restore"]
 
@@ -121,8 +121,8 @@ def _settings(args: argparse.Namespace, sampler: str | None = None) -> SamplerSe
         return SamplerSettings(sampler=sampler or args.sampler, eta=getattr(args, "eta", None) or 0.0, steps=args.steps,
                                step_grid=args.step_grid, progress=_progress(args))
     except ValueError as exc:
-        option = settings_option(str(exc))
-        raise UserError(f"--{option}: {exc}" if option else str(exc)) from None
+        setting = settings_option(str(exc))
+        raise (SettingError(setting, str(exc)) if setting else UserError(str(exc))) from None
 
 
 # -- networks ------------------------------------------------------------------------------------------

@@ -33,13 +33,22 @@ import torch.distributed as dist
 
 from guided_diffusion.atomic import directory_write_problem
 from guided_diffusion.checkpoints import read_config_json
+from guided_diffusion.cli import flag_message
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
-from guided_diffusion.errors import UserError
+from guided_diffusion.diffusion.grids import DEFAULT_GRID, GRIDS
+from guided_diffusion.diffusion.stepping import NonFiniteSampleError
+from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.flags import (
+    add_dict_to_argparser,
+    classifier_defaults,
+    model_and_diffusion_defaults,
+    sr_model_and_diffusion_defaults,
+    str2bool,
+)
 from guided_diffusion.runtime import distributed, logs
-from guided_diffusion.sampling.grids import DEFAULT_GRID, GRIDS
+from guided_diffusion.runtime.rng import fresh_seed
 from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
 from guided_diffusion.sampling.job import (
-    JobError,
     SamplingJob,
     array_digest,
     check_counts,
@@ -49,7 +58,6 @@ from guided_diffusion.sampling.job import (
     sampling_job,
     settings_option,
 )
-from guided_diffusion.sampling.noise import fresh_seed
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
 from guided_diffusion.sampling.runner import (
     PartialRun,
@@ -60,14 +68,7 @@ from guided_diffusion.sampling.runner import (
     load_network,
     stop_on_signals,
 )
-from guided_diffusion.sampling.samplers import SAMPLERS, NonFiniteSampleError
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    classifier_defaults,
-    model_and_diffusion_defaults,
-    sr_model_and_diffusion_defaults,
-    str2bool,
-)
+from guided_diffusion.sampling.samplers import SAMPLERS
 
 __all__ = ["image_sample", "classifier_sample", "super_res_sample", "image_nll", "presets", "download"]
 
@@ -169,7 +170,7 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (the usage of ~60 flags would bury the message)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -198,7 +199,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.N
 def _convert(parser: argparse.ArgumentParser, name: str, value: Any) -> Any:
     """A preset value as the parser would have parsed it from the command line."""
     for action in parser._actions:
-        if action.dest == name and action.type is not None and isinstance(value, str):
+        if action.dest == name and callable(action.type) and isinstance(value, str):
             return action.type(value)
     return value
 
@@ -272,7 +273,7 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
         args.timestep_respacing = str(respacing)
         if str(respacing).startswith("ddim") and "use_ddim" not in explicit and args.sampler is None:
             args.use_ddim = True  # the README's ddimN recipes are DDIM recipes
-    if command == "classifier_sample":
+    if command == "classifier_sample" and preset.classifier is not None:  # checked above
         classifier = get_preset(preset.classifier, ("classifier",))
         _fill_from_preset(parser, args, explicit, dict(classifier.flags), preset_name=classifier.name,
                           architecture=_CLASSIFIER_ARCH, path_flag="classifier_path")
@@ -285,22 +286,22 @@ def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.
 
 # -- resolving flags into a job ------------------------------------------------------------------------
 
-# Job options whose flag is not simply --<option>, per command.
-_FLAG_OF_OPTION = {"low_res": "--base_samples", "low_res_digest": "--base_samples", "init_noise": "--init_noise",
-                   "init_noise_digest": "--init_noise"}
+# Job options whose flag is not simply --<option>.
+_FLAG_OF_SETTING = {"low_res": "--base_samples", "low_res_digest": "--base_samples", "init_noise": "--init_noise",
+                    "init_noise_digest": "--init_noise"}
 
 
 def _flag_error(command: str, exc: ValueError) -> UserError:
     """A library error about an option as a one-line error naming the flag."""
-    if isinstance(exc, UserError):
-        return exc
-    option = exc.option if isinstance(exc, JobError) else settings_option(str(exc))
-    if command == "super_res_sample" and option == "class_labels":
+    if not isinstance(exc, SettingError):
+        setting = None if isinstance(exc, UserError) else settings_option(str(exc))
+        if setting is None:
+            return exc if isinstance(exc, UserError) else UserError(str(exc))
+        exc = SettingError(setting, str(exc))
+    if command == "super_res_sample" and exc.setting == "class_labels":
         return UserError(f"--base_samples has no labels (arr_1): {exc}; sample the base images with class labels, "
                          "or pass --class_cond False for an unconditional upsampler")
-    if option is None:
-        return UserError(str(exc))
-    return UserError(f"{_FLAG_OF_OPTION.get(option, '--' + option)}: {exc}")
+    return UserError(flag_message(exc, _FLAG_OF_SETTING))
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -584,7 +585,7 @@ def _interrupted(command: str, argv: list[str], job: SamplingJob, seed: int, sig
 
 def image_nll(argv: list[str]) -> int:
     """`guided-diffusion image_nll`: bits/dim of a model on an image folder, with per-timestep terms."""
-    from guided_diffusion.image_datasets import load_data
+    from guided_diffusion.data.load import load_data
 
     parser = _build_parser("image_nll")
     args, explicit = _parse(parser, argv)
@@ -594,7 +595,7 @@ def image_nll(argv: list[str]) -> int:
     _apply_saved_config(parser, args, explicit)
     try:
         check_counts(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
-    except JobError as exc:
+    except SettingError as exc:
         raise _flag_error("image_nll", exc) from None
     if not args.data_dir:
         raise UserError("pass --data_dir DIR: the images to evaluate")
@@ -663,8 +664,7 @@ def _human_size(size: int | None) -> str:
 
 def _verified_state(preset) -> str:
     """Re-hash a cached checkpoint and re-check its layout: 'verified', or 'BAD: reason'."""
-    from guided_diffusion.presets import ensure_preset
-    from guided_diffusion.sampling.fetch import checkpoint_path
+    from guided_diffusion.sampling.fetch import checkpoint_path, ensure_preset
 
     if not checkpoint_path(preset).is_file():
         return "no"
@@ -714,7 +714,8 @@ def presets(argv: list[str]) -> int:
 
 def download(argv: list[str]) -> int:
     """`guided-diffusion download NAME... | --all [--verify]`: fetch released checkpoints into the cache."""
-    from guided_diffusion.presets import PRESETS, ensure_preset, get_preset
+    from guided_diffusion.presets import PRESETS, get_preset
+    from guided_diffusion.sampling.fetch import ensure_preset
 
     parser = argparse.ArgumentParser(prog="guided-diffusion download", allow_abbrev=False,
                                      description="Download released checkpoints into the cache (resumable, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.script_util import (
+from guided_diffusion.flags import (
     add_dict_to_argparser,
     classifier_and_diffusion_defaults,
     model_and_diffusion_defaults,
@@ -86,7 +86,9 @@ def _classifier_train_defaults() -> dict:
 
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The flag parser of training subcommand `name`."""
-    defaults = {"image_train": _image_train_defaults, "super_res_train": _super_res_train_defaults, "classifier_train": _classifier_train_defaults}[name]()
+    defaults_of = {"image_train": _image_train_defaults, "super_res_train": _super_res_train_defaults,
+                   "classifier_train": _classifier_train_defaults}
+    defaults = defaults_of[name]()
     # allow_abbrev=False: `--iteration 5` is a typo to report, not silently --iterations.
     parser = argparse.ArgumentParser(prog=f"guided-diffusion {name}", description=__doc__.split("\n")[0], allow_abbrev=False)
     add_dict_to_argparser(parser, defaults)
@@ -97,7 +99,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     else:
         extra["sum_microbatch_grads"] = False
     group = parser.add_argument_group("added by this package")
-    add_dict_to_argparser(group, extra)  # type: ignore[arg-type] - groups take add_argument too
+    add_dict_to_argparser(group, extra)
     for action in group._group_actions:
         key = action.dest
         action.help = NEW_FLAGS[key][1] if key in NEW_FLAGS else "sum microbatch gradients as the original did (default: average them)"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from guided_diffusion.diffusion.gaussian import GaussianDiffusion
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> set[int]:
@@ -141,13 +141,14 @@ class GridDiffusion(SpacedDiffusion):
 
 
 def parse_respacing(num_timesteps: int, timestep_respacing: str) -> set[int]:
-    """space_timesteps for a --timestep_respacing flag ("" keeps every step), with a one-line error."""
+    """space_timesteps for a timestep_respacing setting ("" keeps every step), with a one-line error."""
     if not timestep_respacing:
         return set(range(num_timesteps))
     try:
         return space_timesteps(num_timesteps, timestep_respacing)
     except ValueError as exc:
-        raise UserError(
-            f"--timestep_respacing {timestep_respacing!r} does not fit {num_timesteps} diffusion steps ({exc}); "
-            "use a comma list of counts such as 250 or 10,15,20, or ddimN with N dividing the steps evenly"
+        raise SettingError(
+            "timestep_respacing",
+            f"timestep_respacing {timestep_respacing!r} does not fit {num_timesteps} diffusion steps ({exc}); "
+            "use a comma list of counts such as 250 or 10,15,20, or ddimN with N dividing the steps evenly",
         ) from None

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError
+
+NOISE_SCHEDULES = ("linear", "cosine")
 
 
 def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) -> np.ndarray:
@@ -16,9 +18,10 @@ def get_named_beta_schedule(schedule_name: str, num_diffusion_timesteps: int) ->
         # Scaled so any T keeps the shape of the 1000-step schedule; beta_end reaches 1 at T = 20.
         scale = 1000 / num_diffusion_timesteps
         if 0.02 * scale > 1.0:
-            raise UserError(
+            raise SettingError(
+                "diffusion_steps",
                 f"the linear schedule needs diffusion_steps >= 20 (got {num_diffusion_timesteps}, which makes "
-                "beta_T > 1); use more --diffusion_steps or --noise_schedule cosine"
+                "beta_T > 1); use more diffusion steps or the cosine noise_schedule",
             )
         return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
     if schedule_name == "cosine":

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.gaussian_diffusion import ModelMeanType, ModelVarType
-from guided_diffusion.sampling.denoiser import CondFn
+from guided_diffusion.diffusion.denoiser import CondFn
+from guided_diffusion.diffusion.gaussian import ModelMeanType, ModelVarType
 
 __all__ = [
     "BlurOperator",

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from guided_diffusion.checkpoints import read_tensor_file
 from guided_diffusion.download import cache_dir, download
 from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.inception import InceptionV3
@@ -49,10 +48,9 @@ def load_inception_network(path: Path | str | None = None, *, progress: bool = T
     """`InceptionV3` with pytorch-fid's weights (from `inception_weights_file(path)`), in eval mode."""
     weights = inception_weights_file(path, progress=progress)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read Inception weights from {weights} ({type(exc).__name__}); "
-                        "pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth") from None
+        state = read_tensor_file(weights)
+    except UserError as exc:
+        raise UserError(f"cannot read the Inception weights: {exc}; pass pytorch-fid's pt_inception-2015-12-05-6726825d.pth") from None
     network = InceptionV3()
     _check_state_dict(state, network, weights)
     network.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from guided_diffusion.errors import SettingError
 from guided_diffusion.models.layers import checkpoint, conv_nd, normalization, zero_module
 
 _BACKEND = "sdpa"
@@ -93,7 +94,7 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels != 0:
-                raise ValueError(f"channels {channels} is not divisible by num_head_channels {num_head_channels}")
+                raise SettingError("num_head_channels", f"channels {channels} is not divisible by num_head_channels {num_head_channels}")
             self.num_heads = channels // num_head_channels
         self.use_checkpoint = use_checkpoint
         self.norm = normalization(channels)

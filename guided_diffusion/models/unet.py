@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from guided_diffusion.errors import SettingError
 from guided_diffusion.models.attention import AttentionBlock, AttentionPool2d
 from guided_diffusion.models.layers import (
     avg_pool_nd,
@@ -386,7 +387,7 @@ class EncoderUNetModel(_Encoder):
             )
         elif pool == "attention":
             if num_head_channels == -1:
-                raise ValueError("attention pooling needs num_head_channels")
+                raise SettingError("num_head_channels", "attention pooling needs num_head_channels (-1 leaves it unset)")
             self.out = nn.Sequential(
                 normalization(ch), nn.SiLU(), AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels)
             )

@@ -16,8 +16,6 @@ import atexit
 import os
 import socket
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -167,29 +165,6 @@ def dev() -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda", get_local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def load_state_dict(path: str | os.PathLike, **kwargs: Any) -> dict:
-    """Load a checkpoint on this rank alone (not a collective): `.pt` with `weights_only=True`, or
-    `.safetensors`. Keyword arguments go to `torch.load` (e.g. `map_location="cpu"`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: check the path")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        location = kwargs.get("map_location", "cpu")
-        return load_file(str(path), device=str(location) if not callable(location) else "cpu")
-    kwargs = dict(kwargs)
-    kwargs["weights_only"] = True
-    try:
-        return torch.load(path, **kwargs)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(
-            f"cannot load checkpoint {path} ({type(exc).__name__}: {first_line}): "
-            "the file is corrupt, truncated or not a weights-only state dict; re-save or re-download it"
-        ) from exc
 
 
 def sync_params(params: Iterable[torch.Tensor]) -> None:

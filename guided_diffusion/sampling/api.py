@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.checkpoints import read_config_json
+from guided_diffusion.checkpoints import preset_network_config, read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
 from guided_diffusion.errors import UserError
 from guided_diffusion.presets import PRESETS, Preset, get_preset, parse_flag_string
@@ -179,8 +179,7 @@ def _configs_for(source: str, flags: dict[str, Any]) -> tuple[Any, DiffusionConf
     if _is_preset_name(source):
         preset = get_preset(Path(source).name)
         values = {**preset.flags, **flags}
-        network_cls = {"diffusion": ModelConfig, "classifier": ClassifierConfig, "upsampler": SuperResConfig}[preset.kind]
-        return network_cls.from_dict(values), DiffusionConfig.from_dict(values), preset
+        return preset_network_config(preset, flags), DiffusionConfig.from_dict(values), preset
     if not Path(source).is_file():
         raise UserError(f"{source!r} is neither a checkpoint file nor a preset name (see `guided-diffusion presets`)")
     saved = read_config_json(source)

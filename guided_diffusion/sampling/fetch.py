@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guided_diffusion.download import cache_dir
+from guided_diffusion.checkpoints import check_preset_file
+from guided_diffusion.download import cache_dir, download, recorded_sha256, verify_installed
 from guided_diffusion.errors import UserError
-from guided_diffusion.presets import Preset, ensure_preset
+from guided_diffusion.presets import Preset
 from guided_diffusion.runtime import distributed
 
-__all__ = ["checkpoint_path", "cache_state", "fetch"]
+__all__ = ["checkpoint_path", "cache_state", "ensure_preset", "fetch"]
 
 
 def checkpoint_path(preset: Preset) -> Path:
@@ -22,6 +23,22 @@ def cache_state(preset: Preset) -> str:
     if path.is_file():
         return "yes"
     return "partial" if path.with_name(path.name + ".part").is_file() else "no"
+
+
+def ensure_preset(preset: Preset, *, progress: bool = True, verify: bool = False) -> Path:
+    """The cached file of `preset`, downloaded (size-, hash- and layout-checked) when missing. An
+    installed file is checked against the table's sha256, or the one recorded at its install, on
+    every call; `verify` also re-checks its layout. A file placed by hand is layout-checked once,
+    then its sha256 is recorded. This process alone: `fetch` coordinates ranks."""
+    path = checkpoint_path(preset)
+    if path.is_file():
+        first_use = preset.sha256 is None and recorded_sha256(path) is None
+        if verify or first_use:
+            check_preset_file(preset, path)
+        verify_installed(path, preset.sha256)
+        return path
+    return download(preset.url, path, sha256=preset.sha256, progress=progress,
+                    validate=lambda part: check_preset_file(preset, part))
 
 
 def fetch(preset: Preset, *, progress: bool = True) -> Path:

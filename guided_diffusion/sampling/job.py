@@ -2,7 +2,7 @@
 
 The command line, the Python API and the demo all describe their work as a `SamplingJob` and hand it to
 `guided_diffusion.sampling.runner`, so a check on the options lives here and nowhere else. Checks raise
-`JobError`, a ValueError in library terms that carries the name of the option (`job.option`), which the
+`SettingError` naming the option (a SamplingJob or SamplerSettings field) as `exc.setting`, which the
 command line turns into the flag it came from.
 """
 from __future__ import annotations
@@ -20,25 +20,18 @@ import numpy as np
 import torch
 
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
-from guided_diffusion.errors import UserError
+from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import check_cfg, dynamic_threshold
 
-__all__ = ["JobError", "SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
+__all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
 
 JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
 
 
-class JobError(ValueError):
-    """An option value that cannot work; `option` is its name (a SamplingJob or SamplerSettings field)."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(message)
-        self.option = option
-
-
 def settings_option(message: str) -> str | None:
-    """The SamplerSettings field a ValueError message is about (the first field name it mentions)."""
+    """The SamplerSettings field a ValueError message is about (the first field name it mentions):
+    SamplerSettings raises plain ValueErrors, which sampling_job turns into SettingErrors with this."""
     names = {field.name for field in dataclasses.fields(SamplerSettings)}
     for word in message.replace("=", " ").replace(",", " ").replace(":", " ").split():
         if word in names:
@@ -47,12 +40,12 @@ def settings_option(message: str) -> str | None:
 
 
 def check_counts(*, num_samples: int, batch_size: int, seed: int | None) -> None:
-    """num_samples and batch_size at least 1, seed (when given) >= 0; JobError otherwise."""
+    """num_samples and batch_size at least 1, seed (when given) >= 0; SettingError otherwise."""
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if value < 1:
-            raise JobError(name, f"{name} must be at least 1, got {value}")
+            raise SettingError(name, f"{name} must be at least 1, got {value}")
     if seed is not None and seed < 0:
-        raise JobError("seed", f"seed must be >= 0, got {seed}")
+        raise SettingError("seed", f"seed must be >= 0, got {seed}")
 
 
 def fp16_runs_on(device: torch.device, requested: bool, *, bf16: bool) -> bool:
@@ -91,32 +84,32 @@ class SamplingJob:
     def __post_init__(self) -> None:
         check_counts(num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed)
         if self.start_index < 0:
-            raise JobError("start_index", f"start_index must be >= 0, got {self.start_index}")
+            raise SettingError("start_index", f"start_index must be >= 0, got {self.start_index}")
         for name in ("classifier_scale", "cfg_scale"):
             if not math.isfinite(getattr(self, name)):
-                raise JobError(name, f"{name} must be a finite number, got {getattr(self, name)}")
+                raise SettingError(name, f"{name} must be a finite number, got {getattr(self, name)}")
         if not math.isfinite(self.settings.eta):  # SamplerSettings checks the sign
-            raise JobError("eta", f"eta must be a finite number, got {self.settings.eta}")
+            raise SettingError("eta", f"eta must be a finite number, got {self.settings.eta}")
         if self.settings.dynamic_threshold is not None:
             try:
                 dynamic_threshold(self.settings.dynamic_threshold)
             except ValueError as exc:
-                raise JobError("dynamic_threshold", str(exc)) from None
+                raise SettingError("dynamic_threshold", str(exc)) from None
         try:
             check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.null_label)
         except ValueError:
-            raise JobError("cfg_scale", f"cfg_scale {self.cfg_scale} needs a class-conditional model trained with "
+            raise SettingError("cfg_scale", f"cfg_scale {self.cfg_scale} needs a class-conditional model trained with "
                            "label dropout (class_dropout_prob > 0, which gives it a null label); this model has none") from None
         if self.class_labels is not None:
             if not self.class_labels:
-                raise JobError("class_labels", "class_labels is empty")
+                raise SettingError("class_labels", "class_labels is empty")
             bad = [c for c in self.class_labels if not 0 <= c < self.model.num_classes]
             if bad:
-                raise JobError("class_labels", f"classes must be in 0..{self.model.num_classes - 1}, got {bad[0]}")
+                raise SettingError("class_labels", f"classes must be in 0..{self.model.num_classes - 1}, got {bad[0]}")
             if not self.with_labels:
-                raise JobError("class_labels", "class labels need a class-conditional model or a classifier")
+                raise SettingError("class_labels", "class labels need a class-conditional model or a classifier")
         if self.is_upsampler and self.model.class_cond and self.class_labels is None:
-            raise JobError("class_labels", "this upsampler is class-conditional: it needs the class of every image")
+            raise SettingError("class_labels", "this upsampler is class-conditional: it needs the class of every image")
         self.build_diffusion()  # a respacing the schedule cannot take fails here, before any network is loaded
 
     # -- derived facts -------------------------------------------------------------------------------
@@ -168,9 +161,9 @@ class SamplingJob:
         try:
             return self.diffusion.build()
         except UserError:
-            raise  # already says which flag to fix
+            raise  # already names the setting at fault
         except ValueError as exc:
-            raise JobError("timestep_respacing", f"timestep_respacing {self.diffusion.timestep_respacing!r}: {exc}") from None
+            raise SettingError("timestep_respacing", f"timestep_respacing {self.diffusion.timestep_respacing!r}: {exc}") from None
 
     # -- identity for resuming -----------------------------------------------------------------------
 
@@ -217,18 +210,18 @@ def sampling_job(
     steps: a grid of that many steps on the un-respaced diffusion; timestep_respacing: the original
     respacing string (None keeps the diffusion config's own); solver_options: further SamplerSettings
     fields (step_grid, sigma_min, s_churn, guidance_interval, ...). Other keywords are SamplingJob fields.
-    Raises JobError naming the option at fault.
+    Raises SettingError naming the option at fault.
     """
     if timestep_respacing is not None:
         diffusion = diffusion.replace(timestep_respacing=timestep_respacing)
     if steps is not None and diffusion.timestep_respacing:
-        raise JobError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
+        raise SettingError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
                        "choose the steps; give only one")
     try:  # with `steps` the samplers build their grid from the un-respaced diffusion
         settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised, steps=steps,
                                    dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
     except ValueError as exc:
-        raise JobError(settings_option(str(exc)) or "sampler", str(exc)) from None
+        raise SettingError(settings_option(str(exc)) or "sampler", str(exc)) from None
     return SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
                        **job_fields)
 
@@ -255,7 +248,7 @@ def check_low_res(images: np.ndarray, small_size: int) -> None:
     """Low-resolution inputs of an upsampler must be uint8 [n, small, small, 3] with n >= 1."""
     expected = (small_size, small_size, 3)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
-        raise JobError("low_res", f"low-resolution images are {images.dtype} {images.shape}, expected uint8 "
+        raise SettingError("low_res", f"low-resolution images are {images.dtype} {images.shape}, expected uint8 "
                        f"N x {'x'.join(map(str, expected))} for small_size {small_size}")
 
 
@@ -263,10 +256,10 @@ def check_init_noise(noise: np.ndarray, job: SamplingJob) -> None:
     """Given starting noise must hold one float C x H x W array per sample of the job."""
     needed = job.start_index + job.num_samples
     if noise.ndim != 4 or tuple(noise.shape[1:]) != tuple(job.image_shape):
-        raise JobError("init_noise", f"starting noise is {tuple(noise.shape)}, expected N x "
+        raise SettingError("init_noise", f"starting noise is {tuple(noise.shape)}, expected N x "
                        f"{'x'.join(map(str, job.image_shape))} for this model")
     if len(noise) < needed:
-        raise JobError("init_noise", f"starting noise holds {len(noise)} samples, {needed} are asked for; "
+        raise SettingError("init_noise", f"starting noise holds {len(noise)} samples, {needed} are asked for; "
                        f"draw at most {len(noise)} samples")
 
 
