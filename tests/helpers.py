@@ -232,6 +232,12 @@ def load_npz(path: Path) -> list[np.ndarray]:
         return [data[k] for k in data.files]
 
 
+def read_samples(directory: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) of the one samples_*.npz a command wrote into `directory`."""
+    with np.load(next(directory.glob("samples_*.npz"))) as data:
+        return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
+
+
 def sample(tmp_path: Path, name: str, command: str, flags: str, *extra: str) -> list[np.ndarray]:
     """Run a sampling command into tmp_path/name and return the arrays of the one npz it writes."""
     out = tmp_path / name

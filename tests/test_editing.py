@@ -10,12 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import randomise_zero_layers, run_ranks
+from helpers import randomise_zero_layers, read_samples, run_ranks
 from PIL import Image
 
 from guided_diffusion import cli
@@ -324,11 +323,6 @@ def _run(args: list[str]) -> int:
         torch.set_num_threads(threads)
 
 
-def _samples(directory: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    with np.load(next(directory.glob("samples_*.npz"))) as data:
-        return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
-
-
 def test_invert_writes_latents_and_reports_the_round_trip(checkpoints, tmp_path, capsys):
     c = checkpoints
     assert _run(["invert", "--model_path", c["unet"], "--input", str(c["root"] / "images.npz"), "--steps", "5",
@@ -347,10 +341,10 @@ def test_img2img_is_seeded_per_image_whatever_the_batch_size(checkpoints, tmp_pa
               "--class_labels", "3", "--progress", "False"]
     assert _run([*common, "--out_dir", str(tmp_path / "a"), "--batch_size", "5"]) == 0
     assert _run([*common, "--out_dir", str(tmp_path / "b"), "--batch_size", "2"]) == 0
-    (a, labels), (b, _) = _samples(tmp_path / "a"), _samples(tmp_path / "b")
+    (a, labels), (b, _) = read_samples(tmp_path / "a"), read_samples(tmp_path / "b")
     assert a.shape == (5, 8, 8, 3) and np.array_equal(a, b) and labels.tolist() == [3] * 5
     assert _run([*common, "--out_dir", str(tmp_path / "c"), "--seed", "8"]) == 0
-    assert not np.array_equal(_samples(tmp_path / "c")[0], a)
+    assert not np.array_equal(read_samples(tmp_path / "c")[0], a)
     assert _run([*common[:-6], "--out_dir", str(tmp_path / "d"), "--from_inversion", "--sampler", "dpm++2m",
                  "--progress", "False"]) == 0
 
@@ -362,7 +356,7 @@ def test_inpaint_keeps_the_known_pixels_exactly(checkpoints, tmp_path, method):
     assert _run(["inpaint", "--model_path", c["unet"], "--input", str(c["root"] / "images.npz"), "--mask",
                  str(c["root"] / "mask.png"), "--method", method, "--steps", "4", "--seed", "0", "--out_dir", str(tmp_path),
                  "--progress", "False", *extra]) == 0
-    images, _ = _samples(tmp_path)
+    images, _ = read_samples(tmp_path)
     assert np.array_equal(images[:, :4], c["images"][:, :4])
     assert not np.array_equal(images[:, 4:], c["images"][:, 4:])
 
@@ -375,7 +369,7 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
               "inpaint": ["--input", str(c["root"] / "images.npz"), "--mask", str(c["root"] / "mask.png")]}[task]
     assert _run(["restore", "--task", task, "--model_path", c["unet"], *inputs, "--steps", "3", "--seed", "0",
                  "--out_dir", str(tmp_path), "--progress", "False"]) == 0
-    images, _ = _samples(tmp_path)
+    images, _ = read_samples(tmp_path)
     assert images.shape == (5, 8, 8, 3)
 
 
@@ -419,4 +413,4 @@ def test_two_ranks_split_the_images_and_match_one_rank(checkpoints, tmp_path):
     results = run_ranks(code, world_size=2, timeout=240)
     assert all(rc == 0 for rc, _, _ in results), results
     assert _run([*args, "--out_dir", str(tmp_path / "one")]) == 0
-    assert np.array_equal(_samples(tmp_path / "two")[0], _samples(tmp_path / "one")[0])
+    assert np.array_equal(read_samples(tmp_path / "two")[0], read_samples(tmp_path / "one")[0])

@@ -1,12 +1,10 @@
 """`--init_noise`: sampling commands start from given noise, e.g. the latents `guided-diffusion invert` wrote."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from helpers import randomise_zero_layers
+from helpers import randomise_zero_layers, read_samples
 
 from guided_diffusion import cli
 from guided_diffusion.checkpoints import save_checkpoint, write_config_json
@@ -34,11 +32,6 @@ def run(tmp_path_factory):
     return {"root": root, "unet": str(root / "unet" / "model.pt"), "images": images}
 
 
-def _samples(directory: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    with np.load(next(directory.glob("samples_*.npz"))) as data:
-        return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
-
-
 def test_sampling_from_inverted_latents_retraces_the_inversion_with_its_labels(run, tmp_path, capsys):
     """`invert` reports the PSNR of its own DDIM way back (unclipped); `image_sample --init_noise` with the
     same grid and --clip_denoised False walks the same way back, so it reaches the same PSNR."""
@@ -51,7 +44,7 @@ def test_sampling_from_inverted_latents_retraces_the_inversion_with_its_labels(r
     assert cli.main(["image_sample", "--model_path", run["unet"], "--init_noise", str(latents / "latents.npz"),
                      "--sampler", "ddim", "--steps", "20", "--clip_denoised", "False", "--num_samples", "4",
                      "--batch_size", "3", "--seed", "0", "--out_dir", str(out), "--progress", "False"]) == 0
-    images, labels = _samples(out)
+    images, labels = read_samples(out)
     assert labels.tolist() == [3, 1, 4, 1]  # the latents' labels, since --class_labels was not given
     assert abs(float(psnr(images, run["images"]).mean()) - reported) < 0.1
 
@@ -59,7 +52,7 @@ def test_sampling_from_inverted_latents_retraces_the_inversion_with_its_labels(r
     assert cli.main(["image_sample", "--model_path", run["unet"], "--sampler", "ddim", "--steps", "20",
                      "--clip_denoised", "False", "--num_samples", "4", "--class_labels", "3,1,4,1", "--seed", "0",
                      "--out_dir", str(seeded), "--progress", "False"]) == 0
-    assert not np.array_equal(_samples(seeded)[0], images)  # without --init_noise: the seeded noise
+    assert not np.array_equal(read_samples(seeded)[0], images)  # without --init_noise: the seeded noise
 
 
 @pytest.mark.parametrize(
