@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 pytest.importorskip("sklearn")
 
-from guided_diffusion.data.stream import mix_seed
 from guided_diffusion.demo.data import InMemoryBatches, load_digits_dataset
 from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.demo.settings import StudySettings
@@ -30,9 +29,9 @@ from guided_diffusion.editing import (
     sdedit,
 )
 from guided_diffusion.editing.io import to_model_input, to_uint8_images
+from guided_diffusion.runtime.rng import SampleNoise, mix_seed
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
-from guided_diffusion.sampling.noise import SampleNoise
 from guided_diffusion.sampling.samplers import SAMPLERS
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ batch streams."""
 from guided_diffusion.data.dataset import ImageBatch, ImageFolderDataset
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, list_image_files
 from guided_diffusion.data.load import load_data
-from guided_diffusion.data.stream import ImageStream, StreamSpec, mix_seed, resolve_class_map
+from guided_diffusion.data.stream import ImageStream, StreamSpec, resolve_class_map
 from guided_diffusion.data.transforms import center_crop_arr, random_crop_arr
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "center_crop_arr",
     "list_image_files",
     "load_data",
-    "mix_seed",
     "random_crop_arr",
     "resolve_class_map",
 ]

@@ -29,23 +29,7 @@ from guided_diffusion.data.files import (
 )
 from guided_diffusion.errors import UserError
 from guided_diffusion.runtime import distributed
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-spread non-negative 63-bit seed from integers (order matters)."""
-    state = 0x2545F4914F6CDD1D
-    for part in parts:
-        state = _splitmix64(state ^ (int(part) & _MASK64))
-    return state >> 1
+from guided_diffusion.runtime.rng import mix_seed
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guided_diffusion.data.stream import mix_seed
 from guided_diffusion.demo.data import InMemoryBatches, load_digits_dataset, require_demo_extras, to_model_input
 from guided_diffusion.demo.generate import balanced_labels, sample_images
 from guided_diffusion.demo.judge import JudgeFeatures
@@ -22,6 +21,7 @@ from guided_diffusion.demo.report import setting_name, write_grid, write_metrics
 from guided_diffusion.demo.settings import StudySettings
 from guided_diffusion.demo.train import TrainedNetwork, train_network
 from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.rng import mix_seed
 from guided_diffusion.sampling.output import save_npz
 
 __all__ = ["StudyResult", "run_study", "classifier_sample_command"]
