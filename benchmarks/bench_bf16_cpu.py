@@ -29,6 +29,7 @@ from common import released_network, time_paths
 from guided_diffusion.checkpoints import load_model, read_config_json
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.demo.judge import JudgeFeatures
+from guided_diffusion.diffusion.stepping import guided_x0
 from guided_diffusion.presets import PRESETS
 from guided_diffusion.sampling.generate import SamplerSettings, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
@@ -85,10 +86,8 @@ def main() -> None:
 
         @torch.no_grad()
         def run():
-            from guided_diffusion.sampling.samplers import _guided_x0
-
-            return _guided_x0(denoiser, x, k, model_kwargs={"y": y}, cond_fn=cond_fn, clip_denoised=True,
-                              threshold=None)
+            return guided_x0(denoiser, x, k, model_kwargs={"y": y}, cond_fn=cond_fn, clip_denoised=True,
+                             threshold=None)
         return run
 
     seconds, outputs = time_paths({"fp32": step(None), "bf16 autocast": step(torch.bfloat16)}, args.repeats)

@@ -31,13 +31,13 @@ from guided_diffusion.checkpoints import load_model
 from guided_diffusion.demo.data import load_digits_dataset
 from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.demo.metrics import Reference, score_samples
+from guided_diffusion.diffusion.grids import GRIDS
+from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.generate import SamplerSettings, draw
-from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import (
     GuidedModel,
     classifier_cond_fn,
 )
-from guided_diffusion.sampling.noise import SampleNoise
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import unipc
 

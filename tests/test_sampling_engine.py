@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import CountingModel, randomise_zero_layers, tiny_adm
 
-from guided_diffusion.sampling.denoiser import DiffusionDenoiser
+from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
+from guided_diffusion.diffusion.grids import GRIDS
 from guided_diffusion.sampling.generate import SamplerSettings, draw
-from guided_diffusion.sampling.grids import GRIDS
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS, ddim
 from guided_diffusion.script_util import create_classifier

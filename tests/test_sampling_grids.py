@@ -8,9 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from guided_diffusion.diffusion.respace import space_timesteps
-from guided_diffusion.diffusion.schedules import get_named_beta_schedule
-from guided_diffusion.sampling.grids import (
+from guided_diffusion.diffusion.grids import (
     DEFAULT_GRID,
     GRIDS,
     SATURATION_MULTIPLIER,
@@ -20,6 +18,8 @@ from guided_diffusion.sampling.grids import (
     saturated_first_step,
     timestep_of_alphas_cumprod,
 )
+from guided_diffusion.diffusion.respace import space_timesteps
+from guided_diffusion.diffusion.schedules import get_named_beta_schedule
 
 
 def schedule(name: str, steps: int = 1000) -> np.ndarray:

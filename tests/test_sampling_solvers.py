@@ -14,11 +14,11 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from guided_diffusion.sampling.denoiser import Denoiser
+from guided_diffusion.diffusion.denoiser import Denoiser
+from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.sampling.guidance import SteeredGuidance
 from guided_diffusion.sampling.samplers import (
     SAMPLERS,
-    NonFiniteSampleError,
     ddim,
     dpmpp_2m,
     euler,

@@ -7,44 +7,23 @@ step does no host-to-device copies (the original re-uploaded each array at every
 """
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
+from guided_diffusion.diffusion.inversion import ddim_invert
 from guided_diffusion.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
-from guided_diffusion.errors import UserError
+from guided_diffusion.diffusion.stepping import ddim_steps, ddpm_steps, progress_bar
+from guided_diffusion.diffusion.types import LossType, ModelMeanType, ModelVarType
+from guided_diffusion.errors import SettingError
 from guided_diffusion.models.layers import mean_flat
+from guided_diffusion.runtime.rng import GeneratorNoise, Generators, randn
 
-Generator = torch.Generator | Sequence[torch.Generator] | None
-
-
-class ModelMeanType(enum.Enum):
-    """What the model's (first C) output channels predict."""
-
-    PREVIOUS_X = enum.auto()  # x_{t-1}
-    START_X = enum.auto()  # x_0
-    EPSILON = enum.auto()  # the noise
-
-
-class ModelVarType(enum.Enum):
-    """How the reverse-process variance is chosen."""
-
-    LEARNED = enum.auto()  # the model outputs log-variance
-    FIXED_SMALL = enum.auto()  # posterior variance beta~_t
-    FIXED_LARGE = enum.auto()  # beta_t (beta~_1 at t = 0)
-    LEARNED_RANGE = enum.auto()  # the model interpolates between log beta~_t and log beta_t
-
-
-class LossType(enum.Enum):
-    MSE = enum.auto()  # raw MSE (+ the unscaled VB term when the variance is learned)
-    RESCALED_MSE = enum.auto()  # the VB term scaled by T/1000
-    KL = enum.auto()  # the variational bound
-    RESCALED_KL = enum.auto()  # the bound times T
-
-    def is_vb(self) -> bool:
-        return self in (LossType.KL, LossType.RESCALED_KL)
+# The enums live in types.py (the denoiser below this module needs them); they are named here too, where
+# the original has them.
+__all__ = ["GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType", "_extract_into_tensor"]
 
 
 def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_shape) -> torch.Tensor:
@@ -53,39 +32,6 @@ def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_sha
     while len(res.shape) < len(broadcast_shape):
         res = res[..., None]
     return res.expand(broadcast_shape)
-
-
-def randn(shape: Sequence[int], generator: Generator = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise. With a list of generators, sample i is drawn from generators[i], so a
-    sample's noise does not depend on the batch it is drawn in."""
-    if generator is None:
-        return torch.randn(*shape, device=device, dtype=dtype)
-    if isinstance(generator, torch.Generator):
-        return torch.randn(*shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-    if len(generator) != shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: pass one per sample")
-    return torch.stack(
-        [torch.randn(*shape[1:], generator=g, device=g.device, dtype=dtype).to(device) for g in generator]
-    )
-
-
-class _GeneratorNoise:
-    """The original loops' noise draws (`randn` with an optional generator or list of them) as a sampler's
-    noise source."""
-
-    def __init__(self, generator: Generator):
-        self.generator = generator
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return randn(x.shape, self.generator, device=x.device, dtype=x.dtype)
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 class GaussianDiffusion:
@@ -121,8 +67,8 @@ class GaussianDiffusion:
         self.num_timesteps = int(betas.shape[0])
         if self.num_timesteps < 2:
             # The posterior's log-variance at t = 0 is borrowed from t = 1, so one step is not a process.
-            raise UserError(f"a diffusion needs at least 2 steps, got {self.num_timesteps}; "
-                            "ask for more with --timestep_respacing / --steps")
+            raise SettingError("timestep_respacing", f"a diffusion needs at least 2 steps, got {self.num_timesteps}; "
+                               "keep more steps in timestep_respacing (or diffusion_steps)")
 
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
@@ -294,7 +240,7 @@ class GaussianDiffusion:
 
     def p_sample(
         self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-        generator: Generator = None, noise: torch.Tensor | None = None,
+        generator: Generators = None, noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One ancestral step x_t -> x_{t-1}. Guidance moves the mean only; `pred_xstart` is the unguided
         prediction (as the original). `noise` or `generator` fixes the draw."""
@@ -308,9 +254,9 @@ class GaussianDiffusion:
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                      model_kwargs=None, device=None, progress=False, generator: Generator = None) -> torch.Tensor:
+                      model_kwargs=None, device=None, progress=False, generator: Generators = None) -> torch.Tensor:
         """Draw samples with the full ancestral sampler; returns the final x_0."""
-        final = None
+        final: dict[str, torch.Tensor] = {}
         for step in self.p_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
             model_kwargs=model_kwargs, device=device, progress=progress, generator=generator,
@@ -320,24 +266,20 @@ class GaussianDiffusion:
 
     def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                                   model_kwargs=None, device=None, progress=False,
-                                  generator: Generator = None) -> Iterator[dict[str, torch.Tensor]]:
+                                  generator: Generators = None) -> Iterator[dict[str, torch.Tensor]]:
         """Yield p_sample's output at every step, from t = T-1 down to 0.
 
-        A compatibility entry point: the loop is the package's one `ddpm` sampler (sampling/samplers.py)."""
-        from guided_diffusion.sampling.samplers import ddpm_steps
-
+        An entry point over the package's one DDPM loop (`stepping.ddpm_steps`)."""
         yield from self._loop(ddpm_steps, model, shape, noise, device, progress, generator, clip_denoised=clip_denoised,
                               threshold=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, desc="DDPM")
 
     def _loop(self, steps, model, shape, noise, device, progress, generator, **kwargs):
         """Run sampler `steps` (ddpm_steps / ddim_steps) on this process, yielding the original's dicts."""
-        from guided_diffusion.sampling.denoiser import DiffusionDenoiser
-
         if device is None:
             device = next(model.parameters()).device
         assert isinstance(shape, (tuple, list))
         img = noise if noise is not None else randn(shape, generator, device=device)
-        for out in steps(DiffusionDenoiser(model, self), img, noise=_GeneratorNoise(generator), progress=progress,
+        for out in steps(DiffusionDenoiser(model, self), img, noise=GeneratorNoise(generator), progress=progress,
                          **kwargs):
             yield {"sample": out["x"], "pred_xstart": out["x0"]}
 
@@ -345,7 +287,7 @@ class GaussianDiffusion:
 
     def ddim_sample(
         self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None, eta=0.0,
-        generator: Generator = None, noise: torch.Tensor | None = None,
+        generator: Generators = None, noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One DDIM step (Song et al. 2021, eq. 12); guidance shifts the score (eps)."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
@@ -379,12 +321,9 @@ class GaussianDiffusion:
         """Invert the deterministic DDIM sampler: map data x_0 to the x_{T-1} from which
         `ddim_sample_loop(noise=...)` (eta = 0) returns approximately x_0 again.
 
-        A compatibility entry point over `sampling.inversion.ddim_invert` (step t goes from level
-        alpha_bar_{t-1}, 1 for t = 0, to alpha_bar_t using eps(x, t), without refinement).
+        An entry point over `inversion.ddim_invert` (step t goes from level alpha_bar_{t-1}, 1 for
+        t = 0, to alpha_bar_t using eps(x, t), without refinement).
         """
-        from guided_diffusion.sampling.denoiser import DiffusionDenoiser
-        from guided_diffusion.sampling.inversion import ddim_invert
-
         if device is None:
             device = next(model.parameters()).device
 
@@ -397,9 +336,9 @@ class GaussianDiffusion:
                            denoised_fn=transform)
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                         model_kwargs=None, device=None, progress=False, eta=0.0, generator: Generator = None) -> torch.Tensor:
+                         model_kwargs=None, device=None, progress=False, eta=0.0, generator: Generators = None) -> torch.Tensor:
         """Draw samples with DDIM; returns the final x_0."""
-        final = None
+        final: dict[str, torch.Tensor] = {}
         for step in self.ddim_sample_loop_progressive(
             model, shape, noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
             model_kwargs=model_kwargs, device=device, progress=progress, eta=eta, generator=generator,
@@ -409,12 +348,10 @@ class GaussianDiffusion:
 
     def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
                                      model_kwargs=None, device=None, progress=False, eta=0.0,
-                                     generator: Generator = None) -> Iterator[dict[str, torch.Tensor]]:
+                                     generator: Generators = None) -> Iterator[dict[str, torch.Tensor]]:
         """Yield ddim_sample's output at every step, from t = T-1 down to 0.
 
-        A compatibility entry point: the loop is the package's one `ddim` sampler (sampling/samplers.py)."""
-        from guided_diffusion.sampling.samplers import ddim_steps
-
+        An entry point over the package's one DDIM loop (`stepping.ddim_steps`)."""
         yield from self._loop(ddim_steps, model, shape, noise, device, progress, generator, clip_denoised=clip_denoised,
                               threshold=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, desc="DDIM")
 
@@ -479,7 +416,7 @@ class GaussianDiffusion:
         device = x_start.device
         batch_size = x_start.shape[0]
         vb, xstart_mse, mse = [], [], []
-        for step in _progress(range(self.num_timesteps - 1, -1, -1), progress, "bits/dim"):
+        for step in progress_bar(range(self.num_timesteps - 1, -1, -1), progress, "bits/dim"):
             t_batch = torch.full((batch_size,), step, device=device, dtype=torch.long)
             noise = torch.randn_like(x_start)
             x_t = self.q_sample(x_start=x_start, t=t_batch, noise=noise)

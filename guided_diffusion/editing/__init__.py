@@ -1,12 +1,13 @@
 """Editing and restoring images with the same models, samplers, seeds and guidance as sampling.
 
-- `ddim_invert` (from `sampling.inversion`, which the original-style `ddim_reverse_sample_loop` also runs):
+- `ddim_invert` (from `diffusion.inversion`, which the original-style `ddim_reverse_sample_loop` also runs):
   images -> the noise DDIM maps back to them (round trip measured by `psnr`).
 - `sdedit`: noise images part-way (or invert them) and sample back, e.g. with a classifier towards a class.
 - `repaint`: inpainting with the known region re-noised every step and resampling jumps.
 - `measurement_cond_fn` with `MaskOperator`, `DownsampleOperator`, `BlurOperator`: diffusion posterior
   sampling as a cond_fn for every sampler, added to classifier guidance with `sum_cond_fns`.
 """
+from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import start_points
 from guided_diffusion.editing.io import (
     load_images,
@@ -26,7 +27,6 @@ from guided_diffusion.editing.measurement import (
 )
 from guided_diffusion.editing.repaint import repaint, repaint_schedule
 from guided_diffusion.editing.sdedit import sdedit
-from guided_diffusion.sampling.inversion import ddim_invert, psnr
 
 __all__ = [
     "BlurOperator",

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
+from guided_diffusion.diffusion.stepping import NoiseSource
 from guided_diffusion.editing.measurement import paste_known
-from guided_diffusion.sampling.denoiser import CondFn, Denoiser
-from guided_diffusion.sampling.samplers import NoiseSource
 
 __all__ = ["repaint", "repaint_schedule"]
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
+from guided_diffusion.diffusion.inversion import ddim_invert
+from guided_diffusion.diffusion.stepping import NoiseSource
 from guided_diffusion.editing.grid import start_points
-from guided_diffusion.sampling.denoiser import CondFn, Denoiser
-from guided_diffusion.sampling.inversion import ddim_invert
-from guided_diffusion.sampling.samplers import SAMPLERS, NoiseSource
+from guided_diffusion.sampling.samplers import SAMPLERS
 
 __all__ = ["sdedit"]
 

@@ -3,10 +3,10 @@
     from guided_diffusion.sampling import load_pipeline
     images = load_pipeline("64x64_diffusion", classifier="auto").sample(4, classes=1, sampler="dpm++2m", steps=20)
 """
+from guided_diffusion.diffusion.denoiser import Denoiser, DiffusionDenoiser
+from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.api import Pipeline, load_pipeline
-from guided_diffusion.sampling.denoiser import Denoiser, DiffusionDenoiser
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
-from guided_diffusion.sampling.noise import SampleNoise
 from guided_diffusion.sampling.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m
 
 __all__ = [

@@ -18,21 +18,35 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from guided_diffusion.diffusion.denoiser import CondFn, DiffusionDenoiser
+from guided_diffusion.diffusion.grids import StepGrid, check_grid_request, make_grid, saturated_first_step
+from guided_diffusion.diffusion.respace import GridDiffusion
+from guided_diffusion.diffusion.stepping import guidance_weight
 from guided_diffusion.runtime import distributed
-from guided_diffusion.sampling.denoiser import CondFn, DiffusionDenoiser, grid_denoiser
-from guided_diffusion.sampling.grids import check_grid_request, make_grid, saturated_first_step
-from guided_diffusion.sampling.guidance import (
-    GUIDANCE_SCHEDULES,
-    GuidedModel,
-    SteeredGuidance,
-    dynamic_threshold,
-    guidance_weight,
-)
-from guided_diffusion.sampling.noise import SampleNoise, random_labels
+from guided_diffusion.runtime.rng import SampleNoise, random_labels
+from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel, SteeredGuidance, dynamic_threshold
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import SAMPLERS
 
-__all__ = ["SamplerSettings", "draw", "class_labels_for", "gather_in_order", "BatchStore", "warn_if_saturated"]
+__all__ = [
+    "SamplerSettings", "grid_denoiser", "draw", "class_labels_for", "gather_in_order", "BatchStore", "warn_if_saturated",
+]
+
+
+def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: StepGrid) -> DiffusionDenoiser:
+    """The continuous-noise engine: `model` (trained with `diffusion`, un-respaced or respaced) on `grid`.
+
+    The grid's levels become a `GridDiffusion`, so every sampler, ddpm with learned variances included,
+    runs on it through the same code as on a respaced process.
+    """
+    base_steps, base_abar = DiffusionDenoiser(model, diffusion)._timestep_table()
+    grid_diffusion = GridDiffusion(
+        grid.timesteps, grid.alphas_cumprod, base_timesteps=base_steps, base_alphas_cumprod=base_abar,
+        original_num_steps=getattr(diffusion, "original_num_steps", diffusion.num_timesteps),
+        model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
+        loss_type=diffusion.loss_type, rescale_timesteps=diffusion.rescale_timesteps,
+    )
+    return DiffusionDenoiser(model, grid_diffusion)
 
 
 @dataclass(frozen=True)
@@ -250,8 +264,8 @@ def gather_in_order(
     if rank != 0:
         return None
     ordered = [kept[b[0]] if b[0] in kept else store.read(b[0]) for b in batches]  # type: ignore[union-attr]
-    labels = [part_labels for _, part_labels in ordered if part_labels is not None]
-    return np.concatenate([images for images, _ in ordered]), (np.concatenate(labels) if labels else None)
+    label_parts = [part_labels for _, part_labels in ordered if part_labels is not None]
+    return np.concatenate([images for images, _ in ordered]), (np.concatenate(label_parts) if label_parts else None)
 
 
 def to_numpy_uint8(x: torch.Tensor) -> np.ndarray:

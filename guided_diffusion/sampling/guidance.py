@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from guided_diffusion.runtime.precision import autocast
 
 __all__ = [
-    "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "guidance_weight",
-    "GUIDANCE_SCHEDULES",
+    "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "GUIDANCE_SCHEDULES",
 ]
 
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
@@ -100,7 +99,7 @@ class SteeredGuidance:
         constant: w = 1;  linear: w = 2 (1 - u);  cosine: w = 1 + cos(pi u).
     linear and cosine average 1 over t and give more guidance at low noise, as the schedules of Wang et
     al. (2024) that improve on a constant scale; Kynkaanniemi et al. (2024) found guidance at high noise
-    harmful, which the interval removes. Samplers read `weight(t)` through `guidance_weight`.
+    harmful, which the interval removes. Samplers read `weight(t)` through `diffusion.stepping.guidance_weight`.
     """
 
     def __init__(
@@ -131,14 +130,6 @@ class SteeredGuidance:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self.cond_fn(x, t, **kwargs)
-
-
-def guidance_weight(cond_fn: Callable[..., torch.Tensor] | None, original_t: float) -> float:
-    """The factor a sampler applies to cond_fn's gradient at original timestep t: 0 means skip the call."""
-    if cond_fn is None:
-        return 0.0
-    weight = getattr(cond_fn, "weight", None)
-    return float(weight(original_t)) if weight is not None else 1.0
 
 
 def classifier_cond_fn(

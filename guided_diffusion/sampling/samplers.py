@@ -5,7 +5,7 @@
 
 `x` is the starting state at the denoiser's noisiest grid point K-1 (noise x ~ N(0, I) for a full
 run); the sampler walks the grid from K-1 down to 0 and returns the clean sample. `noise` supplies the
-fresh noise of stochastic samplers (`randn_like`), e.g. a `SampleNoise` for per-sample seeds; None uses
+fresh noise of stochastic samplers (`randn_like`), e.g. a `runtime.rng.SampleNoise` for per-sample seeds; None uses
 the global torch generator. `cond_fn(x, t, **model_kwargs)` returns the scaled classifier gradient
 s * grad_x log p(y | x_t); a `SteeredGuidance` adds an interval and a schedule over t. `threshold` maps a
 predicted x_0 to a thresholded one (e.g. dynamic thresholding). `callback` receives a dict with the step
@@ -22,87 +22,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from guided_diffusion.sampling.denoiser import CondFn, Denoiser, DiffusionDenoiser
-from guided_diffusion.sampling.guidance import guidance_weight
+from guided_diffusion.diffusion.denoiser import CondFn, Denoiser, DiffusionDenoiser
+from guided_diffusion.diffusion.stepping import (
+    NoiseSource,
+    Threshold,
+    check_finite,
+    ddim_steps,
+    ddpm_steps,
+    grid_steps,
+    guided_x0,
+)
+from guided_diffusion.runtime.rng import GeneratorNoise
 
 __all__ = [
     "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "SAMPLERS",
-    "NoiseSource", "NonFiniteSampleError", "ddpm_steps", "ddim_steps", "model_evaluations",
+    "model_evaluations",
 ]
 
 
-class NonFiniteSampleError(ValueError):
-    """Sampling produced NaN or infinite values; `step` is the grid index where it was first seen."""
-
-    def __init__(self, step: int, sampler: str):
-        super().__init__(
-            f"{sampler} produced non-finite values at step {step} (grid index, counting down to 0): "
-            "the guidance scale may be too large or the model in too low a precision"
-        )
-        self.step = step
-        self.sampler = sampler
-
-
-class NoiseSource(Protocol):
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-class _GlobalNoise:
-    """Draws from the global torch generator, as the original samplers do."""
-
-    @staticmethod
-    def randn_like(x: torch.Tensor) -> torch.Tensor:
-        return torch.randn_like(x)
-
-
-Threshold = Callable[[torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
-
-
-def _steps(denoiser: Denoiser, progress: bool, desc: str = "steps") -> Any:
-    steps = range(denoiser.num_steps - 1, -1, -1)
-    return tqdm(steps, desc=desc, leave=False, disable=not progress)
-
-
-def _check_finite(x: torch.Tensor, k: int, sampler: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteSampleError(k, sampler)
-
-
-def _guided_x0(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    k: int,
-    *,
-    model_kwargs: dict[str, Any],
-    cond_fn: CondFn | None,
-    clip_denoised: bool,
-    threshold: Threshold | None,
-) -> torch.Tensor:
-    """The x_0 prediction the ODE samplers step with: clipped, then guided, then thresholded.
-
-    Guidance is the score shift of Song et al. (the original `condition_score`):
-    eps' = eps - w(t_k) sigma_k * grad log p(y | x_k), w = 1 for a plain cond_fn (a `SteeredGuidance`
-    gives its interval and schedule; where w = 0 the classifier is not called). As in the original, the
-    guided x_0 is not re-clipped.
-    """
-    x0, eps = denoiser.predict(x, k, model_kwargs)
-    if clip_denoised:
-        x0 = x0.clamp(-1, 1)
-    weight = guidance_weight(cond_fn, denoiser.original_timestep(k))
-    if weight != 0.0 and cond_fn is not None:
-        eps = denoiser.eps_from_x0(x, k, x0)
-        gradient = denoiser.cond_gradient(cond_fn, x, k, model_kwargs)
-        eps = eps - denoiser.sigma(k) * (gradient if weight == 1.0 else weight * gradient)
-        x0 = denoiser.x0_from_eps(x, k, eps)
-    if threshold is not None:
-        x0 = threshold(x0)
-    return x0
 
 
 def _run(steps: Iterator[dict[str, Any]], x: torch.Tensor, callback: Callback | None) -> torch.Tensor:
@@ -111,46 +53,6 @@ def _run(steps: Iterator[dict[str, Any]], x: torch.Tensor, callback: Callback | 
         if callback is not None:
             callback(info)
     return x
-
-
-def _weighted(cond_fn: CondFn | None, weight: float) -> CondFn | None:
-    """cond_fn scaled by a steering weight, or None where the weight is 0 (no classifier call)."""
-    if cond_fn is None or weight == 0.0:
-        return None
-    if weight == 1.0:
-        return cond_fn
-    return lambda x, t, **kwargs: weight * cond_fn(x, t, **kwargs)
-
-
-def ddpm_steps(
-    denoiser: DiffusionDenoiser,
-    x: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
-    progress: bool = False,
-    desc: str = "ddpm",
-) -> Iterator[dict[str, Any]]:
-    """`ddpm` one step at a time: yields {"k", "x", "x0"} after each step (x0 the unguided prediction)."""
-    if not isinstance(denoiser, DiffusionDenoiser):
-        raise TypeError("ddpm needs a DiffusionDenoiser: it samples with the diffusion's learned variances")
-    diffusion, model = denoiser.diffusion, denoiser.model
-    noise = noise or _GlobalNoise()
-    model_kwargs = model_kwargs or {}
-    for k in _steps(denoiser, progress, desc):
-        t = denoiser.timesteps(k, x.shape[0], x.device)
-        step_cond = _weighted(cond_fn, guidance_weight(cond_fn, denoiser.original_timestep(k)))
-        with torch.no_grad():
-            out = diffusion.p_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=threshold, cond_fn=step_cond,
-                model_kwargs=model_kwargs, noise=noise.randn_like(x),  # drawn on the last step too, as the original
-            )
-        x = out["sample"]
-        _check_finite(x, k, "ddpm")
-        yield {"k": k, "x": x, "x0": out["pred_xstart"]}
 
 
 def ddpm(
@@ -174,41 +76,6 @@ def ddpm(
     """
     return _run(ddpm_steps(denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
                            clip_denoised=clip_denoised, threshold=threshold, progress=progress), x, callback)
-
-
-def ddim_steps(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
-    progress: bool = False,
-    eta: float = 0.0,
-    desc: str = "ddim",
-) -> Iterator[dict[str, Any]]:
-    """`ddim` one step at a time: yields {"k", "x", "x0"} after each step."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    noise = noise or _GlobalNoise()
-    model_kwargs = model_kwargs or {}
-    for k in _steps(denoiser, progress, desc):
-        with torch.no_grad():
-            x0 = _guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn,
-                            clip_denoised=clip_denoised, threshold=threshold)
-            eps = denoiser.eps_from_x0(x, k, x0)
-            abar = float(denoiser.alphas_cumprod[k])
-            abar_prev = float(denoiser.alphas_cumprod[k - 1]) if k > 0 else 1.0
-            s = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
-            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - s * s, 0.0)) * eps
-            if eta > 0:
-                z = noise.randn_like(x)  # drawn on every step, the last one included, like the original
-                if k > 0:
-                    x = x + s * z
-        _check_finite(x, k, "ddim")
-        yield {"k": k, "x": x, "x0": x0}
 
 
 def ddim(
@@ -255,15 +122,15 @@ def euler(
     (Karras et al. 2022, sec. 3). Deterministic: `noise` is accepted for the shared signature.
     """
     model_kwargs = model_kwargs or {}
-    for k in _steps(denoiser, progress, "euler"):
-        x0 = _guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
+    for k in grid_steps(denoiser, progress, "euler"):
+        x0 = guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
                         threshold=threshold)
         s_k = denoiser.sigma(k) / denoiser.alpha(k)
         s_next = denoiser.sigma(k - 1) / denoiser.alpha(k - 1)
         x_hat = x / denoiser.alpha(k)
         d = (x_hat - x0) / s_k
         x = denoiser.alpha(k - 1) * (x_hat + (s_next - s_k) * d)
-        _check_finite(x, k, "euler")
+        check_finite(x, k, "euler")
         if callback is not None:
             callback({"k": k, "x": x, "x0": x0})
     return x
@@ -300,12 +167,12 @@ def heun(
     """
     if s_churn < 0 or s_noise < 0 or s_tmin < 0 or s_tmax < s_tmin:
         raise ValueError("heun needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
-    noise = noise or _GlobalNoise()
+    noise = noise or GeneratorNoise()
     model_kwargs = model_kwargs or {}
     guide: dict[str, Any] = dict(model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
                                  threshold=threshold)
     gamma_max = min(s_churn / denoiser.num_steps, math.sqrt(2.0) - 1.0)
-    for k in _steps(denoiser, progress, "heun"):
+    for k in grid_steps(denoiser, progress, "heun"):
         s_k = denoiser.sigma(k) / denoiser.alpha(k)
         s_next = denoiser.sigma(k - 1) / denoiser.alpha(k - 1)
         x_hat = x / denoiser.alpha(k)
@@ -314,18 +181,18 @@ def heun(
             s_hat = s_k * (1.0 + gamma)
             x_hat = x_hat + math.sqrt(s_hat**2 - s_k**2) * s_noise * noise.randn_like(x_hat)
             level = denoiser.with_level(1.0 / (1.0 + s_hat**2))
-            x0 = _guided_x0(level, x_hat * level.alpha(0), 0, **guide)
+            x0 = guided_x0(level, x_hat * level.alpha(0), 0, **guide)
         else:
             s_hat = s_k
-            x0 = _guided_x0(denoiser, x, k, **guide)
+            x0 = guided_x0(denoiser, x, k, **guide)
         d = (x_hat - x0) / s_hat
         x_hat_next = x_hat + (s_next - s_hat) * d
         if k > 0:
-            x0_next = _guided_x0(denoiser, denoiser.alpha(k - 1) * x_hat_next, k - 1, **guide)
+            x0_next = guided_x0(denoiser, denoiser.alpha(k - 1) * x_hat_next, k - 1, **guide)
             d_next = (x_hat_next - x0_next) / s_next
             x_hat_next = x_hat + (s_next - s_hat) * 0.5 * (d + d_next)
         x = denoiser.alpha(k - 1) * x_hat_next
-        _check_finite(x, k, "heun")
+        check_finite(x, k, "heun")
         if callback is not None:
             callback({"k": k, "x": x, "x0": x0})
     return x
@@ -355,8 +222,8 @@ def dpmpp_2m(
     model_kwargs = model_kwargs or {}
     x0_prev: torch.Tensor | None = None
     h_prev = 0.0
-    for k in _steps(denoiser, progress, "dpm++2m"):
-        x0 = _guided_x0(
+    for k in grid_steps(denoiser, progress, "dpm++2m"):
+        x0 = guided_x0(
             denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised, threshold=threshold
         )
         if k == 0:
@@ -370,7 +237,7 @@ def dpmpp_2m(
                 d = (1 + half_inv_r) * x0 - half_inv_r * x0_prev
             x = (denoiser.sigma(k - 1) / denoiser.sigma(k)) * x - denoiser.alpha(k - 1) * math.expm1(-h) * d
             x0_prev, h_prev = x0, h
-        _check_finite(x, k, "dpm++2m")
+        check_finite(x, k, "dpm++2m")
         if callback is not None:
             callback({"k": k, "x": x, "x0": x0})
     return x
@@ -394,11 +261,11 @@ def _sde_multistep(
     """The DPM-Solver++ SDE multistep update (see `dpmpp_2m_sde` / `dpmpp_3m_sde`) up to `order`."""
     if s_noise < 0:
         raise ValueError(f"s_noise must be >= 0, got {s_noise}")
-    noise = noise or _GlobalNoise()
+    noise = noise or GeneratorNoise()
     model_kwargs = model_kwargs or {}
     history: list[tuple[torch.Tensor, float]] = []  # (x0, h) of earlier steps, newest last
-    for k in _steps(denoiser, progress, name):
-        x0 = _guided_x0(
+    for k in grid_steps(denoiser, progress, name):
+        x0 = guided_x0(
             denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised, threshold=threshold
         )
         if k == 0:
@@ -423,7 +290,7 @@ def _sde_multistep(
                 x = x + alpha_next * phi_2 * (x0 - x0_1) * (h / h_1)
             x = x + sigma_next * math.sqrt(one_minus) * s_noise * noise.randn_like(x)
             history = (history + [(x0, h)])[-2:]
-        _check_finite(x, k, name)
+        check_finite(x, k, name)
         if callback is not None:
             callback({"k": k, "x": x, "x0": x0})
     return x
@@ -556,8 +423,8 @@ def unipc(
             residual = sum(c * d for c, d in zip(coeffs[:-1], d1s)) + coeffs[-1] * (m_t - m0)
         return x_t - denoiser.alpha(k_t) * b_h * residual
 
-    for k in _steps(denoiser, progress, "unipc"):
-        m = _guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
+    for k in grid_steps(denoiser, progress, "unipc"):
+        m = guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
                        threshold=threshold)
         history.append((m, denoiser.log_snr(k)))
         if last is not None and k > 0:  # correct the state at this level with the fresh evaluation
@@ -569,7 +436,7 @@ def unipc(
             last = (x, p)
             x = update(x, denoiser.log_snr(k - 1), k - 1, p, None)
         history = history[-order:]
-        _check_finite(x, k, "unipc")
+        check_finite(x, k, "unipc")
         if callback is not None:
             callback({"k": k, "x": x, "x0": m})
     return x

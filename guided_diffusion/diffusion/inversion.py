@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from guided_diffusion.sampling.denoiser import Denoiser
+from guided_diffusion.diffusion.denoiser import Denoiser
+from guided_diffusion.diffusion.stepping import progress_bar
 
 __all__ = ["ddim_invert", "psnr"]
 
@@ -56,8 +56,7 @@ def ddim_invert(
             x0 = denoised_fn(x0)
         return denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
 
-    steps = tqdm(range(denoiser.num_steps), desc="inversion", leave=False, disable=not progress)
-    for k in steps:
+    for k in progress_bar(range(denoiser.num_steps), progress, "inversion"):
         _, eps = denoiser.predict(x, k, model_kwargs)
         x_next = step_up(eps, k)
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

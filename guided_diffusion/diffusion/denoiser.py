@@ -1,13 +1,13 @@
 """A diffusion model seen as a denoiser D(x; sigma) on a grid of variance-preserving noise levels.
 
 Grid point k has signal level alpha_k = sqrt(abar_k) and noise level sigma_k = sqrt(1 - abar_k), so
-x_k = alpha_k * x_0 + sigma_k * eps. A denoiser predicts x_0 and eps from x_k; the samplers in
-`samplers.py` need nothing else, which lets them be checked against a distribution whose exact
-predictions are known in closed form.
+x_k = alpha_k * x_0 + sigma_k * eps. A denoiser predicts x_0 and eps from x_k; the samplers
+(`stepping.py`, `sampling/samplers.py`) need nothing else, which lets them be checked against a
+distribution whose exact predictions are known in closed form.
 
 The grid is any decreasing sequence of levels: a (respaced) `GaussianDiffusion`'s own steps, or a
-`GridDiffusion` built by `grid_denoiser` from a step grid (`grids.py`), whose levels fall between the
-model's trained steps. A discrete ADM model is evaluated there at the fractional timestep whose log-SNR
+`GridDiffusion` built from a step grid (`grids.py`; `sampling.generate.grid_denoiser`), whose levels fall
+between the model's trained steps. A discrete ADM model is evaluated there at the fractional timestep whose log-SNR
 matches (linear interpolation between the neighbouring trained steps; ADM's sinusoidal timestep
 embedding takes real t), and the classifier sees the same t. `with_level(abar)` evaluates between grid
 points (EDM's churn needs that).
@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.diffusion.respace import GridDiffusion
-from guided_diffusion.gaussian_diffusion import ModelMeanType, ModelVarType
-from guided_diffusion.sampling.grids import StepGrid, timestep_of_alphas_cumprod
+from guided_diffusion.diffusion.grids import timestep_of_alphas_cumprod
+from guided_diffusion.diffusion.types import ModelMeanType, ModelVarType
 
-__all__ = ["Denoiser", "DiffusionDenoiser", "CondFn", "grid_denoiser"]
+__all__ = ["Denoiser", "DiffusionDenoiser", "CondFn"]
 
 # cond_fn(x, t, **model_kwargs) -> guidance_scale * grad_x log p(y | x_t), as in the original.
 CondFn = Callable[..., torch.Tensor]
@@ -128,9 +127,9 @@ class DiffusionDenoiser(Denoiser):
 
     def _timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(original timesteps, alphas_cumprod) of the finest schedule known: the base process of a
-        GridDiffusion, else the (respaced) steps themselves."""
+        GridDiffusion (which keeps it as `base_timesteps`), else the (respaced) steps themselves."""
         diffusion = self.diffusion
-        if isinstance(diffusion, GridDiffusion):
+        if getattr(diffusion, "base_timesteps", None) is not None:
             return diffusion.base_timesteps, diffusion.base_alphas_cumprod
         timestep_map = getattr(diffusion, "timestep_map", None)
         steps = np.asarray(timestep_map if timestep_map is not None else range(diffusion.num_timesteps), dtype=np.float64)
@@ -209,18 +208,3 @@ class _LevelView(Denoiser):
     def cond_gradient(self, cond_fn: CondFn, x: torch.Tensor, k: int, model_kwargs: dict[str, Any]) -> torch.Tensor:
         return self.parent.cond_gradient_level(cond_fn, x, self.level, model_kwargs)
 
-
-def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: StepGrid) -> DiffusionDenoiser:
-    """The continuous-noise engine: `model` (trained with `diffusion`, un-respaced or respaced) on `grid`.
-
-    The grid's levels become a `GridDiffusion`, so every sampler, ddpm with learned variances included,
-    runs on it through the same code as on a respaced process.
-    """
-    base_steps, base_abar = DiffusionDenoiser(model, diffusion)._timestep_table()
-    grid_diffusion = GridDiffusion(
-        grid.timesteps, grid.alphas_cumprod, base_timesteps=base_steps, base_alphas_cumprod=base_abar,
-        original_num_steps=getattr(diffusion, "original_num_steps", diffusion.num_timesteps),
-        model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
-        loss_type=diffusion.loss_type, rescale_timesteps=diffusion.rescale_timesteps,
-    )
-    return DiffusionDenoiser(model, grid_diffusion)
