@@ -155,8 +155,8 @@ def test_layout_check_accepts_each_released_layout_and_nothing_else(name, tmp_pa
 
     import torch
 
+    from guided_diffusion.checkpoints import check_preset_file
     from guided_diffusion.errors import UserError
-    from guided_diffusion.presets import check_preset_file
 
     layout = json.loads((COMPAT / f"{name}.json").read_text())["keys"]
     state = {key: torch.empty(shape, device="meta") for key, shape in layout}

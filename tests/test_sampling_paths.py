@@ -27,9 +27,9 @@ from helpers import (
 )
 
 from guided_diffusion.cli import main
+from guided_diffusion.diffusion.grids import GRIDS
+from guided_diffusion.errors import SettingError
 from guided_diffusion.sampling import load_pipeline
-from guided_diffusion.sampling.grids import GRIDS
-from guided_diffusion.sampling.job import JobError
 from guided_diffusion.sampling.output import save_grid
 from guided_diffusion.sampling.samplers import SAMPLERS
 
@@ -239,12 +239,12 @@ def test_a_saturating_guided_grid_warns_in_one_line_and_the_default_grid_does_no
 
 
 def test_library_errors_are_in_library_terms(pipe):
-    with pytest.raises(JobError, match="steps must be >= 2") as info:
+    with pytest.raises(SettingError, match="steps must be >= 2") as info:
         pipe.sample(2, steps=1)
-    assert info.value.option == "steps"
-    with pytest.raises(JobError, match="finite") as info:
+    assert info.value.setting == "steps"
+    with pytest.raises(SettingError, match="finite") as info:
         pipe.sample(2, guidance_scale=float("nan"))
-    assert info.value.option == "classifier_scale"
+    assert info.value.setting == "classifier_scale"
 
 
 # -- the grid beside the npz ------------------------------------------------------------------------------
@@ -274,5 +274,5 @@ def test_api_upsample_equals_super_res_sample(ckpt, tmp_path):
     api = upsampler.upsample(base, classes=[9, 1, 5], sampler="dpm++2m", steps=5, seed=2, batch_size=1)
     assert cli_labels.tolist() == [9, 1, 5]
     assert_same_images(api, cli)
-    with pytest.raises(JobError, match="class-conditional"):
+    with pytest.raises(SettingError, match="class-conditional"):
         upsampler.upsample(base, sampler="ddim", steps=5)
