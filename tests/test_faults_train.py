@@ -179,7 +179,7 @@ BAD_FLAGS = [
     (["--lr", "nan"], "--lr"),
     (["--ema_rate", "1.5"], "--ema_rate"),
     (["--ema_rate", "0.9,0"], "--ema_rate"),
-    (["--image_size", "10", "--channel_mult", "1,2,2"], "--image_size: image_size 10 cannot be halved 2 times"),
+    (["--image_size", "10", "--channel_mult", "1,2,2"], "--image_size 10 cannot be halved 2 times"),
     (["--iteration", "5"], "unrecognized arguments: --iteration"),  # no prefix matching
 ]
 

@@ -156,7 +156,7 @@ def test_non_finite_scales_are_one_line_errors(ckpt, tmp_path, capsys, flag, val
     extra = ("--sampler", "ddim") if flag == "--eta" else ()
     assert run("classifier_sample", f"{CFG} {CLASSIFIER}", out, "--model_path", str(ckpt["cfg"]), "--classifier_path",
                str(ckpt["classifier"]), f"{flag}={value}", *extra) == 2
-    line = _one_line_error(capsys, f"{flag}: ")
+    line = _one_line_error(capsys, f"error: {flag} ")
     assert "finite" in line or (value == "-inf" and ">= 0" in line)  # SamplerSettings checks eta's sign first
     assert not out.exists()
 
@@ -207,7 +207,7 @@ def test_flag_abbreviations_are_errors(ckpt, tmp_path, capsys):
 
 def test_bad_solver_options_name_their_flag(ckpt, tmp_path, capsys):
     for extra, needle in (
-        (("--steps", "1"), "--steps: steps must be >= 2"),
+        (("--steps", "1"), "--steps must be >= 2"),
         (("--sampler", "ddim", "--s_churn", "1"), "--s_churn"),
         (("--steps", "5", "--sigma_min", "0"), "--sigma_min"),
         (("--guidance_interval", "5,1"), "--guidance_interval"),

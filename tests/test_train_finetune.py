@@ -79,7 +79,7 @@ def test_finetune_step_zero_weights_equal_the_checkpoint(base_run, tmp_path):
     "flags, message",
     [
         (["--init_from", "/nonexistent/model.pt"], "neither a checkpoint file nor a released preset"),
-        (["--num_channels", "64"], "--num_channels: num_channels 64 disagrees"),
+        (["--num_channels", "64"], "--num_channels 64 disagrees"),
     ],
 )
 def test_init_from_errors(base_run, tmp_path, flags, message):

@@ -47,12 +47,17 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def flag_message(exc: UserError, flag_of_setting: dict[str, str] | None = None) -> str:
-    """The one-line message for bad input: a SettingError is prefixed by the flag that sets it
-    (`--<setting>` unless `flag_of_setting` names another), other errors are already in flag terms."""
-    if isinstance(exc, SettingError):
-        flag = (flag_of_setting or {}).get(exc.setting, f"--{exc.setting}")
-        return f"{flag}: {exc}"
-    return str(exc)
+    """The one-line message for bad input. A SettingError speaks of the flag that sets it (`--<setting>`
+    unless `flag_of_setting` names another): a message that opens with the setting's name opens with the
+    flag instead ("--image_size 10 cannot be halved ..."), any other is prefixed by it. Other errors are
+    already in flag terms."""
+    if not isinstance(exc, SettingError):
+        return str(exc)
+    flag = (flag_of_setting or {}).get(exc.setting, f"--{exc.setting}")
+    text = str(exc)
+    if text.startswith(exc.setting) and text[len(exc.setting):][:1] in (" ", ":", "="):
+        return flag + text[len(exc.setting):]
+    return f"{flag}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:

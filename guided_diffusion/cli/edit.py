@@ -224,7 +224,7 @@ def _read_images(args: argparse.Namespace, size: int, hint: str = "") -> tuple[n
     try:
         return load_images(args.input, size)
     except ValueError as exc:
-        raise UserError(f"--input: {exc}{hint}") from None
+        raise SettingError("input", f"{exc}{hint}") from None
 
 
 def _labels(args: argparse.Namespace, config: ModelConfig, count: int, given: np.ndarray | None) -> np.ndarray | None:
@@ -417,7 +417,7 @@ def _mask_for(args: argparse.Namespace, count: int, size: int) -> np.ndarray:
     try:
         return load_mask(args.mask, count, size)
     except ValueError as exc:
-        raise UserError(f"--mask: {exc}") from None
+        raise SettingError("mask", str(exc)) from None
 
 
 def inpaint(argv: list[str]) -> int:

@@ -29,7 +29,7 @@ from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.errors import UserError
 from guided_diffusion.runtime import distributed, logs
-from guided_diffusion.runtime.precision import autocast
+from guided_diffusion.runtime.autocast import autocast
 from guided_diffusion.runtime.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.ema import parse_ema_rates, update_ema
@@ -426,7 +426,7 @@ class TrainerBase:
                 train_state=train_state,
             )
             removed = snapshots.prune_checkpoints(self.run_dir, self.options.keep_last)
-            note = f"; removed checkpoints of steps {removed} (--keep_last {self.options.keep_last})" if removed else ""
+            note = f"; removed checkpoints of steps {removed} (keep_last {self.options.keep_last})" if removed else ""
             with tqdm.external_write_mode():
                 logs.log(f"saved checkpoint {snapshots.model_name(self.step)} in {self.run_dir} ({time.time() - start:.1f}s){note}")
         self._last_saved_step = self.step
