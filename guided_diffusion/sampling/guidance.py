@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.runtime.precision import autocast
+from guided_diffusion.runtime.autocast import autocast
 
 __all__ = [
     "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "GUIDANCE_SCHEDULES",
@@ -66,6 +66,7 @@ class GuidedModel:
         with autocast(x.device, self.autocast_dtype):
             if self.cfg_scale == 1.0 or not self._guides_at(t):
                 return self.model(x, t, y=y, **kwargs).float()
+            assert y is not None and self.null_label is not None  # check_cfg: guidance needs labels and a null label
             null = torch.full_like(y, self.null_label)
             doubled = {name: torch.cat([value, value]) for name, value in kwargs.items()}
             out = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **doubled).float()
