@@ -148,7 +148,8 @@ def _inpainting(args, denoiser, model, diffusion, predict_x0, judge, x, images, 
     keep_hw = keep.numpy().transpose(0, 2, 3, 1) > 0.5
     start = _in_batches(lambda idx: SampleNoise(seed, idx).randn((len(idx), 3, 8, 8)), n, batch)
     unguided = to_uint8_images(_in_batches(lambda idx: SAMPLERS["ddim"](denoiser, start[idx]), n, batch))
-    print(f"inpainting the lower half: unguided samples from the same noise read as the true class {np.mean(judge.predict(unguided) == labels):.1%} (chance)")
+    unguided_accuracy = np.mean(judge.predict(unguided) == labels)
+    print(f"inpainting the lower half: unguided samples from the same noise read as the true class {unguided_accuracy:.1%} (chance)")
     for jump_length, jump_n in ((1, 1), (args.jump_length, args.jump_n_sample)):
         def fill(idx: list[int], jump_length: int = jump_length, jump_n: int = jump_n) -> torch.Tensor:
             noise = SampleNoise(seed, idx)

@@ -270,6 +270,7 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool, label: 
     offset = part.stat().st_size if record is not None else 0
     headers = {"User-Agent": _USER_AGENT}
     if offset:
+        assert record is not None  # a part is resumed only with its record
         headers["Range"] = f"bytes={offset}-"
         headers["If-Range"] = record["validator"]
     request = urllib.request.Request(url, headers=headers)
@@ -294,6 +295,7 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool, label: 
         length_header = response.headers.get("Content-Length")
         body_length = int(length_header) if length_header is not None else None
         if offset and status == 206:
+            assert record is not None
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
                 raise _RestartNeeded()

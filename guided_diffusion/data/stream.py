@@ -28,7 +28,7 @@ from guided_diffusion.data.files import (
     list_image_files,
 )
 from guided_diffusion.errors import UserError
-from guided_diffusion.runtime import distributed
+from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.rng import mix_seed
 
 
@@ -201,8 +201,6 @@ class ImageStream:
             if self.spec.skip_bad_images:
                 raise UserError(f"{len(batch.bad_files)} images in a row could not be read, the last {path} ({reason}): check the data folder")
             raise UserError(f"cannot read image {path} ({reason}): fix or delete it, or pass --skip_bad_images True")
-        from guided_diffusion.runtime import logs
-
         for path, reason in batch.bad_files:
             if path not in self.skipped_files:
                 self.skipped_files.add(path)
@@ -218,9 +216,8 @@ class ImageStream:
         samples = int(state.get("samples", 0))
         self.position = samples // self.global_batch
         if samples % self.global_batch:
-            from guided_diffusion.runtime import logs
-
-            logs.log(f"data position {samples} samples is not a multiple of the global batch {self.global_batch}; continuing from batch {self.position}")
+            logs.log(f"data position {samples} samples is not a multiple of the global batch {self.global_batch}; "
+                     f"continuing from batch {self.position}")
 
     def close(self) -> None:
         """Stop the worker processes."""

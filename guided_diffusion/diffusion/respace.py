@@ -74,8 +74,9 @@ class SpacedDiffusion(GaussianDiffusion):
     the model and `cond_fn` always receive original timesteps."""
 
     def __init__(self, use_timesteps: Iterable[int], **kwargs):
-        self.use_timesteps = set(use_timesteps)
-        self.timestep_map: list[int] = []
+        # float: a GridDiffusion's levels may fall between trained steps (ints here)
+        self.use_timesteps: set[float] = set(use_timesteps)
+        self.timestep_map: list[float] = []
         self.original_num_steps = len(kwargs["betas"])
         base_diffusion = GaussianDiffusion(**kwargs)
         last_alpha_cumprod = 1.0

@@ -174,7 +174,7 @@ class NpzWriter:
             raise RuntimeError("finish the current streamed array before starting another")
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
         self._stream = self._archive.open(f"{name}.npy", "w", force_zip64=True)
-        np.lib.format.write_array_header_1_0(self._stream, header)  # type: ignore[arg-type]  # a binary writer
+        np.lib.format.write_array_header_1_0(self._stream, header)
         self._stream_dtype = np.dtype(dtype)
         self._stream_row_shape = tuple(shape[1:])
         self._stream_left = shape[0]

@@ -36,7 +36,7 @@ class TimestepBlock(nn.Module):
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
     """A Sequential that hands the timestep embedding to the children that take one."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # takes emb too
         for layer in self:
             x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
         return x
@@ -110,6 +110,8 @@ class ResBlock(TimestepBlock):
             normalization(channels), nn.SiLU(), conv_nd(dims, channels, self.out_channels, 3, padding=1)
         )
         self.updown = up or down
+        self.h_upd: nn.Module
+        self.x_upd: nn.Module
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
         elif down:
@@ -125,6 +127,7 @@ class ResBlock(TimestepBlock):
             nn.Dropout(p=dropout),
             zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
         )
+        self.skip_connection: nn.Module
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
         elif use_conv:
@@ -174,6 +177,8 @@ class _Encoder(nn.Module):
         "dropout", "channel_mult", "conv_resample", "num_classes", "use_checkpoint", "num_heads",
         "num_head_channels", "num_heads_upsample",
     )
+    model_channels: int  # set by _record_hyperparameters, like the other names above
+    num_classes: int | None
 
     def _record_hyperparameters(self, values: dict) -> None:
         """Keep the constructor arguments as attributes, as the original does (code reads model.num_classes)."""
@@ -319,7 +324,7 @@ class UNetModel(_Encoder):
             raise ValueError("pass y (class labels) if and only if the model is class-conditional")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
-            assert y.shape == (x.shape[0],)
+            assert y is not None and y.shape == (x.shape[0],)
             emb = emb + self.label_emb(y)
         skips = []
         h = x.type(self.dtype)
@@ -338,7 +343,7 @@ class SuperResModel(UNetModel):
     def __init__(self, image_size: int, in_channels: int, *args, **kwargs):
         super().__init__(image_size, in_channels * 2, *args, **kwargs)
 
-    def forward(self, x, timesteps, low_res=None, **kwargs):  # type: ignore[override]
+    def forward(self, x, timesteps, low_res=None, **kwargs):
         _, _, new_height, new_width = x.shape
         upsampled = F.interpolate(low_res, (new_height, new_width), mode="bilinear")
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, **kwargs)
