@@ -227,6 +227,30 @@ def run(command: str, flags: str, out_dir: Path | None, *extra: str) -> int:
     return main(argv)
 
 
+def one_line_error(capsys, *fragments: str) -> str:
+    """The stderr of a command that refused bad input: one line, "error: ...", no traceback, holding
+    every fragment. Returns the line."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+    return lines[0]
+
+
+def refused(capsys, code: int, *fragments: str) -> str:
+    """A command's exit `code` is 2 and its stderr is `one_line_error`'s line."""
+    assert code == 2, capsys.readouterr().err
+    return one_line_error(capsys, *fragments)
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    """The one-line error of `guided-diffusion ARGV`, which must exit 2."""
+    from guided_diffusion.cli import main
+
+    return refused(capsys, main(argv))
+
+
 def load_npz(path: Path) -> list[np.ndarray]:
     with np.load(path) as data:
         return [data[k] for k in data.files]

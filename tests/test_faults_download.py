@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import CLASSIFIER, make_checkpoints
+from helpers import CLASSIFIER, make_checkpoints, one_line_error
 
 from guided_diffusion.cli import main
 from guided_diffusion.presets import PRESETS, Preset
@@ -63,14 +63,6 @@ def _cache_files(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.is_dir() else []
 
 
-def _one_line_error(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
-
-
 def test_mirror_serves_a_good_file_which_installs_with_its_sha256_verified_later(mirror, checkpoints, capsys):
     httpd, cache = mirror
     assert main(["download", "tiny_classifier"]) == 0
@@ -85,9 +77,9 @@ def test_mirror_serves_a_good_file_which_installs_with_its_sha256_verified_later
     data[len(data) // 2] ^= 0xFF
     (cache / "tiny_classifier.pt").write_bytes(bytes(data))
     assert main(["download", "tiny_classifier"]) == 2
-    _one_line_error(capsys, "does not match the recorded sha256")
+    one_line_error(capsys, "does not match the recorded sha256")
     assert main(["presets", "--verify"]) == 2
-    _one_line_error(capsys, "failed verification", "tiny_classifier")
+    one_line_error(capsys, "failed verification", "tiny_classifier")
     assert len(httpd.requests) == 1
 
 
@@ -95,7 +87,7 @@ def test_wrong_file_served_for_a_released_name_is_deleted(mirror, checkpoints, c
     httpd, cache = mirror
     httpd.files["/mirror/64x64_classifier.pt"] = checkpoints["classifier"].read_bytes()  # a real, but wrong, net
     assert main(["download", "64x64_classifier"]) == 2
-    _one_line_error(capsys, "not the expected file and was deleted", "layout of the released 64x64_classifier")
+    one_line_error(capsys, "not the expected file and was deleted", "layout of the released 64x64_classifier")
     assert _cache_files(cache) == []
 
 
@@ -103,7 +95,7 @@ def test_truncated_file_without_content_length_is_refused(mirror, capsys):
     httpd, cache = mirror
     httpd.truncate_without_length = True
     assert main(["download", "tiny_classifier"]) == 2
-    _one_line_error(capsys, "no Content-Length")
+    one_line_error(capsys, "no Content-Length")
     assert _cache_files(cache) == []
 
 
@@ -131,7 +123,7 @@ def test_malicious_pickle_served_as_a_checkpoint_runs_nothing(mirror, tmp_path, 
     marker = tmp_path / "pwned"
     httpd.files["/mirror/tiny_classifier.pt"] = pickle.dumps({"w": _Marker(str(marker))})
     assert main(["download", "tiny_classifier"]) == 2
-    _one_line_error(capsys, "deleted")
+    one_line_error(capsys, "deleted")
     assert not marker.exists() and _cache_files(cache) == []
 
 
@@ -141,7 +133,7 @@ def test_cache_directory_that_is_a_file_is_one_line_naming_the_variable(layout, 
     blocker.write_text("x")
     monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(blocker if layout == "file" else blocker / "sub"))
     assert main(["download", "tiny_classifier"]) == 2
-    _one_line_error(capsys, "GUIDED_DIFFUSION_CACHE")
+    one_line_error(capsys, "GUIDED_DIFFUSION_CACHE")
 
 
 COMPAT = Path(__file__).parent / "compat"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSIFIER, COND, child_env, make_checkpoints
+from helpers import CLASSIFIER, COND, child_env, make_checkpoints, refused
 
 from guided_diffusion.checkpoints import load_model, load_state_dict, read_config_json, save_checkpoint
 from guided_diffusion.cli import main
@@ -30,15 +30,6 @@ SAMPLE_ARGS = ["--timestep_respacing", "3", "--num_samples", "1", "--batch_size"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
-def _one_line(capsys, code: int, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def _sample(tmp_path: Path, model: Path, *extra: str) -> int:
@@ -80,7 +71,7 @@ def test_unreadable_checkpoint_is_described_in_plain_words(case, checkpoints, tm
     path, message = _damaged_copies(checkpoints["cond"], tmp_path / "bad")[case]
     with pytest.raises(UserError, match=re.escape(message)):
         load_state_dict(path)
-    err = _one_line(capsys, _sample(tmp_path, path), message, path.name)
+    err = refused(capsys, _sample(tmp_path, path), message, path.name)
     assert "PytorchStreamReader" not in err and "Error while deserializing" not in err
     _nothing_written(tmp_path)
 
@@ -98,7 +89,7 @@ def test_weights_holding_nan_or_inf_are_refused_at_load(role, checkpoints, tmp_p
     else:
         code = main(["classifier_sample", *COND.split(), *CLASSIFIER.split(), "--model_path", str(checkpoints["cond"]),
                      "--classifier_path", str(bad), "--out_dir", str(tmp_path / "out"), *SAMPLE_ARGS])
-    _one_line(capsys, code, "NaN or infinite", bad.name, key)
+    refused(capsys, code, "NaN or infinite", bad.name, key)
     _nothing_written(tmp_path)
 
 
@@ -127,7 +118,7 @@ def test_broken_config_json_is_one_line(case, checkpoints, tmp_path, capsys):
         read_config_json(model)
     with pytest.raises(UserError):
         load_model(model)
-    err = _one_line(capsys, main(["image_sample", "--model_path", str(model), "--out_dir", str(tmp_path / "out"),
+    err = refused(capsys, main(["image_sample", "--model_path", str(model), "--out_dir", str(tmp_path / "out"),
                                   *SAMPLE_ARGS]), "config.json")
     assert message in err or text is None
     assert not marker.exists()
@@ -150,10 +141,10 @@ def test_malicious_pickles_as_sampling_checkpoints_run_nothing(checkpoints, tmp_
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pt"
     torch.save({"w": _Marker(marker)}, evil)
-    _one_line(capsys, _sample(tmp_path, evil), "pickled Python objects", "evil.pt")
+    refused(capsys, _sample(tmp_path, evil), "pickled Python objects", "evil.pt")
     code = main(["classifier_sample", *COND.split(), *CLASSIFIER.split(), "--model_path", str(checkpoints["cond"]),
                  "--classifier_path", str(evil), "--out_dir", str(tmp_path / "out2"), *SAMPLE_ARGS])
-    _one_line(capsys, code, "pickled Python objects")
+    refused(capsys, code, "pickled Python objects")
     assert not marker.exists()
 
 
@@ -165,7 +156,7 @@ def _object_npz(path: Path, marker: Path) -> Path:
 def test_malicious_pickles_in_npz_files_run_nothing(checkpoints, tmp_path, capsys):
     marker = tmp_path / "code-ran"
     evil = _object_npz(tmp_path / "evil.npz", marker)
-    _one_line(capsys, main(["evaluate", str(evil), str(evil), "--inception_weights", str(tmp_path / "none.pth")]),
+    refused(capsys, main(["evaluate", str(evil), str(evil), "--inception_weights", str(tmp_path / "none.pth")]),
               "Python objects")
     code = main(["super_res_sample", "--large_size", "8", "--small_size", "4", "--class_cond", "True",
                  *COND.split()[4:], "--model_path", str(checkpoints["sr"]), "--base_samples", str(evil),
@@ -191,7 +182,7 @@ def test_malicious_pickles_as_evaluator_and_fine_tuning_weights_run_nothing(tmp_
         Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(data / f"{i}.png")
     code = main(["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "run"), "--init_from", str(evil),
                  "--iterations", "1", "--num_workers", "0"])
-    _one_line(capsys, code, "pickled Python objects")
+    refused(capsys, code, "pickled Python objects")
     assert not marker.exists()
 
 
@@ -208,7 +199,7 @@ def test_truncated_and_crc_corrupt_npz_are_one_line(tmp_path, capsys):
     data = good.read_bytes()
     cut = tmp_path / "cut.npz"
     cut.write_bytes(data[: len(data) // 2])
-    _one_line(capsys, main(["evaluate", str(cut), str(good), "--inception_weights", str(tmp_path / "none.pth")]),
+    refused(capsys, main(["evaluate", str(cut), str(good), "--inception_weights", str(tmp_path / "none.pth")]),
               "cut short or not a zip archive")
     # Flip one byte inside the array data: the zip is intact, its CRC no longer matches.
     corrupt = tmp_path / "crc.npz"
@@ -241,7 +232,7 @@ def test_evaluator_outputs_are_checked_before_any_work(case, tmp_path, capsys, m
         args = args[:3]
     named = {"json_is_dir": "--json", "json_under_file": "--json", "stats_under_file": "--save_stats",
              "cache_is_file": "GUIDED_DIFFUSION_CACHE"}[case]
-    _one_line(capsys, main([*args, *flag]), named)
+    refused(capsys, main([*args, *flag]), named)
     assert blocker.read_text() == "x"
 
 

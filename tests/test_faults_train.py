@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import child_env, make_blob_dataset, write_image
+from helpers import child_env, error_of, make_blob_dataset, write_image
 
 from guided_diffusion import logger
 from guided_diffusion.cli import main
@@ -113,7 +113,7 @@ def test_second_trainer_on_a_live_run_directory_is_refused_and_the_first_is_unha
     first = _start([*args, "--iterations", "100000", "--save_interval", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for(run / ck.state_name(5), first)
     log_before = (run / "log.txt").read_text()
-    message = _error_of(capsys, [*args, "--iterations", "3", "--save_interval", "1", "--resume", "auto"])
+    message = error_of(capsys, [*args, "--iterations", "3", "--save_interval", "1", "--resume", "auto"])
     assert "is in use by another training run" in message and f"pid {first.pid}" in message
     assert first.poll() is None  # still training
     assert (run / "log.txt").read_text().startswith(log_before)
@@ -165,14 +165,6 @@ def test_pruning_cut_short_by_a_kill_leaves_no_orphan(tmp_path, monkeypatch):
 # -- bad input: one line, exit 2, nothing written -------------------------------------------------------
 
 
-def _error_of(capsys, args: list[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 BAD_FLAGS = [
     (["--iterations", "-1"], "--iterations"),
     (["--lr", "-0.1"], "--lr"),
@@ -194,7 +186,7 @@ def test_bad_numbers_are_one_line_and_write_nothing(flags, named, data_dir, tmp_
             main(args)
         assert info.value.code == 2 and named in capsys.readouterr().err
     else:
-        assert named in _error_of(capsys, args)
+        assert named in error_of(capsys, args)
     assert not run.exists() or not any(run.iterdir())
 
 
@@ -203,7 +195,7 @@ def test_log_dir_that_is_a_file_is_one_line(layout, data_dir, tmp_path, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     log_dir = blocker if layout == "file" else blocker / "run"
-    message = _error_of(capsys, ["image_train", "--data_dir", str(data_dir), "--log_dir", str(log_dir), *TINY,
+    message = error_of(capsys, ["image_train", "--data_dir", str(data_dir), "--log_dir", str(log_dir), *TINY,
                                  "--num_workers", "0", "--iterations", "2"])
     assert "--log_dir" in message and str(log_dir) in message
     assert blocker.read_text() == "x"
@@ -215,7 +207,7 @@ def test_wrong_image_size_for_a_checkpoint_names_image_size(tmp_path, capsys):
             "--diffusion_steps", "50", "--num_workers", "0", "--batch_size", "2", "--iterations", "1", "--save_interval", "1"]
     assert main(["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "a"), "--image_size", "16", *arch]) == 0
     capsys.readouterr()
-    message = _error_of(capsys, ["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "b"), "--image_size", "8",
+    message = error_of(capsys, ["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "b"), "--image_size", "8",
                                  "--resume_checkpoint", str(tmp_path / "a" / ck.model_name(1)), *arch])
     assert "use --image_size 16" in message and "--attention_resolutions" not in message
 

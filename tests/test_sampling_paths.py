@@ -23,6 +23,7 @@ from helpers import (
     free_port,
     load_npz,
     make_checkpoints,
+    one_line_error,
     run,
 )
 
@@ -141,14 +142,6 @@ def _sample(tmp_path: Path, name: str, command: str, flags: str, *extra: str) ->
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------------------
 
 
-def _one_line_error(capsys, needle: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 @pytest.mark.parametrize("flag", ["--classifier_scale", "--cfg_scale", "--eta"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_scales_are_one_line_errors(ckpt, tmp_path, capsys, flag, value):
@@ -156,7 +149,7 @@ def test_non_finite_scales_are_one_line_errors(ckpt, tmp_path, capsys, flag, val
     extra = ("--sampler", "ddim") if flag == "--eta" else ()
     assert run("classifier_sample", f"{CFG} {CLASSIFIER}", out, "--model_path", str(ckpt["cfg"]), "--classifier_path",
                str(ckpt["classifier"]), f"{flag}={value}", *extra) == 2
-    line = _one_line_error(capsys, f"error: {flag} ")
+    line = one_line_error(capsys, f"error: {flag} ")
     assert "finite" in line or (value == "-inf" and ">= 0" in line)  # SamplerSettings checks eta's sign first
     assert not out.exists()
 
@@ -166,7 +159,7 @@ def test_out_dir_that_cannot_hold_files_is_refused_before_any_work(ckpt, tmp_pat
     a_file.write_text("x")
     for out, needle in ((a_file, "is a file"), (a_file / "sub", "sits under"), (Path("/proc/guided_diffusion_out"), "not writable")):
         assert main(["image_sample", *shlex.split(COND), "--model_path", str(ckpt["cond"]), "--out_dir", str(out)]) == 2
-        line = _one_line_error(capsys, "--out_dir")
+        line = one_line_error(capsys, "--out_dir")
         assert needle in line
     assert a_file.read_text() == "x"
 
@@ -185,24 +178,24 @@ def test_corrupt_base_samples_are_one_line_errors(ckpt, tmp_path, capsys):
     for path in (truncated, corrupt):
         out = tmp_path / f"o_{path.stem}"
         assert run("super_res_sample", SR, out, "--model_path", str(ckpt["sr"]), "--base_samples", str(path)) == 2
-        _one_line_error(capsys, "--base_samples")
+        one_line_error(capsys, "--base_samples")
         assert not out.exists()
 
 
 def test_missing_checkpoints_are_named_before_building_networks(ckpt, tmp_path, capsys):
     missing = tmp_path / "no_such.pt"
     assert main(["image_sample", "--image_size", "8", "--model_path", str(missing), "--out_dir", str(tmp_path / "o")]) == 2
-    line = _one_line_error(capsys, str(missing))
+    line = one_line_error(capsys, str(missing))
     assert "--model_path" in line and "channel_mult" not in line
     assert main(["classifier_sample", *shlex.split(GUIDED), "--model_path", str(ckpt["uncond"]), "--classifier_path",
                  str(missing), "--out_dir", str(tmp_path / "o")]) == 2
-    assert "--classifier_path" in _one_line_error(capsys, str(missing))
+    assert "--classifier_path" in one_line_error(capsys, str(missing))
     assert not (tmp_path / "o").exists()
 
 
 def test_flag_abbreviations_are_errors(ckpt, tmp_path, capsys):
     assert run("image_sample", COND, tmp_path / "o", "--model_path", str(ckpt["cond"]), "--num_sample", "2") == 2
-    _one_line_error(capsys, "--num_sample")
+    one_line_error(capsys, "--num_sample")
 
 
 def test_bad_solver_options_name_their_flag(ckpt, tmp_path, capsys):
@@ -215,7 +208,7 @@ def test_bad_solver_options_name_their_flag(ckpt, tmp_path, capsys):
         (("--steps", "5", "--order", "4", "--sampler", "unipc"), "--order"),
     ):
         assert run("image_sample", COND, tmp_path / "o", "--model_path", str(ckpt["cond"]), *extra) == 2
-        _one_line_error(capsys, needle)
+        one_line_error(capsys, needle)
 
 
 def test_non_finite_samples_stop_with_a_one_line_error(ckpt, tmp_path, capsys):
@@ -223,7 +216,7 @@ def test_non_finite_samples_stop_with_a_one_line_error(ckpt, tmp_path, capsys):
     assert run("classifier_sample", GUIDED, out, "--model_path", str(ckpt["uncond"]), "--classifier_path",
                str(ckpt["classifier"]), "--classifier_scale", "1e38", "--sampler", "ddim", "--steps", "4",
                "--num_samples", "2") == 2
-    line = _one_line_error(capsys, "non-finite")
+    line = one_line_error(capsys, "non-finite")
     assert "step" in line
     assert not list(out.glob("samples_*.npz"))
 
