@@ -154,3 +154,32 @@ def test_core_layers_import_nothing_above_them():
         for target in targets if target in SHIMS or target in ABOVE_CORE or any(_in_layer(target, layer) for layer in UPPER)
     )
     assert not offenders, "diffusion/ and models/ must not import the layers built on them:\n" + "\n".join(offenders)
+
+
+# The layers of docs/ARCHITECTURE.md, bottom (0) to top: a module may import its own layer or lower ones.
+LAYERS = (
+    ("errors", "atomic", "performance", "runtime"),
+    ("diffusion", "models"),
+    ("config", "flags", "presets", "checkpoints", "download", "data"),
+    ("sampling", "evaluation", "editing", "training", "demo"),
+    ("cli", "__main__"),
+)
+
+
+def _rank(module: str) -> int:
+    if module in SHIMS:
+        return len(LAYERS)
+    for rank, names in enumerate(LAYERS):
+        if any(_in_layer(module, name) for name in names):
+            return rank
+    raise AssertionError(f"{module} is in no layer of docs/ARCHITECTURE.md: place it there and in LAYERS")
+
+
+def test_every_module_imports_only_its_layer_or_lower_ones():
+    modules = [module for module in GRAPH if module != PACKAGE]
+    ranks = {module: _rank(module) for module in modules}
+    offenders = sorted(
+        f"{module} (layer {ranks[module]}) imports {target} (layer {ranks[target]})"
+        for module in modules for target in GRAPH[module] if target != PACKAGE and ranks[target] > ranks[module]
+    )
+    assert not offenders, "imports that point up the layers:\n" + "\n".join(offenders)
