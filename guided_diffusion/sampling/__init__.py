@@ -1,4 +1,7 @@
-"""Sampling: the samplers (ddpm, ddim, dpmpp_2m), guidance, per-sample seeds, and a Python API.
+"""Sampling: the samplers (`SAMPLERS`: ddpm, ddim, euler, heun, DPM-Solver++ 2M / 2M SDE / 3M SDE, UniPC),
+guidance, sampling jobs with resume, outputs, and a Python API. The step grids, the denoiser view and the
+DDPM/DDIM loops the samplers share live in `guided_diffusion.diffusion`; per-sample noise in
+`guided_diffusion.runtime.rng`.
 
     from guided_diffusion.sampling import load_pipeline
     images = load_pipeline("64x64_diffusion", classifier="auto").sample(4, classes=1, sampler="dpm++2m", steps=20)
