@@ -194,6 +194,8 @@ def test_image_nll_writes_terms_and_bits_per_dim_with_use_fp16(ckpt, tmp_path, c
         ("image_sample", f"{COND} --eta 0.5", "--eta"),
         ("image_sample", f"{COND} --steps 3 --timestep_respacing 4", "both choose the steps"),
         ("image_sample", f"{COND} --steps 1", "--steps must be >= 2"),
+        ("image_sample", f"{COND} --steps 100", "--steps must be <= the model's 40 diffusion steps, got 100"),
+        ("image_sample", f"{COND} --step_grid karras", "--step_grid needs steps"),
         ("image_sample", f"{COND} --use_ddim True --sampler dpm++2m", "--use_ddim"),
         ("image_sample", f"{COND} --cfg_scale 2", "null label"),
         ("image_sample", f"{COND} --class_labels 12", "class_labels"),

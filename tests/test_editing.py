@@ -44,6 +44,7 @@ from guided_diffusion.editing import (
     start_points,
     sum_cond_fns,
 )
+from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.output import save_npz
@@ -89,6 +90,9 @@ def test_ddim_inversion_of_a_known_denoiser_round_trips_and_refinement_makes_it_
     torch.testing.assert_close(latents, torch.cat([ddim_invert(denoiser, x0[:40], refine=20),
                                                    ddim_invert(denoiser, x0[40:], refine=20)]))
     assert abs(float(latents.mean())) < 0.1 and abs(float(latents.std()) - 1) < 0.1
+    with pytest.raises(SettingError, match="refine must be >= 0, got -1") as info:
+        ddim_invert(denoiser, x0, refine=-1)
+    assert info.value.setting == "refine"
 
 
 def _tiny_unet(seed: int = 0, class_cond: bool = False) -> tuple[torch.nn.Module, ModelConfig, DiffusionConfig]:
@@ -384,6 +388,9 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
         (["invert", "--input", "{root}/missing.npz"], "error: --input {root}/missing.npz does not exist"),
         (["img2img", "--classifier_path", "{root}/guide/model.pt"], "error: classifier guidance steers towards a class"),
         (["invert", "--steps", "1"], "error: --steps must be >= 2, got 1"),
+        (["invert", "--steps", "500"], "error: --steps must be <= the model's 100 diffusion steps, got 500"),
+        (["img2img", "--sampler", "heun", "--eta", "0.5"], "error: --eta only applies to the ddim sampler (the sampler is heun)"),
+        (["img2img", "--cfg_scale", "2"], "error: --cfg_scale 2.0 needs a class-conditional model trained with label dropout"),
         (["img2img", "--classifier_path", "{root}/unet/model.pt", "--class_labels", "1"],
          "error: --classifier_path {root}/unet/model.pt is a unet checkpoint, not a noisy classifier"),
     ],

@@ -12,6 +12,7 @@ from helpers import CountingModel, randomise_zero_layers, tiny_adm
 
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
 from guided_diffusion.diffusion.grids import GRIDS
+from guided_diffusion.errors import SettingError
 from guided_diffusion.sampling.generate import SamplerSettings, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS, ddim
@@ -166,20 +167,59 @@ def test_truncated_grid_and_given_start_sample_from_mid_way(networks):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(steps=1), "steps must be >= 2"),
-    (dict(step_grid="karras"), "need steps"),
-    (dict(steps=4, step_grid="spiral"), "unknown step grid"),
-    (dict(steps=4, sigma_min=0.0), "sigma_min must be > 0"),
-    (dict(sampler="euler", s_churn=1.0), "s_churn applies to the heun sampler"),
-    (dict(sampler="unipc", order=4), "order must be 1, 2 or 3"),
-    (dict(guidance_schedule="exp"), "unknown guidance schedule"),
-    (dict(guidance_interval=(500, 100)), "guidance_interval must be"),
-    (dict(sampler="lms"), "unknown sampler"),
+# Every rejection SamplerSettings makes, with the field it names: the command line turns `exc.setting`
+# into the flag, so a wrong or missing name here is a wrong flag there.
+@pytest.mark.parametrize("kwargs,setting,message", [
+    (dict(sampler="lms"), "sampler", "sampler 'lms' is unknown"),
+    (dict(step_grid="karras"), "step_grid", "step_grid needs steps"),
+    (dict(sigma_min=0.1), "sigma_min", "sigma_min needs steps"),
+    (dict(sigma_max=10.0), "sigma_max", "sigma_max needs steps"),
+    (dict(steps=1), "steps", "steps must be >= 2"),
+    (dict(steps=4, step_grid="spiral"), "step_grid", "step_grid 'spiral' is unknown"),
+    (dict(steps=4, sigma_min=0.0), "sigma_min", "sigma_min must be > 0"),
+    (dict(steps=4, sigma_max=-1.0), "sigma_max", "sigma_max must be > 0"),
+    (dict(sampler="ddim", eta=-1.0), "eta", "eta must be a finite number >= 0"),
+    (dict(sampler="ddim", eta=float("nan")), "eta", "eta must be a finite number >= 0"),
+    (dict(sampler="ddim", eta=float("inf")), "eta", "eta must be a finite number >= 0"),
+    (dict(sampler="heun", eta=0.5), "eta", "eta only applies to the ddim sampler"),
+    (dict(dynamic_threshold=0.0), "dynamic_threshold", "dynamic_threshold must be a percentile"),
+    (dict(dynamic_threshold=1.5), "dynamic_threshold", "dynamic_threshold must be a percentile"),
+    (dict(sampler="heun", s_churn=-1.0), "s_churn", "s_churn must be >= 0"),
+    (dict(sampler="heun", s_tmin=-1.0), "s_tmin", "s_tmin must be >= 0"),
+    (dict(sampler="heun", s_tmin=2.0, s_tmax=1.0), "s_tmax", "s_tmax must be >= s_tmin"),
+    (dict(sampler="heun", s_noise=-1.0), "s_noise", "s_noise must be >= 0"),
+    (dict(sampler="euler", s_churn=1.0), "s_churn", "s_churn applies to the heun sampler"),
+    (dict(sampler="unipc", order=4), "order", "order must be 1, 2 or 3"),
+    (dict(sampler="unipc", order=0), "order", "order must be 1, 2 or 3"),
+    (dict(guidance_schedule="exp"), "guidance_schedule", "guidance_schedule 'exp' is unknown"),
+    (dict(guidance_interval=(500, 100)), "guidance_interval", "guidance_interval must be"),
+    (dict(guidance_interval=(-1, 100)), "guidance_interval", "guidance_interval must be"),
+    (dict(guidance_interval=(1, 2, 3)), "guidance_interval", "guidance_interval must be"),
+    (dict(cfg_interval=(20, 10)), "cfg_interval", "cfg_interval must be"),
 ])
-def test_settings_validation_speaks_library_terms(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_settings_rejections_name_their_field(kwargs, setting, message):
+    with pytest.raises(SettingError) as info:
         SamplerSettings(**kwargs)
+    assert info.value.setting == setting
+    assert str(info.value).startswith(message)  # library terms, opening with the field's name
+    assert isinstance(info.value, ValueError)  # callers that catch ValueError keep working
+
+
+@pytest.mark.parametrize("kwargs,setting", [
+    (dict(steps=60), "steps"),  # the tiny diffusion has 40 steps
+    (dict(steps=5, step_grid="leading", sigma_max=3.0), "sigma_max"),
+    (dict(steps=5, step_grid="trailing", sigma_min=0.1), "sigma_min"),
+    (dict(steps=5, step_grid="karras", sigma_min=1e-9), "sigma_min"),
+    (dict(steps=5, step_grid="karras", sigma_max=1e9), "sigma_max"),
+    (dict(steps=5, step_grid="karras", sigma_min=5.0, sigma_max=1.0), "sigma_min"),
+    (dict(steps=5, step_grid="logsnr", sigma_max=1e-3), "sigma_max"),
+])
+def test_a_grid_the_schedule_cannot_take_names_its_field(kwargs, setting):
+    diffusion = tiny_adm()[1]
+    with pytest.raises(SettingError) as info:
+        SamplerSettings(**kwargs).grid(diffusion)
+    assert info.value.setting == setting and str(info.value).startswith(setting)
+    assert SamplerSettings().grid(diffusion) is None and len(SamplerSettings(steps=5).grid(diffusion)) == 5
 
 
 def test_sampler_kwargs_carry_each_solvers_options():

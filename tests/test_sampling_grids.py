@@ -20,6 +20,7 @@ from guided_diffusion.diffusion.grids import (
 )
 from guided_diffusion.diffusion.respace import space_timesteps
 from guided_diffusion.diffusion.schedules import get_named_beta_schedule
+from guided_diffusion.errors import SettingError
 
 
 def schedule(name: str, steps: int = 1000) -> np.ndarray:
@@ -74,17 +75,24 @@ def test_logsnr_grid_is_uniform_in_log_snr_and_timesteps_interpolate():
     assert 500 < timestep_of_alphas_cumprod(np.array([mid]), np.arange(1000), abar)[0] < 501
 
 
-def test_bad_grids_are_value_errors():
+def test_bad_grids_are_setting_errors_naming_the_setting():
     abar = schedule("cosine", 50)
-    for kwargs, message in [
-        (dict(kind="fibonacci", num_steps=5), "unknown step grid"),
-        (dict(kind="karras", num_steps=1), "steps must be >= 2"),
-        (dict(kind="leading", num_steps=60), "steps must be <="),
-        (dict(kind="leading", num_steps=5, sigma_max=3.0), "sigma_min/sigma_max apply"),
-        (dict(kind="karras", num_steps=5, sigma_min=5.0, sigma_max=1.0), "sigma_min < sigma_max"),
+    for kwargs, setting, message in [
+        (dict(kind="fibonacci", num_steps=5), "step_grid", "step_grid 'fibonacci' is unknown"),
+        (dict(kind="karras", num_steps=1), "steps", "steps must be >= 2"),
+        (dict(kind="leading", num_steps=60), "steps", "steps must be <="),
+        (dict(kind="leading", num_steps=5, sigma_max=3.0), "sigma_max", "sigma_max applies to karras and logsnr grids"),
+        (dict(kind="karras", num_steps=5, sigma_min=5.0, sigma_max=1.0), "sigma_min", "sigma_min < sigma_max"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(SettingError, match=message) as info:
             make_grid(alphas_cumprod=abar, **kwargs)
+        assert info.value.setting == setting
+    with pytest.raises(SettingError, match="not an integer grid") as info:
+        integer_timesteps("karras", 5, 50)
+    assert info.value.setting == "step_grid"
+    with pytest.raises(SettingError, match="does not fit") as info:
+        integer_timesteps("linspace", 60, 50)  # more steps than timesteps: rounding repeats some
+    assert info.value.setting == "steps"
 
 
 def test_default_grid_never_takes_a_saturated_guided_step_on_a_cosine_schedule():

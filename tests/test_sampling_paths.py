@@ -206,6 +206,14 @@ def test_bad_solver_options_name_their_flag(ckpt, tmp_path, capsys):
         (("--guidance_interval", "5,1"), "--guidance_interval"),
         (("--guidance_interval", "5"), "--guidance_interval"),
         (("--steps", "5", "--order", "4", "--sampler", "unipc"), "--order"),
+        (("--cfg_interval", "5,1"), "--cfg_interval must be"),
+        (("--sampler", "heun", "--eta", "0.5"), "--eta only applies to the ddim sampler (the sampler is heun)"),
+        (("--sampler", "heun", "--s_tmin", "2", "--s_tmax", "1"), "--s_tmax must be >= s_tmin"),
+        (("--sampler", "heun", "--s_noise", "-1"), "--s_noise must be >= 0"),
+        (("--steps", "5", "--step_grid", "leading", "--sigma_max", "3"), "--sigma_max applies to karras and logsnr grids"),
+        (("--steps", "5", "--step_grid", "karras", "--sigma_max", "1e9"), "--sigma_max: need"),
+        (("--steps", "100"), "--steps must be <= the model's 40 diffusion steps"),
+        (("--dynamic_threshold", "1.5"), "--dynamic_threshold must be a percentile in (0, 1]"),
     ):
         assert run("image_sample", COND, tmp_path / "o", "--model_path", str(ckpt["cond"]), *extra) == 2
         one_line_error(capsys, needle)

@@ -8,6 +8,7 @@ import torch
 from helpers import TINY_ADM, CountingModel, load_fixture, randomise_zero_layers, rel_err, tiny_adm
 
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
+from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise, random_labels, sample_seed
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
@@ -320,8 +321,9 @@ def test_dynamic_threshold_rescales_only_saturated_samples():
     s = torch.quantile(x0[1].abs().flatten(), 0.9)
     torch.testing.assert_close(out[1], x0[1].clamp(-s, s) / s)
     assert out.abs().max() <= 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match=r"dynamic_threshold must be a percentile in \(0, 1\], got 1.5") as info:
         dynamic_threshold(1.5)
+    assert info.value.setting == "dynamic_threshold"
 
 
 @pytest.mark.parametrize("sampler", [ddpm, ddim, dpmpp_2m])

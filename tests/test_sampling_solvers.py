@@ -16,6 +16,7 @@ from scipy.integrate import solve_ivp
 
 from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
+from guided_diffusion.errors import SettingError
 from guided_diffusion.sampling.guidance import SteeredGuidance
 from guided_diffusion.sampling.samplers import (
     SAMPLERS,
@@ -255,6 +256,21 @@ def test_heun_without_churn_is_deterministic_and_churn_moves_it():
     assert (churned - a).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name,kwargs,setting", [
+    ("heun", dict(s_churn=-1.0), "s_churn"),
+    ("heun", dict(s_tmin=-1.0), "s_tmin"),
+    ("heun", dict(s_tmin=2.0, s_tmax=1.0), "s_tmax"),
+    ("heun", dict(s_noise=-0.5), "s_noise"),
+    ("dpm++2m_sde", dict(s_noise=-0.5), "s_noise"),
+    ("dpm++3m_sde", dict(s_noise=-0.5), "s_noise"),
+    ("unipc", dict(order=4), "order"),
+])
+def test_a_samplers_bad_option_is_a_setting_error_naming_it(name, kwargs, setting):
+    with pytest.raises(SettingError) as info:
+        state_at_step0(SAMPLERS[name], 4, **kwargs)
+    assert info.value.setting == setting and str(info.value).startswith(setting)
+
+
 # -- stochastic samplers converge in distribution -------------------------------------------------
 
 class Seeded:
@@ -329,8 +345,12 @@ def test_guidance_schedules_average_one_and_grow_towards_low_noise():
         assert (np.diff(weights) <= 1e-12).all()  # never more guidance at higher noise
     assert SteeredGuidance(guidance(1.0), num_timesteps=1000, schedule="linear").weight(999) == 0.0
     assert SteeredGuidance(guidance(1.0), num_timesteps=1000, interval=(100, 500)).weight(600) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match="guidance_schedule 'exp' is unknown") as info:
         SteeredGuidance(guidance(1.0), num_timesteps=1000, schedule="exp")
+    assert info.value.setting == "guidance_schedule"
+    with pytest.raises(SettingError, match="guidance_interval must be") as info:
+        SteeredGuidance(guidance(1.0), num_timesteps=1000, interval=(500, 100))
+    assert info.value.setting == "guidance_interval"
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS.keys() - {"ddpm"}))

@@ -57,7 +57,6 @@ from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.rng import SampleNoise, fresh_seed
 from guided_diffusion.sampling.generate import SamplerSettings, gather_in_order
 from guided_diffusion.sampling.guidance import GuidedModel, check_cfg, classifier_cond_fn
-from guided_diffusion.sampling.job import settings_option
 from guided_diffusion.sampling.output import save_grid, save_samples
 from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
@@ -116,13 +115,10 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace, sampler: str | None = None) -> SamplerSettings:
-    """The sampler, grid and progress choices, in the sampling engine's terms."""
-    try:
-        return SamplerSettings(sampler=sampler or args.sampler, eta=getattr(args, "eta", None) or 0.0, steps=args.steps,
-                               step_grid=args.step_grid, progress=_progress(args))
-    except ValueError as exc:
-        setting = settings_option(str(exc))
-        raise (SettingError(setting, str(exc)) if setting else UserError(str(exc))) from None
+    """The sampler, grid and progress choices, in the sampling engine's terms (a bad one raises a
+    SettingError naming its field, which is also its flag here)."""
+    return SamplerSettings(sampler=sampler or args.sampler, eta=getattr(args, "eta", None) or 0.0, steps=args.steps,
+                           step_grid=args.step_grid, progress=_progress(args))
 
 
 # -- networks ------------------------------------------------------------------------------------------
@@ -166,15 +162,13 @@ def _diffusion_config(path: str) -> DiffusionConfig:
     raise UserError(f"--model_path {path} has no saved diffusion config: keep the config.json its training run wrote beside it")
 
 
-def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConfig]:
-    """The network and schedule saved with --model_path (read before anything runs, to check inputs)."""
+def _model_configs(args: argparse.Namespace, settings: SamplerSettings) -> tuple[ModelConfig, DiffusionConfig]:
+    """The network and schedule saved with --model_path (read before anything runs, to check inputs,
+    the steps grid of `settings` included)."""
     config = config_for_checkpoint(args.model_path)
     if not isinstance(config, ModelConfig) or isinstance(config, SuperResConfig):
         raise UserError(f"--model_path {args.model_path} is a {config.kind} checkpoint; the editing commands need a diffusion model")
-    try:
-        check_cfg(args.cfg_scale, class_cond=config.class_cond, null_label=config.null_label)
-    except ValueError:
-        raise UserError(f"--cfg_scale {args.cfg_scale} needs a class-conditional model trained with label dropout; this model has none") from None
+    check_cfg(args.cfg_scale, class_cond=config.class_cond, null_label=config.null_label)
     if getattr(args, "classifier_path", ""):
         classifier = config_for_checkpoint(args.classifier_path)
         if not isinstance(classifier, ClassifierConfig):
@@ -185,7 +179,9 @@ def _model_configs(args: argparse.Namespace) -> tuple[ModelConfig, DiffusionConf
         if config.class_cond and classifier.num_classes != config.num_classes:
             raise UserError(f"--classifier_path has {classifier.num_classes} classes, the model {config.num_classes}")
         config = dataclasses.replace(config, num_classes=classifier.num_classes) if not config.class_cond else config
-    return config, _diffusion_config(args.model_path)
+    diffusion = _diffusion_config(args.model_path)
+    settings.grid(diffusion.replace(timestep_respacing="").build())  # as Networks.denoiser builds it
+    return config, diffusion
 
 
 def _load_networks(args: argparse.Namespace, config: ModelConfig, diffusion: DiffusionConfig, device: torch.device) -> Networks:
@@ -291,7 +287,7 @@ def invert(argv: list[str]) -> int:
     if args.refine < 0:
         raise UserError(f"--refine must be >= 0, got {args.refine}")
     settings = _settings(args, "ddim")
-    configs = _model_configs(args)
+    configs = _model_configs(args, settings)
     images, given = _read_images(args, configs[0].image_size)
     labels = _labels(args, configs[0], len(images), given)
     _require_labels(configs[0], labels, False)
@@ -349,7 +345,7 @@ def img2img(argv: list[str]) -> int:
     if not 0.0 < args.strength <= 1.0:
         raise UserError(f"--strength must be in (0, 1] (the fraction of the run), got {args.strength}")
     settings = _settings(args)
-    configs = _model_configs(args)
+    configs = _model_configs(args, settings)
     images, given = _read_images(args, configs[0].image_size)
     labels = _labels(args, configs[0], len(images), given)
     _require_labels(configs[0], labels, _guided(args))
@@ -438,7 +434,7 @@ def inpaint(argv: list[str]) -> int:
     if args.method == "repaint" and args.sampler != "ddpm":
         raise UserError(f"--method repaint makes its own DDPM steps; --sampler {args.sampler} applies to --method dps only")
     settings = _settings(args)
-    configs = _model_configs(args)
+    configs = _model_configs(args, settings)
     images, given = _read_images(args, configs[0].image_size)
     mask = _mask_for(args, len(images), configs[0].image_size)
     labels = _labels(args, configs[0], len(images), given)
@@ -489,7 +485,7 @@ def restore(argv: list[str]) -> int:
         blur = BlurOperator(args.blur_sigma, args.blur_size) if args.task == "deblur" else None
     except ValueError as exc:
         raise UserError(f"--blur_sigma/--blur_size: {exc}") from None
-    configs = _model_configs(args)
+    configs = _model_configs(args, settings)
     size = configs[0].image_size
     if args.task == "super_res":
         if size % args.factor:

@@ -56,7 +56,6 @@ from guided_diffusion.sampling.job import (
     check_low_res,
     fp16_runs_on,
     sampling_job,
-    settings_option,
 )
 from guided_diffusion.sampling.output import save_grid, save_npz, save_samples
 from guided_diffusion.sampling.runner import (
@@ -291,13 +290,8 @@ _FLAG_OF_SETTING = {"low_res": "--base_samples", "low_res_digest": "--base_sampl
                     "init_noise_digest": "--init_noise"}
 
 
-def _flag_error(command: str, exc: ValueError) -> UserError:
-    """A library error about an option as a one-line error naming the flag."""
-    if not isinstance(exc, SettingError):
-        setting = None if isinstance(exc, UserError) else settings_option(str(exc))
-        if setting is None:
-            return exc if isinstance(exc, UserError) else UserError(str(exc))
-        exc = SettingError(setting, str(exc))
+def _flag_error(command: str, exc: SettingError) -> UserError:
+    """A library error about an option (`exc.setting`) as a one-line error naming the flag."""
     if command == "super_res_sample" and exc.setting == "class_labels":
         return UserError(f"--base_samples has no labels (arr_1): {exc}; sample the base images with class labels, "
                          "or pass --class_cond False for an unconditional upsampler")
@@ -367,7 +361,7 @@ def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], d
         if init_noise is not None:
             check_init_noise(init_noise[0], job)
         return job
-    except ValueError as exc:
+    except SettingError as exc:
         raise _flag_error(command, exc) from None
 
 

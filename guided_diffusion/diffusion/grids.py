@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from guided_diffusion.errors import SettingError
+
 __all__ = [
     "GRIDS", "DEFAULT_GRID", "StepGrid", "make_grid", "integer_timesteps", "timestep_of_alphas_cumprod",
     "guidance_multipliers", "saturated_first_step",
@@ -53,7 +55,8 @@ class StepGrid:
 
 
 def integer_timesteps(kind: str, num_steps: int, num_timesteps: int) -> np.ndarray:
-    """Ascending integer timesteps of a linspace/leading/trailing grid (diffusers' `timestep_spacing`)."""
+    """Ascending integer timesteps of a linspace/leading/trailing grid (diffusers' `timestep_spacing`).
+    A kind or step count that cannot make one raises SettingError naming `step_grid` or `steps`."""
     steps: np.ndarray
     if kind == "linspace":
         steps = np.round(np.linspace(0, num_timesteps - 1, num_steps))
@@ -62,10 +65,10 @@ def integer_timesteps(kind: str, num_steps: int, num_timesteps: int) -> np.ndarr
     elif kind == "trailing":
         steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps))[::-1] - 1
     else:
-        raise ValueError(f"{kind!r} is not an integer grid; choose linspace, leading or trailing")
+        raise SettingError("step_grid", f"step_grid {kind!r} is not an integer grid; choose linspace, leading or trailing")
     steps = np.unique(steps.astype(np.int64))
     if len(steps) != num_steps:
-        raise ValueError(f"a {kind} grid of {num_steps} steps does not fit {num_timesteps} diffusion steps")
+        raise SettingError("steps", f"steps: a {kind} grid of {num_steps} steps does not fit {num_timesteps} diffusion steps")
     return steps
 
 
@@ -91,14 +94,15 @@ def _ve_sigma(abar: float) -> float:
 
 def check_grid_request(num_steps: int, kind: str | None = None, sigma_min: float | None = None,
                        sigma_max: float | None = None) -> None:
-    """The checks a grid request must pass whatever the model (the schedule's own limits come later)."""
+    """The checks a grid request must pass whatever the model (the schedule's own limits come later).
+    Raises SettingError naming the setting: `step_grid` (the kind), `steps`, `sigma_min` or `sigma_max`."""
     if kind is not None and kind not in GRIDS:
-        raise ValueError(f"unknown step grid {kind!r}; choose one of {', '.join(GRIDS)}")
+        raise SettingError("step_grid", f"step_grid {kind!r} is unknown; choose one of {', '.join(GRIDS)}")
     if num_steps < 2:
-        raise ValueError(f"steps must be >= 2, got {num_steps}")
+        raise SettingError("steps", f"steps must be >= 2, got {num_steps}")
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if value is not None and not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise SettingError(name, f"{name} must be > 0, got {value}")
 
 
 def make_grid(
@@ -110,24 +114,33 @@ def make_grid(
     sigma_max: float | None = None,
 ) -> StepGrid:
     """A `num_steps`-level grid of kind `kind` (None = `DEFAULT_GRID`) for a model whose discrete schedule
-    is `alphas_cumprod[t]`, t = 0..T-1. `sigma_min`/`sigma_max` are VE sigmas (karras and logsnr only)."""
+    is `alphas_cumprod[t]`, t = 0..T-1. `sigma_min`/`sigma_max` are VE sigmas (karras and logsnr only).
+    A request the schedule cannot take raises SettingError naming `steps`, `step_grid`, `sigma_min` or `sigma_max`."""
     kind = kind or DEFAULT_GRID
     check_grid_request(num_steps, kind, sigma_min, sigma_max)
     table = np.asarray(alphas_cumprod, dtype=np.float64)
     num_timesteps = len(table)
     if num_steps > num_timesteps:
-        raise ValueError(f"steps must be <= the model's {num_timesteps} diffusion steps, got {num_steps}")
+        raise SettingError("steps", f"steps must be <= the model's {num_timesteps} diffusion steps, got {num_steps}")
     if kind in ("linspace", "leading", "trailing"):
-        if sigma_min is not None or sigma_max is not None:
-            raise ValueError(f"sigma_min/sigma_max apply to karras and logsnr grids, not {kind}")
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None:
+                raise SettingError(name, f"{name} applies to karras and logsnr grids, not {kind}")
         steps = integer_timesteps(kind, num_steps, num_timesteps)
         return StepGrid(kind, table[steps], steps.astype(np.float64))
     model_min, model_max = _ve_sigma(table[0]), _ve_sigma(table[-1])
     lo = model_min if sigma_min is None else float(sigma_min)
     hi = min(model_max, DEFAULT_SIGMA_MAX) if sigma_max is None else float(sigma_max)
     if not model_min * (1 - 1e-9) <= lo < hi <= model_max * (1 + 1e-9):
-        raise ValueError(
-            f"need {model_min:.4g} <= sigma_min < sigma_max <= {model_max:.4g} (the model's range), "
+        # Blame the end outside the model's range; when both fit but cross, the one that was given.
+        if lo < model_min * (1 - 1e-9):
+            name = "sigma_min"
+        elif hi > model_max * (1 + 1e-9):
+            name = "sigma_max"
+        else:
+            name = "sigma_min" if sigma_min is not None else "sigma_max"
+        raise SettingError(
+            name, f"{name}: need {model_min:.4g} <= sigma_min < sigma_max <= {model_max:.4g} (the model's range), "
             f"got sigma_min={lo:.4g}, sigma_max={hi:.4g}"
         )
     lo, hi = max(lo, model_min), min(hi, model_max)

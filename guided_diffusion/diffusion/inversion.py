@@ -23,6 +23,7 @@ import torch
 
 from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.stepping import progress_bar
+from guided_diffusion.errors import SettingError
 
 __all__ = ["ddim_invert", "psnr"]
 
@@ -47,7 +48,7 @@ def ddim_invert(
     `ddim_reverse_sample_loop` allows.
     """
     if refine < 0:
-        raise ValueError(f"refine must be >= 0, got {refine}")
+        raise SettingError("refine", f"refine must be >= 0, got {refine}")
     model_kwargs = model_kwargs or {}
 
     def step_up(eps: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,15 +22,26 @@ from guided_diffusion.diffusion.denoiser import CondFn, DiffusionDenoiser
 from guided_diffusion.diffusion.grids import StepGrid, check_grid_request, make_grid, saturated_first_step
 from guided_diffusion.diffusion.respace import GridDiffusion
 from guided_diffusion.diffusion.stepping import guidance_weight
+from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.rng import SampleNoise, random_labels
-from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel, SteeredGuidance, dynamic_threshold
+from guided_diffusion.sampling.guidance import (
+    GuidedModel,
+    SteeredGuidance,
+    check_guidance_schedule,
+    check_interval,
+    dynamic_threshold,
+)
 from guided_diffusion.sampling.output import to_uint8
-from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.samplers import SAMPLERS, check_solver_options
 
 __all__ = [
     "SamplerSettings", "grid_denoiser", "draw", "class_labels_for", "gather_in_order", "BatchStore", "warn_if_saturated",
 ]
+
+
+def _no_model(*args: Any, **kwargs: Any) -> torch.Tensor:
+    raise RuntimeError("a denoiser built only to read its timestep table was asked for a prediction")
 
 
 def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: StepGrid) -> DiffusionDenoiser:
@@ -59,7 +70,8 @@ class SamplerSettings:
     (VE sigmas) bound karras/logsnr grids. `s_churn`, `s_tmin`, `s_tmax`, `s_noise` are EDM's (heun;
     `s_noise` also scales the SDE samplers' noise), `order` is UniPC's. `guidance_interval` (LO, HI, in
     original timesteps) and `guidance_schedule` steer classifier guidance, `cfg_interval` classifier-free
-    guidance. Defaults keep the original behaviour.
+    guidance. Defaults keep the original behaviour. A value it cannot use raises SettingError naming the
+    field (`exc.setting`).
     """
 
     sampler: str = "ddpm"
@@ -82,28 +94,26 @@ class SamplerSettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+            raise SettingError("sampler", f"sampler {self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
         if self.steps is not None:
             check_grid_request(self.steps, self.step_grid, self.sigma_min, self.sigma_max)
-        elif (self.step_grid, self.sigma_min, self.sigma_max) != (None, None, None):
-            raise ValueError("step_grid, sigma_min and sigma_max need steps (they describe a grid of `steps` levels)")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        else:
+            for name in ("step_grid", "sigma_min", "sigma_max"):
+                if getattr(self, name) is not None:
+                    raise SettingError(name, f"{name} needs steps (it describes a grid of `steps` levels)")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise SettingError("eta", f"eta must be a finite number >= 0, got {self.eta}")
         if self.eta and self.sampler != "ddim":
-            raise ValueError(f"eta only applies to the ddim sampler (the sampler is {self.sampler})")
-        if self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
-            raise ValueError("need s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
+            raise SettingError("eta", f"eta only applies to the ddim sampler (the sampler is {self.sampler})")
+        if self.dynamic_threshold is not None:
+            dynamic_threshold(self.dynamic_threshold)  # checks the percentile
+        check_solver_options(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise,
+                             order=self.order)
         if self.s_churn > 0 and self.sampler != "heun":
-            raise ValueError(f"s_churn applies to the heun sampler, not {self.sampler}")
-        if self.order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {self.order}")
-        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"unknown guidance schedule {self.guidance_schedule!r}; "
-                             f"choose one of {', '.join(GUIDANCE_SCHEDULES)}")
+            raise SettingError("s_churn", f"s_churn applies to the heun sampler, not {self.sampler}")
+        check_guidance_schedule(self.guidance_schedule)
         for name in ("guidance_interval", "cfg_interval"):
-            interval = getattr(self, name)
-            if interval is not None and (len(interval) != 2 or not 0 <= interval[0] <= interval[1]):
-                raise ValueError(f"{name} must be (LO, HI) with 0 <= LO <= HI, got {interval}")
+            check_interval(getattr(self, name), name)
 
     def sampler_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -123,13 +133,18 @@ class SamplerSettings:
 
     def denoiser(self, model: Callable[..., torch.Tensor], diffusion: Any) -> DiffusionDenoiser:
         """The model on the grid these settings sample: the diffusion's own steps, or a `steps`-level grid."""
+        grid = self.grid(diffusion)
+        return DiffusionDenoiser(model, diffusion) if grid is None else grid_denoiser(model, diffusion, grid)
+
+    def grid(self, diffusion: Any) -> StepGrid | None:
+        """The `steps`-level grid these settings sample on `diffusion` (None: its own steps). A grid the
+        schedule cannot take raises SettingError (steps, sigma_min or sigma_max), so a job checks it early."""
         if self.steps is None:
-            return DiffusionDenoiser(model, diffusion)
-        steps, table = DiffusionDenoiser(model, diffusion)._timestep_table()
+            return None
+        steps, table = DiffusionDenoiser(_no_model, diffusion)._timestep_table()  # the table needs no model
         grid = make_grid(self.step_grid, self.steps, table, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
         # Grid timesteps count the table's rows; a respaced diffusion's rows map to original timesteps.
-        grid = type(grid)(grid.name, grid.alphas_cumprod, np.interp(grid.timesteps, np.arange(len(steps)), steps))
-        return grid_denoiser(model, diffusion, grid)
+        return type(grid)(grid.name, grid.alphas_cumprod, np.interp(grid.timesteps, np.arange(len(steps)), steps))
 
     def steered(self, cond_fn: CondFn | None, diffusion: Any) -> CondFn | None:
         """cond_fn with this run's guidance interval and schedule (unchanged when both are at defaults)."""
@@ -230,8 +245,9 @@ def gather_in_order(
     order. With a `store`, batches it already holds are skipped, and rank 0 writes each gathered batch
     there at once (so a stopped run keeps them) instead of keeping it in memory.
     """
-    if num_samples <= 0 or batch_size <= 0:
-        raise ValueError("num_samples and batch_size must be positive")
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise SettingError(name, f"{name} must be at least 1, got {value}")
     rank, world = (distributed.get_rank(), distributed.get_world_size()) if split_over_ranks else (0, 1)
     end = start_index + num_samples
     batches = [list(range(s, min(s + batch_size, end))) for s in range(start_index, end, batch_size)]

@@ -7,25 +7,47 @@ sampler accepts both.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime.autocast import autocast
 
 __all__ = [
     "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "GUIDANCE_SCHEDULES",
+    "check_cfg", "check_interval", "check_guidance_schedule",
 ]
 
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def check_cfg(cfg_scale: float, *, class_cond: bool, null_label: int | None) -> None:
-    """Classifier-free guidance (cfg_scale != 1) needs a class-conditional model with a null label."""
+    """Classifier-free guidance (cfg_scale != 1) needs a class-conditional model with a null label;
+    SettingError naming `cfg_scale` otherwise."""
     if cfg_scale != 1.0 and (not class_cond or null_label is None):
-        raise ValueError("classifier-free guidance needs a class-conditional model with a null label")
+        raise SettingError("cfg_scale", f"cfg_scale {cfg_scale} needs a class-conditional model trained with label dropout "
+                           "(class_dropout_prob > 0, which gives it a null label); this model has none")
+
+
+def check_interval(interval: Sequence[float] | None, name: str) -> tuple[float, float] | None:
+    """A guidance interval (LO, HI) with 0 <= LO <= HI as floats (None stays None); SettingError naming
+    `name` (guidance_interval or cfg_interval) otherwise."""
+    if interval is None:
+        return None
+    values = tuple(float(v) for v in interval)
+    if len(values) != 2 or not 0 <= values[0] <= values[1]:
+        raise SettingError(name, f"{name} must be (LO, HI) with 0 <= LO <= HI, got {values}")
+    return values[0], values[1]
+
+
+def check_guidance_schedule(schedule: str) -> None:
+    """SettingError naming `guidance_schedule` unless it is one of GUIDANCE_SCHEDULES."""
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise SettingError("guidance_schedule", f"guidance_schedule {schedule!r} is unknown; "
+                           f"choose one of {', '.join(GUIDANCE_SCHEDULES)}")
 
 
 class GuidedModel:
@@ -54,7 +76,7 @@ class GuidedModel:
         cfg_interval: tuple[float, float] | None = None,
     ):
         check_cfg(cfg_scale, class_cond=class_cond, null_label=null_label)
-        self.cfg_interval = _checked_interval(cfg_interval, "cfg_interval")
+        self.cfg_interval = check_interval(cfg_interval, "cfg_interval")
         self.model = model
         self.class_cond = class_cond
         self.cfg_scale = float(cfg_scale)
@@ -83,15 +105,6 @@ class GuidedModel:
         return bool(((t >= lo) & (t <= hi)).any())
 
 
-def _checked_interval(interval: tuple[float, float] | None, name: str) -> tuple[float, float] | None:
-    if interval is None:
-        return None
-    lo, hi = (float(v) for v in interval)
-    if not 0 <= lo <= hi:
-        raise ValueError(f"{name} must be LO,HI with 0 <= LO <= HI, got {lo:g},{hi:g}")
-    return lo, hi
-
-
 class SteeredGuidance:
     """A classifier `cond_fn` with a guidance interval and a scale schedule over the original timestep t.
 
@@ -111,11 +124,10 @@ class SteeredGuidance:
         interval: tuple[float, float] | None = None,
         schedule: str = "constant",
     ):
-        if schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"unknown guidance schedule {schedule!r}; choose one of {', '.join(GUIDANCE_SCHEDULES)}")
+        check_guidance_schedule(schedule)
         self.cond_fn = cond_fn
         self.num_timesteps = int(num_timesteps)
-        self.interval = _checked_interval(interval, "guidance_interval")
+        self.interval = check_interval(interval, "guidance_interval")
         self.schedule = schedule
 
     def weight(self, t: float) -> float:
@@ -158,9 +170,10 @@ def classifier_cond_fn(
 
 def dynamic_threshold(percentile: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Dynamic thresholding of Imagen (Saharia et al. 2022): per sample, s = max(1, quantile(|x0|, p)),
-    then x0 <- clamp(x0, -s, s) / s. Keeps large guidance scales from saturating pixels."""
+    then x0 <- clamp(x0, -s, s) / s. Keeps large guidance scales from saturating pixels. A percentile
+    outside (0, 1] raises SettingError naming `dynamic_threshold` (the setting that holds it)."""
     if not 0.0 < percentile <= 1.0:
-        raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {percentile}")
+        raise SettingError("dynamic_threshold", f"dynamic_threshold must be a percentile in (0, 1], got {percentile}")
 
     def threshold(x0: torch.Tensor) -> torch.Tensor:
         s = torch.quantile(x0.detach().abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)

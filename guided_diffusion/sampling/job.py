@@ -22,21 +22,11 @@ import torch
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.sampling.generate import SamplerSettings
-from guided_diffusion.sampling.guidance import check_cfg, dynamic_threshold
+from guided_diffusion.sampling.guidance import check_cfg
 
-__all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input", "settings_option"]
+__all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input"]
 
 JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
-
-
-def settings_option(message: str) -> str | None:
-    """The SamplerSettings field a ValueError message is about (the first field name it mentions):
-    SamplerSettings raises plain ValueErrors, which sampling_job turns into SettingErrors with this."""
-    names = {field.name for field in dataclasses.fields(SamplerSettings)}
-    for word in message.replace("=", " ").replace(",", " ").replace(":", " ").split():
-        if word in names:
-            return word
-    return None
 
 
 def check_counts(*, num_samples: int, batch_size: int, seed: int | None) -> None:
@@ -88,18 +78,7 @@ class SamplingJob:
         for name in ("classifier_scale", "cfg_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise SettingError(name, f"{name} must be a finite number, got {getattr(self, name)}")
-        if not math.isfinite(self.settings.eta):  # SamplerSettings checks the sign
-            raise SettingError("eta", f"eta must be a finite number, got {self.settings.eta}")
-        if self.settings.dynamic_threshold is not None:
-            try:
-                dynamic_threshold(self.settings.dynamic_threshold)
-            except ValueError as exc:
-                raise SettingError("dynamic_threshold", str(exc)) from None
-        try:
-            check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.null_label)
-        except ValueError:
-            raise SettingError("cfg_scale", f"cfg_scale {self.cfg_scale} needs a class-conditional model trained with "
-                           "label dropout (class_dropout_prob > 0, which gives it a null label); this model has none") from None
+        check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.null_label)
         if self.class_labels is not None:
             if not self.class_labels:
                 raise SettingError("class_labels", "class_labels is empty")
@@ -110,7 +89,8 @@ class SamplingJob:
                 raise SettingError("class_labels", "class labels need a class-conditional model or a classifier")
         if self.is_upsampler and self.model.class_cond and self.class_labels is None:
             raise SettingError("class_labels", "this upsampler is class-conditional: it needs the class of every image")
-        self.build_diffusion()  # a respacing the schedule cannot take fails here, before any network is loaded
+        # A respacing or a steps grid the schedule cannot take fails here, before any network is loaded.
+        self.settings.grid(self.build_diffusion())
 
     # -- derived facts -------------------------------------------------------------------------------
 
@@ -217,11 +197,9 @@ def sampling_job(
     if steps is not None and diffusion.timestep_respacing:
         raise SettingError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
                        "choose the steps; give only one")
-    try:  # with `steps` the samplers build their grid from the un-respaced diffusion
-        settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised, steps=steps,
-                                   dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
-    except ValueError as exc:
-        raise SettingError(settings_option(str(exc)) or "sampler", str(exc)) from None
+    # with `steps` the samplers build their grid from the un-respaced diffusion
+    settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised, steps=steps,
+                               dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
     return SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
                        **job_fields)
 

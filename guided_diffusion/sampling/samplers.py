@@ -36,12 +36,26 @@ from guided_diffusion.diffusion.stepping import (
     grid_steps,
     guided_x0,
 )
+from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime.rng import GeneratorNoise
 
 __all__ = [
     "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "SAMPLERS",
-    "model_evaluations",
+    "model_evaluations", "check_solver_options",
 ]
+
+
+def check_solver_options(*, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+                         order: int = 3) -> None:
+    """The solver-specific options' own ranges (heun's churn, the noise scale, UniPC's order); the
+    defaults pass, so a sampler checks only its own. Raises SettingError naming the option."""
+    for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
+        if not value >= 0:
+            raise SettingError(name, f"{name} must be >= 0, got {value}")
+    if not s_tmax >= s_tmin:
+        raise SettingError("s_tmax", f"s_tmax must be >= s_tmin ({s_tmin}), got {s_tmax}")
+    if order not in (1, 2, 3):
+        raise SettingError("order", f"order must be 1, 2 or 3, got {order}")
 
 
 Callback = Callable[[dict[str, Any]], None]
@@ -165,8 +179,7 @@ def heun(
     second order, 2K - 1 model evaluations on K levels. The churned level s^_k lies between grid points
     (`denoiser.with_level`). `noise` gives the churn draws.
     """
-    if s_churn < 0 or s_noise < 0 or s_tmin < 0 or s_tmax < s_tmin:
-        raise ValueError("heun needs s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax")
+    check_solver_options(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     noise = noise or GeneratorNoise()
     model_kwargs = model_kwargs or {}
     guide: dict[str, Any] = dict(model_kwargs=model_kwargs, cond_fn=cond_fn, clip_denoised=clip_denoised,
@@ -259,8 +272,7 @@ def _sde_multistep(
     s_noise: float,
 ) -> torch.Tensor:
     """The DPM-Solver++ SDE multistep update (see `dpmpp_2m_sde` / `dpmpp_3m_sde`) up to `order`."""
-    if s_noise < 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise}")
+    check_solver_options(s_noise=s_noise)
     noise = noise or GeneratorNoise()
     model_kwargs = model_kwargs or {}
     history: list[tuple[torch.Tensor, float]] = []  # (x0, h) of earlier steps, newest last
@@ -398,8 +410,7 @@ def unipc(
     cost stays one evaluation per level; the order warms up from 1 as predictions accumulate and the
     last step returns the data prediction at level 0. Deterministic.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"unipc order must be 1, 2 or 3, got {order}")
+    check_solver_options(order=order)
     model_kwargs = model_kwargs or {}
     history: list[tuple[torch.Tensor, float]] = []  # (m, lambda) of evaluated levels, newest last
     last: tuple[torch.Tensor, int] | None = None  # (x at the level stepped from, order of that step)
