@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
-from guided_diffusion.diffusion.stepping import NoiseSource
+from guided_diffusion.diffusion.stepping import NoiseSource, Threshold
 from guided_diffusion.editing.measurement import paste_known
+from guided_diffusion.sampling.samplers import Callback
 
 __all__ = ["repaint", "repaint_schedule"]
 
@@ -70,9 +70,9 @@ def repaint(
     cond_fn: CondFn | None = None,
     model_kwargs: dict[str, Any] | None = None,
     clip_denoised: bool = True,
-    threshold: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    threshold: Threshold | None = None,
     progress: bool = False,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Inpaint: fill the pixels where `mask` is 0 in `known` (float NCHW in [-1, 1]), starting from the
     noise `x` at the top grid point; returns clean images whose known pixels equal `known`.

@@ -11,16 +11,15 @@ only guidance (e.g. a classifier towards another class) changes it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
 from guided_diffusion.diffusion.inversion import ddim_invert
-from guided_diffusion.diffusion.stepping import NoiseSource
+from guided_diffusion.diffusion.stepping import NoiseSource, Threshold
 from guided_diffusion.editing.grid import start_points
-from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.samplers import SAMPLERS, Callback
 
 __all__ = ["sdedit"]
 
@@ -37,9 +36,9 @@ def sdedit(
     cond_fn: CondFn | None = None,
     model_kwargs: dict[str, Any] | None = None,
     clip_denoised: bool = True,
-    threshold: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    threshold: Threshold | None = None,
     progress: bool = False,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callback | None = None,
     **sampler_kwargs: Any,
 ) -> torch.Tensor:
     """Edit clean images `x` (float NCHW in [-1, 1]) with `SAMPLERS[sampler]` from strength `strength`.
