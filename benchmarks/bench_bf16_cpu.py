@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import released_network, time_paths
 
-from guided_diffusion.checkpoints import load_model, read_config_json
 from guided_diffusion.config import DiffusionConfig
+from guided_diffusion.config.presets import PRESETS
 from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.diffusion.stepping import guided_x0
-from guided_diffusion.presets import PRESETS
 from guided_diffusion.sampling.generate import SamplerSettings, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.output import to_uint8
+from guided_diffusion.weights.checkpoints import load_model, read_config_json
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ from common import machine, released_network
 from torch.utils.flop_counter import FlopCounterMode
 
 from guided_diffusion.config import DiffusionConfig
-from guided_diffusion.performance import optimize_model
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.config.presets import PRESETS
+from guided_diffusion.runtime.performance import optimize_model
 from guided_diffusion.sampling.guidance import classifier_cond_fn
 
 

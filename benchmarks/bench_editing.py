@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from guided_diffusion.atomic import atomic_write_path
-from guided_diffusion.checkpoints import load_model, read_config_json
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.demo.data import load_digits_dataset
 from guided_diffusion.demo.judge import JudgeFeatures
@@ -41,10 +39,12 @@ from guided_diffusion.editing import (
     sdedit,
 )
 from guided_diffusion.editing.io import to_model_input, to_uint8_images
+from guided_diffusion.runtime.atomic import atomic_write_path
 from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.weights.checkpoints import load_model, read_config_json
 
 
 def _checkpoint(run_dir: Path, pattern: str) -> Path:

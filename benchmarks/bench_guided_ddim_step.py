@@ -18,12 +18,12 @@ import torch
 from common import released_network, report, time_paths
 
 from guided_diffusion.config import DiffusionConfig
+from guided_diffusion.config.presets import PRESETS
 from guided_diffusion.diffusion.gaussian import _extract_into_tensor
 from guided_diffusion.diffusion.respace import SpacedDiffusion, _WrappedModel
 from guided_diffusion.diffusion.schedules import get_named_beta_schedule
 from guided_diffusion.models.attention import attention_backend
-from guided_diffusion.performance import optimize_model
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.runtime.performance import optimize_model
 from guided_diffusion.sampling.guidance import classifier_cond_fn
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guided_diffusion.checkpoints import load_model
 from guided_diffusion.demo.data import load_digits_dataset
 from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.demo.metrics import Reference, score_samples
@@ -40,6 +39,7 @@ from guided_diffusion.sampling.guidance import (
 )
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import unipc
+from guided_diffusion.weights.checkpoints import load_model
 
 ALL_NFE = (4, 6, 8, 10, 15, 20, 35, 50)
 DETERMINISTIC = {"ddim", "euler", "heun", "dpm++2m", "unipc"}
@@ -105,8 +105,8 @@ def main() -> None:
     unet = load_model(_checkpoint(root / "diffusion", "ema_*.pt")).eval()
     guide = load_model(_checkpoint(root / "classifier", "model*.pt")).eval()
     judge = JudgeFeatures(load_model(_checkpoint(root / "judge", "model*.pt")).eval())
-    from guided_diffusion.checkpoints import read_config_json
     from guided_diffusion.config import DiffusionConfig
+    from guided_diffusion.weights.checkpoints import read_config_json
 
     config = read_config_json(_checkpoint(root / "diffusion", "ema_*.pt"))
     diffusion = DiffusionConfig.from_dict(config["diffusion"]).replace(timestep_respacing="").build()

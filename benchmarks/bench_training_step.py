@@ -19,9 +19,9 @@ import torch
 from common import released_network, report, time_paths
 
 from guided_diffusion.config import DiffusionConfig
+from guided_diffusion.config.presets import PRESETS
 from guided_diffusion.models.attention import attention_backend
-from guided_diffusion.performance import optimize_model
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.runtime.performance import optimize_model
 
 
 def make_step(model, diffusion, batch, foreach: bool):

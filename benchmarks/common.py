@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import torch
 
-from guided_diffusion.checkpoints import preset_network_config
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.config.presets import PRESETS
+from guided_diffusion.weights.checkpoints import preset_network_config
 
 
 def randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -1,6 +1,5 @@
 """Compatibility shim: the original `dist_util` module (no MPI needed), re-exported from
 `guided_diffusion.runtime.distributed`."""
-from guided_diffusion.checkpoints import read_tensor_file
 from guided_diffusion.runtime.distributed import (
     backend_for_this_machine,
     barrier,
@@ -15,6 +14,7 @@ from guided_diffusion.runtime.distributed import (
     sync_params,
     teardown_dist,
 )
+from guided_diffusion.weights.checkpoints import read_tensor_file
 
 __all__ = [
     "backend_for_this_machine", "setup_dist", "int_from_env", "is_initialized", "get_rank",

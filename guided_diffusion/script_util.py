@@ -1,14 +1,12 @@
 """The original's `guided_diffusion.script_util`: its flag dictionaries and factories under their original
-names and signatures. The defaults and argparse helpers live in `guided_diffusion.flags`, the network
+names and signatures. The defaults and argparse helpers live in `guided_diffusion.config.flags`, the network
 factories in `guided_diffusion.models.factory`, the diffusion factory in `guided_diffusion.diffusion.factory`;
 the `*_and_diffusion` functions below only split the original's keyword arguments between them.
 """
 from __future__ import annotations
 
 from guided_diffusion.config import DiffusionConfig
-from guided_diffusion.diffusion.factory import create_gaussian_diffusion
-from guided_diffusion.diffusion.respace import SpacedDiffusion
-from guided_diffusion.flags import (
+from guided_diffusion.config.flags import (
     add_dict_to_argparser,
     args_to_dict,
     classifier_and_diffusion_defaults,
@@ -18,6 +16,8 @@ from guided_diffusion.flags import (
     sr_model_and_diffusion_defaults,
     str2bool,
 )
+from guided_diffusion.diffusion.factory import create_gaussian_diffusion
+from guided_diffusion.diffusion.respace import SpacedDiffusion
 from guided_diffusion.models.factory import NUM_CLASSES, create_classifier, create_model, sr_create_model
 
 __all__ = [

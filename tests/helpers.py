@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from guided_diffusion.checkpoints import save_checkpoint
 from guided_diffusion.evaluation.inception import InceptionV3
 from guided_diffusion.script_util import (
     args_to_dict,
@@ -28,6 +27,7 @@ from guided_diffusion.script_util import (
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
 )
+from guided_diffusion.weights.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

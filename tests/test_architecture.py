@@ -22,7 +22,7 @@ SHIMS = {f"{PACKAGE}.{name}" for name in (
 )}
 CORE = ("diffusion", "models")
 UPPER = ("sampling", "training", "cli", "evaluation", "demo", "editing")
-ABOVE_CORE = {f"{PACKAGE}.{name}" for name in ("config", "flags", "checkpoints", "presets", "download", "performance")}
+ABOVE_CORE = ("config", "weights", "data")
 
 
 def _module_name(path: Path) -> str:
@@ -103,6 +103,14 @@ def test_the_walk_sees_the_package():
     assert f"{PACKAGE}.models.factory" in GRAPH[f"{PACKAGE}.config"]  # the configs build through the factories
 
 
+def test_the_top_level_holds_only_the_original_modules_and_layer_packages():
+    top_modules = {module for module, path in MODULES.items()
+                   if module.count(".") == 1 and path.name != "__init__.py"}
+    assert top_modules - SHIMS == {f"{PACKAGE}.__main__"}, sorted(top_modules - SHIMS)
+    packages = {module.split(".")[1] for module in MODULES if module.count(".") >= 1} - {m.split(".")[1] for m in top_modules}
+    assert packages == {name for layer in LAYERS for name in layer} - {"__main__"}, sorted(packages)
+
+
 def test_nothing_below_the_shims_imports_a_shim():
     offenders = sorted(
         f"{module} imports {target}"
@@ -151,16 +159,16 @@ def test_core_layers_import_nothing_above_them():
     offenders = sorted(
         f"{module} imports {target}"
         for module, targets in GRAPH.items() if any(_in_layer(module, layer) for layer in CORE)
-        for target in targets if target in SHIMS or target in ABOVE_CORE or any(_in_layer(target, layer) for layer in UPPER)
+        for target in targets if target in SHIMS or any(_in_layer(target, layer) for layer in (*ABOVE_CORE, *UPPER))
     )
     assert not offenders, "diffusion/ and models/ must not import the layers built on them:\n" + "\n".join(offenders)
 
 
 # The layers of docs/ARCHITECTURE.md, bottom (0) to top: a module may import its own layer or lower ones.
 LAYERS = (
-    ("errors", "atomic", "performance", "runtime"),
+    ("runtime",),
     ("diffusion", "models"),
-    ("config", "flags", "presets", "checkpoints", "download", "data"),
+    ("config", "weights", "data"),
     ("sampling", "evaluation", "editing", "training", "demo"),
     ("cli", "__main__"),
 )

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from guided_diffusion import script_util
-from guided_diffusion.checkpoints import (
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
+from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.weights.checkpoints import (
     diagnose_mismatch,
     load_model,
     load_state_dict,
@@ -12,8 +14,6 @@ from guided_diffusion.checkpoints import (
     save_model_with_config,
     write_config_json,
 )
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
-from guided_diffusion.errors import UserError
 
 BASE = dict(
     image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2", attention_resolutions="16,8",
@@ -125,7 +125,7 @@ def test_no_config_anywhere_is_a_clear_error(tmp_path):
 
 def test_released_name_catches_attention_order(tmp_path):
     """Shapes cannot tell the attention order apart; the released file name can."""
-    from guided_diffusion.checkpoints import check_released_flags
+    from guided_diffusion.weights.checkpoints import check_released_flags
 
     flags = {**script_util.model_and_diffusion_defaults(), "num_heads": 4, "use_new_attention_order": True}
     problems = check_released_flags("models/128x128_diffusion.pt", flags)

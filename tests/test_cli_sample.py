@@ -29,7 +29,6 @@ from helpers import (
 )
 from PIL import Image
 
-from guided_diffusion.checkpoints import save_model_with_config
 from guided_diffusion.cli.sample import _build_parser
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.script_util import (
@@ -41,6 +40,7 @@ from guided_diffusion.script_util import (
     sr_create_model_and_diffusion,
     sr_model_and_diffusion_defaults,
 )
+from guided_diffusion.weights.checkpoints import save_model_with_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,7 +210,7 @@ def test_image_nll_writes_terms_and_bits_per_dim_with_use_fp16(ckpt, tmp_path, c
     ids=lambda value: value.split(ARCH)[-1].strip() if isinstance(value, str) and ARCH in value else None,
 )
 def test_bad_flags_give_one_line_errors(ckpt, tmp_path, capsys, monkeypatch, command, flags, needle):
-    monkeypatch.setattr("guided_diffusion.presets.BASE_URL", "http://127.0.0.1:9/unreachable")  # never the internet
+    monkeypatch.setattr("guided_diffusion.config.presets.BASE_URL", "http://127.0.0.1:9/unreachable")  # never the internet
     monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(tmp_path / "cache"))
     model_path = () if "--preset" in flags else ("--model_path", str(ckpt["cond"]))
     assert run(command, flags, tmp_path / "o", *model_path, "--num_samples", "1") == 2

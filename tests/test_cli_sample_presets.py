@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import CLASSIFIER, COND, make_checkpoints, sample
 
-from guided_diffusion import presets as presets_module
 from guided_diffusion.cli import main
-from guided_diffusion.presets import PRESETS, Preset
+from guided_diffusion.config import presets as presets_module
+from guided_diffusion.config.presets import PRESETS, Preset
 from guided_diffusion.sampling import load_pipeline
 
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"

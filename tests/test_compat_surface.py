@@ -9,7 +9,7 @@ import torch
 from helpers import COMPAT
 
 from guided_diffusion import script_util
-from guided_diffusion.presets import PRESETS, parse_flag_string
+from guided_diffusion.config.presets import PRESETS, parse_flag_string
 
 MANIFESTS = sorted(COMPAT.glob("*.json"))
 
@@ -40,7 +40,7 @@ def test_released_key_layout(path):
 def test_presets_build_released_layout(path):
     """Each preset's flags reproduce the manifest (LSUN cat/horse share lsun_bedroom's)."""
     manifest = json.loads(path.read_text())
-    from guided_diffusion.checkpoints import preset_network_config
+    from guided_diffusion.weights.checkpoints import preset_network_config
 
     names = [path.stem] + ([f"lsun_{a}" for a in ("cat", "horse", "horse_nodropout")] if path.stem == "lsun_bedroom" else [])
     for name in names:

@@ -12,7 +12,7 @@ from guided_diffusion.data.files import (
     labels_for,
     list_image_files,
 )
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 PIXELS = np.zeros((8, 8, 3), dtype=np.uint8)
 

@@ -7,8 +7,8 @@ import torch
 from helpers import make_blob_dataset, write_image
 
 from guided_diffusion.data import ImageStream, StreamSpec
-from guided_diffusion.errors import UserError
 from guided_diffusion.image_datasets import load_data
+from guided_diffusion.runtime.errors import UserError
 
 
 def _spec(data_dir, **kw) -> StreamSpec:

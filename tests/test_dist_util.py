@@ -7,7 +7,7 @@ import torch
 from helpers import child_env, run_python, run_ranks
 
 from guided_diffusion import dist_util
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 ORIGINAL_STYLE_SCRIPT = """
 import torch, torch.distributed as dist
@@ -51,7 +51,7 @@ def test_mpiexec_without_mpi4py_is_a_clear_error():
     # A fresh interpreter: other tests may already have started a process group in this one.
     code = (
         "from guided_diffusion import dist_util\n"
-        "from guided_diffusion.errors import UserError\n"
+        "from guided_diffusion.runtime.errors import UserError\n"
         "try:\n    dist_util.setup_dist()\nexcept UserError as exc:\n    print(exc)\n"
     )
     env = {k: v for k, v in child_env().items() if k not in ("RANK", "WORLD_SIZE")}

@@ -1,4 +1,4 @@
-"""guided_diffusion.download against a local HTTP server on 127.0.0.1 that serves bytes made here."""
+"""guided_diffusion.runtime.download against a local HTTP server on 127.0.0.1 that serves bytes made here."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from guided_diffusion.download import cache_dir, download, recorded_sha256, sidecar_path
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.download import cache_dir, download, recorded_sha256, sidecar_path
+from guided_diffusion.runtime.errors import UserError
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 bytes: spans several read chunks
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -301,7 +301,7 @@ def test_sha256_is_recorded_at_install_and_checked_on_later_use(server, tmp_path
 
 CONCURRENT = """
 import sys
-from guided_diffusion.download import download
+from guided_diffusion.runtime.download import download
 download(sys.argv[1], sys.argv[2], progress=False)
 print("ok")
 """

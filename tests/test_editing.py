@@ -18,7 +18,6 @@ from helpers import randomise_zero_layers, read_samples, run_ranks
 from PIL import Image
 
 from guided_diffusion import cli
-from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import (
     ClassifierConfig,
     DiffusionConfig,
@@ -44,11 +43,12 @@ from guided_diffusion.editing import (
     start_points,
     sum_cond_fns,
 )
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.output import save_npz
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.weights.checkpoints import save_checkpoint, write_config_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

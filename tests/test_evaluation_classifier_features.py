@@ -10,14 +10,14 @@ import pytest
 import torch
 from helpers import run_cli
 
-from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import ClassifierConfig, config_to_dict
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.features import (
     ClassifierFeatureExtractor,
     feature_extractor_from_spec,
     parse_feature_spec,
 )
+from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.weights.checkpoints import save_checkpoint, write_config_json
 
 
 def _classifier(root: Path, pool: str) -> Path:

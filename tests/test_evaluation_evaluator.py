@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import (
     FeatureExtractor,
     Features,
@@ -18,6 +17,7 @@ from guided_diffusion.evaluation import (
     statistics,
     summarize_batch,
 )
+from guided_diffusion.runtime.errors import UserError
 
 
 class ColourFeatures(FeatureExtractor):

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from helpers import write_random_weights
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import InceptionFeatureExtractor, InceptionV3, resize_bilinear_tf1
 from guided_diffusion.evaluation.inception import InceptionA, InceptionC, InceptionE
 from guided_diffusion.evaluation.weights import inception_weights_file, load_inception_network
+from guided_diffusion.runtime.errors import UserError
 
 # ---------------------------------------------------------------- TF1 bilinear resize
 

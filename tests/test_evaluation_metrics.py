@@ -6,7 +6,6 @@ import pytest
 import scipy.stats
 import torch
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import metrics
 from guided_diffusion.evaluation.metrics import (
     frechet_distance,
@@ -16,6 +15,7 @@ from guided_diffusion.evaluation.metrics import (
     softmax,
     statistics,
 )
+from guided_diffusion.runtime.errors import UserError
 
 
 def _random_spd(rng: np.random.Generator, dim: int) -> np.ndarray:

@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.npz import NpzArrayReader, NpzWriter, npz_keys
+from guided_diffusion.runtime.errors import UserError
 
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])

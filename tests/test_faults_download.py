@@ -12,7 +12,7 @@ import pytest
 from helpers import CLASSIFIER, make_checkpoints, one_line_error
 
 from guided_diffusion.cli import main
-from guided_diffusion.presets import PRESETS, Preset
+from guided_diffusion.config.presets import PRESETS, Preset
 
 TINY_CLASSIFIER = f"--image_size 8 {CLASSIFIER} --num_classes 10"
 
@@ -147,8 +147,8 @@ def test_layout_check_accepts_each_released_layout_and_nothing_else(name, tmp_pa
 
     import torch
 
-    from guided_diffusion.checkpoints import check_preset_file
-    from guided_diffusion.errors import UserError
+    from guided_diffusion.runtime.errors import UserError
+    from guided_diffusion.weights.checkpoints import check_preset_file
 
     layout = json.loads((COMPAT / f"{name}.json").read_text())["keys"]
     state = {key: torch.empty(shape, device="meta") for key, shape in layout}

@@ -19,10 +19,10 @@ import pytest
 import torch
 from helpers import CLASSIFIER, COND, child_env, make_checkpoints, refused
 
-from guided_diffusion.checkpoints import load_model, load_state_dict, read_config_json, save_checkpoint
 from guided_diffusion.cli import main
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.npz import NpzArrayReader, read_npz_arrays
+from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.weights.checkpoints import load_model, load_state_dict, read_config_json, save_checkpoint
 
 SAMPLE_ARGS = ["--timestep_respacing", "3", "--num_samples", "1", "--batch_size", "1", "--seed", "0"]
 

@@ -9,7 +9,7 @@ import torch
 from helpers import run_ranks
 
 from guided_diffusion import logger
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -137,14 +137,14 @@ def test_ddim_error_names_requested_count():
 
 
 def test_linear_schedule_too_few_steps_is_user_error():
-    from guided_diffusion.errors import UserError
+    from guided_diffusion.runtime.errors import UserError
 
     with pytest.raises(UserError, match="diffusion_steps"):
         gaussian_diffusion.get_named_beta_schedule("linear", 10)
 
 
 def test_single_step_respacing_is_user_error():
-    from guided_diffusion.errors import UserError
+    from guided_diffusion.runtime.errors import UserError
 
     with pytest.raises(UserError, match="at least 2 steps"):
         script_util.create_gaussian_diffusion(steps=1000, timestep_respacing="1")

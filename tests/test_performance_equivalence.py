@@ -7,7 +7,7 @@ from helpers import randomise_zero_layers
 from guided_diffusion import script_util
 from guided_diffusion.config import ClassifierConfig, ModelConfig
 from guided_diffusion.models.attention import attention_backend
-from guided_diffusion.performance import matmul_precision, optimize_model, unwrap
+from guided_diffusion.runtime.performance import matmul_precision, optimize_model, unwrap
 
 TOL = 1e-4
 

@@ -12,7 +12,7 @@ from helpers import CountingModel, randomise_zero_layers, tiny_adm
 
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
 from guided_diffusion.diffusion.grids import GRIDS
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.generate import SamplerSettings, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS, ddim

@@ -20,7 +20,7 @@ from guided_diffusion.diffusion.grids import (
 )
 from guided_diffusion.diffusion.respace import space_timesteps
 from guided_diffusion.diffusion.schedules import get_named_beta_schedule
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 
 def schedule(name: str, steps: int = 1000) -> np.ndarray:

@@ -7,10 +7,10 @@ import torch
 from helpers import randomise_zero_layers, read_samples
 
 from guided_diffusion import cli
-from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import DiffusionConfig, ModelConfig, config_to_dict
 from guided_diffusion.diffusion.inversion import psnr
 from guided_diffusion.sampling.output import save_npz
+from guided_diffusion.weights.checkpoints import save_checkpoint, write_config_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -29,7 +29,7 @@ from helpers import (
 
 from guided_diffusion.cli import main
 from guided_diffusion.diffusion.grids import GRIDS
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling import load_pipeline
 from guided_diffusion.sampling.output import save_grid
 from guided_diffusion.sampling.samplers import SAMPLERS

@@ -8,7 +8,7 @@ import torch
 from helpers import TINY_ADM, CountingModel, load_fixture, randomise_zero_layers, rel_err, tiny_adm
 
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise, random_labels, sample_seed
 from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold

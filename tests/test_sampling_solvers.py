@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 
 from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.guidance import SteeredGuidance
 from guided_diffusion.sampling.samplers import (
     SAMPLERS,

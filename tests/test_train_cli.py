@@ -93,7 +93,7 @@ def test_exact_resume_after_sigkill(reference_run, data_dir, tmp_path):
 
 KILL_DURING_SAVE = """
 import io, os, signal, sys, torch
-from guided_diffusion import atomic
+from guided_diffusion.runtime import atomic
 from guided_diffusion.training import snapshots
 real_save = snapshots.atomic_torch_save
 def dying_save(obj, path):

@@ -10,7 +10,7 @@ import torch
 from guided_diffusion import logger
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.data.dataset import ImageBatch
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions, TrainBatch, log_loss_dict
 from guided_diffusion.training.precision import MixedPrecisionTrainer

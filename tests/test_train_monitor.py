@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import assert_same_checkpoint_set, load_checkpoint_file, make_blob_dataset, run_cli
 
-from guided_diffusion.checkpoints import save_checkpoint, write_config_json
 from guided_diffusion.config import ClassifierConfig, config_to_dict
+from guided_diffusion.weights.checkpoints import save_checkpoint, write_config_json
 
 TINY = [
     "--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1",

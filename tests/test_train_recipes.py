@@ -7,11 +7,11 @@ import shlex
 import pytest
 from helpers import run_cli
 
-from guided_diffusion.checkpoints import preset_network_config
 from guided_diffusion.cli.train import build_parser
 from guided_diffusion.config import ClassifierConfig, ModelConfig, SuperResConfig
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.config.presets import PRESETS
 from guided_diffusion.training.recipes import RECIPES, recipe_command
+from guided_diffusion.weights.checkpoints import preset_network_config
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.resample import (
     LossAwareSampler,
     LossSecondMomentResampler,
     UniformSampler,
     create_named_schedule_sampler,
 )
+from guided_diffusion.runtime.errors import UserError
 
 DIFFUSION = SimpleNamespace(num_timesteps=8)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guided_diffusion.atomic import atomic_torch_save, remove_stale_temp_files
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.atomic import atomic_torch_save, remove_stale_temp_files
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.training import snapshots as ck
 
 

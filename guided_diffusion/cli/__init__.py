@@ -10,7 +10,7 @@ import importlib
 import sys
 import warnings
 
-from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.runtime.errors import SettingError, UserError
 
 # name -> ("module", "function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {

@@ -10,8 +10,8 @@ import argparse
 import signal
 import sys
 
-from guided_diffusion.errors import UserError
-from guided_diffusion.flags import str2bool
+from guided_diffusion.config.flags import str2bool
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["main", "build_parser", "THREADS"]
 

@@ -19,16 +19,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.checkpoints import (
-    config_for_checkpoint,
-    read_config_json,
-)
 from guided_diffusion.config import (
     ClassifierConfig,
     DiffusionConfig,
     ModelConfig,
     SuperResConfig,
 )
+from guided_diffusion.config.flags import str2bool
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
 from guided_diffusion.diffusion.grids import GRIDS
 from guided_diffusion.diffusion.inversion import ddim_invert, psnr
@@ -51,15 +48,18 @@ from guided_diffusion.editing.measurement import (
 )
 from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.editing.sdedit import sdedit
-from guided_diffusion.errors import SettingError, UserError
-from guided_diffusion.flags import str2bool
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import SampleNoise, fresh_seed
 from guided_diffusion.sampling.generate import SamplerSettings, gather_in_order
 from guided_diffusion.sampling.guidance import GuidedModel, check_cfg, classifier_cond_fn
 from guided_diffusion.sampling.output import save_grid, save_samples
 from guided_diffusion.sampling.runner import load_network
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.weights.checkpoints import (
+    config_for_checkpoint,
+    read_config_json,
+)
 
 __all__ = ["img2img", "inpaint", "invert", "restore"]
 
@@ -154,7 +154,7 @@ def _diffusion_config(path: str) -> DiffusionConfig:
     saved = read_config_json(path)
     if saved is not None and saved.get("diffusion"):
         return DiffusionConfig.from_dict(saved["diffusion"])
-    from guided_diffusion.presets import preset_for_file
+    from guided_diffusion.config.presets import preset_for_file
 
     preset = preset_for_file(path)
     if preset is not None:

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from guided_diffusion.atomic import atomic_write_bytes, directory_write_problem
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.atomic import atomic_write_bytes, directory_write_problem
+from guided_diffusion.runtime.errors import UserError
 
 DESCRIPTION = """\
 Compare a sample batch with a reference batch (npz files whose arr_0 holds uint8 NHWC images) and print
@@ -55,8 +55,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if path is not None and "arr_0" in npz_keys(path):
             NpzArrayReader(path).close()
     if args.inception_weights is None and getattr(args, "features", "inception") == "inception":
-        from guided_diffusion.download import cache_dir, check_cache_dir
         from guided_diffusion.evaluation.weights import INCEPTION_WEIGHTS_URL
+        from guided_diffusion.runtime.download import cache_dir, check_cache_dir
 
         if not (cache_dir() / INCEPTION_WEIGHTS_URL.rsplit("/", 1)[-1]).is_file():
             check_cache_dir()

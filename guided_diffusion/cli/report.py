@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error (already printed)
         return int(exit_.code or 0)
-    from guided_diffusion.errors import UserError
+    from guided_diffusion.runtime.errors import UserError
 
     if args.max_rows < 1:
         raise UserError(f"--max_rows must be positive (got {args.max_rows})")

@@ -31,21 +31,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.atomic import directory_write_problem
-from guided_diffusion.checkpoints import read_config_json
 from guided_diffusion.cli import flag_message
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
-from guided_diffusion.diffusion.grids import DEFAULT_GRID, GRIDS
-from guided_diffusion.diffusion.stepping import NonFiniteSampleError
-from guided_diffusion.errors import SettingError, UserError
-from guided_diffusion.flags import (
+from guided_diffusion.config.flags import (
     add_dict_to_argparser,
     classifier_defaults,
     model_and_diffusion_defaults,
     sr_model_and_diffusion_defaults,
     str2bool,
 )
+from guided_diffusion.diffusion.grids import DEFAULT_GRID, GRIDS
+from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.atomic import directory_write_problem
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import fresh_seed
 from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
 from guided_diffusion.sampling.job import (
@@ -68,6 +67,7 @@ from guided_diffusion.sampling.runner import (
     stop_on_signals,
 )
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.weights.checkpoints import read_config_json
 
 __all__ = ["image_sample", "classifier_sample", "super_res_sample", "image_nll", "presets", "download"]
 
@@ -251,7 +251,7 @@ def _apply_saved_config(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def _apply_preset(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
     """Fill flags from --preset; returns the checkpoints to fetch ({"model_path": Preset, ...})."""
-    from guided_diffusion.presets import get_preset
+    from guided_diffusion.config.presets import get_preset
 
     if args.preset is None:
         return {}
@@ -452,7 +452,7 @@ def _run_seed(args: argparse.Namespace, partial_dir: Path | None) -> tuple[int, 
 
 
 def _checkpoint_paths(args: argparse.Namespace, to_fetch: dict[str, Any], progress: bool) -> None:
-    from guided_diffusion.sampling.fetch import fetch
+    from guided_diffusion.weights.fetch import fetch
 
     for flag, preset in to_fetch.items():
         setattr(args, flag, str(fetch(preset, progress=progress)))
@@ -658,7 +658,7 @@ def _human_size(size: int | None) -> str:
 
 def _verified_state(preset) -> str:
     """Re-hash a cached checkpoint and re-check its layout: 'verified', or 'BAD: reason'."""
-    from guided_diffusion.sampling.fetch import checkpoint_path, ensure_preset
+    from guided_diffusion.weights.fetch import checkpoint_path, ensure_preset
 
     if not checkpoint_path(preset).is_file():
         return "no"
@@ -671,9 +671,9 @@ def _verified_state(preset) -> str:
 
 def presets(argv: list[str]) -> int:
     """`guided-diffusion presets [--verify]`: the released checkpoints, and whether each is in the cache."""
-    from guided_diffusion.download import cache_dir
-    from guided_diffusion.presets import PRESETS
-    from guided_diffusion.sampling.fetch import cache_state
+    from guided_diffusion.config.presets import PRESETS
+    from guided_diffusion.runtime.download import cache_dir
+    from guided_diffusion.weights.fetch import cache_state
 
     parser = argparse.ArgumentParser(prog="guided-diffusion presets", allow_abbrev=False,
                                      description="List the released checkpoints usable with --preset NAME.")
@@ -708,8 +708,8 @@ def presets(argv: list[str]) -> int:
 
 def download(argv: list[str]) -> int:
     """`guided-diffusion download NAME... | --all [--verify]`: fetch released checkpoints into the cache."""
-    from guided_diffusion.presets import PRESETS, get_preset
-    from guided_diffusion.sampling.fetch import ensure_preset
+    from guided_diffusion.config.presets import PRESETS, get_preset
+    from guided_diffusion.weights.fetch import ensure_preset
 
     parser = argparse.ArgumentParser(prog="guided-diffusion download", allow_abbrev=False,
                                      description="Download released checkpoints into the cache (resumable, "

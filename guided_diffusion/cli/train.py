@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guided_diffusion.flags import (
+from guided_diffusion.config.flags import (
     add_dict_to_argparser,
     classifier_and_diffusion_defaults,
     model_and_diffusion_defaults,

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp"})
 LABEL_MODES = ("auto", "filename", "folder")
@@ -86,7 +86,7 @@ class ClassMap:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
-        from guided_diffusion.atomic import atomic_write_bytes
+        from guided_diffusion.runtime.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 

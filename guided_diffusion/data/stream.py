@@ -27,8 +27,8 @@ from guided_diffusion.data.files import (
     labels_for,
     list_image_files,
 )
-from guided_diffusion.errors import UserError
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.rng import mix_seed
 
 

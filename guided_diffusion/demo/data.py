@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["Digits", "require_demo_extras", "load_digits_dataset", "to_model_input", "InMemoryBatches"]
 

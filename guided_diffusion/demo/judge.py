@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from guided_diffusion.demo.data import to_model_input
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation import FeatureExtractor, Features
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["JudgeFeatures"]
 

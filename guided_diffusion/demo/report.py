@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from guided_diffusion.atomic import atomic_write_path
 from guided_diffusion.demo.metrics import SettingMetrics
+from guided_diffusion.runtime.atomic import atomic_write_path
 
 if TYPE_CHECKING:
     from guided_diffusion.demo.settings import StudySettings

@@ -20,7 +20,7 @@ from guided_diffusion.demo.metrics import Reference, SettingMetrics, score_sampl
 from guided_diffusion.demo.report import setting_name, write_grid, write_metrics, write_plot, write_report
 from guided_diffusion.demo.settings import StudySettings
 from guided_diffusion.demo.train import TrainedNetwork, train_network
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.rng import mix_seed
 from guided_diffusion.sampling.output import save_npz
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.checkpoints import load_model, write_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
 from guided_diffusion.runtime import logs
 from guided_diffusion.runtime.rng import seed_everything
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.loop import LoopOptions
 from guided_diffusion.training.trainers import build_trainer
+from guided_diffusion.weights.checkpoints import load_model, write_config_json
 
 __all__ = ["TrainSpec", "TrainedNetwork", "train_network"]
 

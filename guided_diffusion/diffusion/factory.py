@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from guided_diffusion.diffusion.gaussian import LossType, ModelMeanType, ModelVarType
 from guided_diffusion.diffusion.respace import SpacedDiffusion, parse_respacing
 from guided_diffusion.diffusion.schedules import NOISE_SCHEDULES, get_named_beta_schedule
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 
 def create_gaussian_diffusion(

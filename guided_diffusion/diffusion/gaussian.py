@@ -17,8 +17,8 @@ from guided_diffusion.diffusion.inversion import ddim_invert
 from guided_diffusion.diffusion.losses import discretized_gaussian_log_likelihood, normal_kl
 from guided_diffusion.diffusion.stepping import ddim_steps, ddpm_steps, progress_bar
 from guided_diffusion.diffusion.types import LossType, ModelMeanType, ModelVarType
-from guided_diffusion.errors import SettingError
 from guided_diffusion.models.layers import mean_flat
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import GeneratorNoise, Generators, randn
 
 # The enums live in types.py (the denoiser below this module needs them); they are named here too, where

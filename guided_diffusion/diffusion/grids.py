@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 __all__ = [
     "GRIDS", "DEFAULT_GRID", "StepGrid", "make_grid", "integer_timesteps", "timestep_of_alphas_cumprod",

@@ -23,7 +23,7 @@ import torch
 
 from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.stepping import progress_bar
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 __all__ = ["ddim_invert", "psnr"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from guided_diffusion.diffusion.gaussian import GaussianDiffusion
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> set[int]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 NOISE_SCHEDULES = ("linear", "cosine")
 

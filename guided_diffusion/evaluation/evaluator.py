@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.features import FeatureExtractor
 from guided_diffusion.evaluation.metrics import (
     frechet_distance,
@@ -28,6 +27,7 @@ from guided_diffusion.evaluation.metrics import (
     statistics,
 )
 from guided_diffusion.evaluation.npz import NpzArrayReader, NpzWriter, npz_keys, read_npz_arrays
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["EvaluationResult", "BatchSummary", "summarize_batch", "evaluate", "save_reference_batch"]
 

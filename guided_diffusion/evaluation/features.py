@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.inception import InceptionV3
 from guided_diffusion.evaluation.weights import load_inception_network
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "ClassifierFeatureExtractor", "feature_extractor_from_spec",
            "parse_feature_spec", "resolve_device"]
@@ -144,8 +144,8 @@ class ClassifierFeatureExtractor(FeatureExtractor):
                         batch_size: int = 64) -> ClassifierFeatureExtractor:
         """Load a classifier checkpoint (architecture from config.json beside it, safetensors metadata,
         or the released preset of that name)."""
-        from guided_diffusion.checkpoints import config_for_checkpoint, load_state_dict, load_weights
         from guided_diffusion.config import ClassifierConfig
+        from guided_diffusion.weights.checkpoints import config_for_checkpoint, load_state_dict, load_weights
 
         state = load_state_dict(path)
         config = config_for_checkpoint(path, state)

@@ -12,7 +12,7 @@ import scipy.linalg
 import scipy.linalg.lapack
 import torch
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = [
     "statistics",

@@ -15,7 +15,7 @@ from typing import IO
 
 import numpy as np
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["NpzArrayReader", "NpzWriter", "npz_keys", "read_npz_arrays"]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guided_diffusion.checkpoints import read_tensor_file
-from guided_diffusion.download import cache_dir, download
-from guided_diffusion.errors import UserError
 from guided_diffusion.evaluation.inception import InceptionV3
+from guided_diffusion.runtime.download import cache_dir, download
+from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.weights.checkpoints import read_tensor_file
 
 __all__ = ["INCEPTION_WEIGHTS_URL", "inception_weights_file", "load_inception_network"]
 

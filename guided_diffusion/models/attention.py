@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guided_diffusion.errors import SettingError
 from guided_diffusion.models.layers import checkpoint, conv_nd, normalization, zero_module
+from guided_diffusion.runtime.errors import SettingError
 
 _BACKEND = "sdpa"
 

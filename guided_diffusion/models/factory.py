@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from guided_diffusion.errors import SettingError
 from guided_diffusion.models.unet import EncoderUNetModel, SuperResModel, UNetModel
+from guided_diffusion.runtime.errors import SettingError
 
 NUM_CLASSES = 1000
 

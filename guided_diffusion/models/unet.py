@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guided_diffusion.errors import SettingError
 from guided_diffusion.models.attention import AttentionBlock, AttentionPool2d
 from guided_diffusion.models.layers import (
     avg_pool_nd,
@@ -23,6 +22,7 @@ from guided_diffusion.models.layers import (
     upsample_nearest,
     zero_module,
 )
+from guided_diffusion.runtime.errors import SettingError
 
 
 class TimestepBlock(nn.Module):

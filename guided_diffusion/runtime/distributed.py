@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 # Environment variables set by common MPI launchers (Open MPI, MPICH/Hydra, Intel MPI, PMIx).
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")

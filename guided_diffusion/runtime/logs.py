@@ -140,7 +140,7 @@ class TensorBoardOutputFormat(OutputFormat):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            from guided_diffusion.errors import UserError
+            from guided_diffusion.runtime.errors import UserError
 
             raise UserError(
                 "the tensorboard log format needs the tensorboard package: `pip install tensorboard`, "
@@ -174,7 +174,7 @@ def make_output_format(name: str, directory: str, suffix: str = "") -> OutputFor
         return CSVOutputFormat(os.path.join(directory, f"progress{suffix}.csv"))
     if name in ("tensorboard", "tb"):
         return TensorBoardOutputFormat(os.path.join(directory, f"tb{suffix}"))
-    from guided_diffusion.errors import UserError
+    from guided_diffusion.runtime.errors import UserError
 
     raise UserError(f"unknown log format {name!r}: choose from stdout, log, csv, json, tensorboard")
 

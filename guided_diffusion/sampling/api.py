@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.checkpoints import preset_network_config, read_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
-from guided_diffusion.errors import UserError
-from guided_diffusion.presets import PRESETS, Preset, get_preset, parse_flag_string
-from guided_diffusion.sampling.fetch import fetch
+from guided_diffusion.config.presets import PRESETS, Preset, get_preset, parse_flag_string
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.sampling.job import SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job
 from guided_diffusion.sampling.runner import draw_samples, guidance_for, load_network
+from guided_diffusion.weights.checkpoints import preset_network_config, read_config_json
+from guided_diffusion.weights.fetch import fetch
 
 __all__ = ["Pipeline", "load_pipeline"]
 

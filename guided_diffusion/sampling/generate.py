@@ -22,8 +22,8 @@ from guided_diffusion.diffusion.denoiser import CondFn, DiffusionDenoiser
 from guided_diffusion.diffusion.grids import StepGrid, check_grid_request, make_grid, saturated_first_step
 from guided_diffusion.diffusion.respace import GridDiffusion
 from guided_diffusion.diffusion.stepping import guidance_weight
-from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime import distributed
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise, random_labels
 from guided_diffusion.sampling.guidance import (
     GuidedModel,

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.errors import SettingError
 from guided_diffusion.runtime.autocast import autocast
+from guided_diffusion.runtime.errors import SettingError
 
 __all__ = [
     "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "GUIDANCE_SCHEDULES",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
-from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import check_cfg
 

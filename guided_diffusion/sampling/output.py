@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from guided_diffusion.atomic import atomic_write_path
+from guided_diffusion.runtime.atomic import atomic_write_path
 
 __all__ = ["to_uint8", "samples_filename", "save_samples", "save_npz", "save_grid"]
 

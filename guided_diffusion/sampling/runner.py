@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.atomic import atomic_write_bytes, remove_stale_temp_files
-from guided_diffusion.checkpoints import load_model
 from guided_diffusion.diffusion.denoiser import CondFn
-from guided_diffusion.performance import optimize_model
+from guided_diffusion.runtime.atomic import atomic_write_bytes, remove_stale_temp_files
+from guided_diffusion.runtime.performance import optimize_model
 from guided_diffusion.sampling.generate import class_labels_for, draw, gather_in_order, to_numpy_uint8
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.job import SamplingJob, low_res_input
 from guided_diffusion.sampling.output import save_npz
+from guided_diffusion.weights.checkpoints import load_model
 
 __all__ = [
     "load_network", "guidance_for", "draw_batch", "draw_samples", "PartialRun", "ResumeError",

@@ -36,7 +36,7 @@ from guided_diffusion.diffusion.stepping import (
     grid_steps,
     guided_x0,
 )
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import GeneratorNoise
 
 __all__ = [

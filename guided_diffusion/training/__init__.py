@@ -7,6 +7,6 @@ loss scaling), `ema` (weight averages and their warm-up), `timestep_sampling` (t
 (`--init_from`), `monitor`, `watch` and `watch_flags` (sample grids, metrics and time budget during
 training), `report` (plots of a run), `recipes` (the released models' training flags), `run` (a job from
 command-line flags), `train_loop` (the original `TrainLoop`).
-Atomic file writes are `guided_diffusion.atomic`; bf16 autocast is `guided_diffusion.runtime.autocast`;
+Atomic file writes are `guided_diffusion.runtime.atomic`; bf16 autocast is `guided_diffusion.runtime.autocast`;
 generator states and per-example draws are `guided_diffusion.runtime.rng`.
 """

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 __all__ = ["EMAWarmup", "parse_ema_rates", "update_ema", "warmup_decay"]
 

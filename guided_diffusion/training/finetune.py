@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from guided_diffusion.errors import SettingError, UserError
-from guided_diffusion.presets import Preset
+from guided_diffusion.config.presets import Preset
 from guided_diffusion.runtime import logs
+from guided_diffusion.runtime.errors import SettingError, UserError
 
 __all__ = ["LABEL_EMBEDDING", "LABEL_FLAGS", "InitWeights", "load_initial_weights", "resolve_init_from"]
 
@@ -37,14 +37,14 @@ class InitWeights:
 
 def _checkpoint_file(spec: str) -> tuple[Path, Preset | None]:
     """(local file, preset or None) for a path or a released preset's name (downloaded when missing)."""
-    from guided_diffusion.presets import PRESETS
+    from guided_diffusion.config.presets import PRESETS
 
     path = Path(spec).expanduser()
     if path.is_file():
         return path, None
     name = spec.removesuffix(".pt")
     if name in PRESETS:
-        from guided_diffusion.sampling.fetch import fetch
+        from guided_diffusion.weights.fetch import fetch
 
         preset = PRESETS[name]
         return fetch(preset), preset
@@ -59,15 +59,15 @@ def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
     spec = getattr(args, "init_from", "") or ""
     if not spec:
         return None
-    from guided_diffusion.checkpoints import (
-        config_for_checkpoint,
-        load_state_dict,
-        read_config_json,
-    )
     from guided_diffusion.config import (
         ClassifierConfig,
         DiffusionConfig,
         SuperResConfig,
+    )
+    from guided_diffusion.weights.checkpoints import (
+        config_for_checkpoint,
+        load_state_dict,
+        read_config_json,
     )
 
     path, preset = _checkpoint_file(spec)

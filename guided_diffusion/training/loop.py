@@ -23,18 +23,18 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from guided_diffusion.atomic import remove_stale_temp_files
-from guided_diffusion.checkpoints import diagnose_mismatch
 from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
-from guided_diffusion.errors import UserError
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.atomic import remove_stale_temp_files
 from guided_diffusion.runtime.autocast import autocast
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.ema import parse_ema_rates, update_ema
 from guided_diffusion.training.precision import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, check_precision_choice
 from guided_diffusion.training.timestep_sampling import LossAwareSampler, ScheduleSampler, UniformSampler
+from guided_diffusion.weights.checkpoints import diagnose_mismatch
 
 
 @dataclass

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.atomic import atomic_write_bytes, atomic_write_path
-from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.runtime import logs
+from guided_diffusion.runtime.atomic import atomic_write_bytes, atomic_write_path
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import capture_rng_state, mix_seed, restore_rng_state
 
 __all__ = ["METRICS_FILE", "SAMPLES_DIR", "RunClock", "TrainingMonitor", "WatchOptions", "image_grid", "isolated_rng"]

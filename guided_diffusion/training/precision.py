@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.models.layers import convert_module_to_f16, convert_module_to_f32
 from guided_diffusion.runtime import logs
+from guided_diffusion.runtime.errors import SettingError, UserError
 
 INITIAL_LOG_LOSS_SCALE = 20.0
 MIN_LOG_LOSS_SCALE = 0.0

@@ -1,7 +1,7 @@
 """The training recipes of the released models: the flags that reproduce each checkpoint's training run,
 shown by `guided-diffusion presets --training`.
 
-Architecture flags are the released presets' (`guided_diffusion.presets`, the original README's
+Architecture flags are the released presets' (`guided_diffusion.config.presets`, the original README's
 MODEL_FLAGS). The training hyperparameters are from Dhariwal & Nichol 2021, "Diffusion Models Beat GANs
 on Image Synthesis", Appendix I (Tables 11-14): AdamW, EMA rate 0.9999, fp16 with loss scaling;
 ImageNet 64: batch 2048, lr 3e-4, 540K iterations; ImageNet 128 / 256 / 512: batch 256, lr 1e-4, 4360K /
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guided_diffusion.presets import PRESETS
+from guided_diffusion.config.presets import PRESETS
 
 __all__ = ["RECIPES", "Recipe", "recipe_command"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from guided_diffusion.atomic import atomic_write_bytes
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.atomic import atomic_write_bytes
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.training.monitor import (
     METRICS_FILE,
     SAMPLES_DIR,

@@ -11,14 +11,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from guided_diffusion.checkpoints import read_config_json, write_config_json
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, resolve_class_map
-from guided_diffusion.errors import SettingError, UserError
 from guided_diffusion.models.factory import SR_CHANNEL_MULT_BY_SIZE, parse_channel_mult
-from guided_diffusion.performance import optimize_model
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.errors import SettingError, UserError
+from guided_diffusion.runtime.performance import optimize_model
 from guided_diffusion.runtime.rng import mix_seed, seed_everything
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.ema import parse_ema_rates
@@ -29,6 +28,7 @@ from guided_diffusion.training.rundir import RunDirLock
 from guided_diffusion.training.timestep_sampling import create_named_schedule_sampler
 from guided_diffusion.training.trainers import build_trainer
 from guided_diffusion.training.watch import attach_watchers, prepare_watch
+from guided_diffusion.weights.checkpoints import read_config_json, write_config_json
 
 KINDS = ("image", "superres", "classifier")
 

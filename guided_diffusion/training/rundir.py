@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.errors import UserError
 
 LOCK_NAME = ".run.lock"
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.atomic import atomic_torch_save, file_digest
-from guided_diffusion.checkpoints import load_state_dict, read_tensor_file
-from guided_diffusion.errors import SettingError, UserError
+from guided_diffusion.runtime.atomic import atomic_torch_save, file_digest
+from guided_diffusion.runtime.errors import SettingError, UserError
+from guided_diffusion.weights.checkpoints import load_state_dict, read_tensor_file
 
 STATE_FORMAT = 1
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.errors import SettingError
+from guided_diffusion.runtime.errors import SettingError
 
 SAMPLER_NAMES = ("uniform", "loss-second-moment")
 

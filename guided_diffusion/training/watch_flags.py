@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from guided_diffusion.flags import add_dict_to_argparser
+from guided_diffusion.config.flags import add_dict_to_argparser
 
 __all__ = ["PROCESS_START", "WATCH_FLAGS", "add_watch_flags", "explicit_flags"]
 

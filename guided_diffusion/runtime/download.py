@@ -38,8 +38,8 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from guided_diffusion.atomic import atomic_write_bytes, file_digest, fsync_directory
-from guided_diffusion.errors import UserError
+from guided_diffusion.runtime.atomic import atomic_write_bytes, file_digest, fsync_directory
+from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["cache_dir", "check_cache_dir", "download", "recorded_sha256", "sidecar_path", "verify_installed"]
 

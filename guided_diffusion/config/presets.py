@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guided_diffusion.errors import UserError
-from guided_diffusion.flags import (
+from guided_diffusion.config.flags import (
     classifier_defaults,
     model_and_diffusion_defaults,
     sr_model_and_diffusion_defaults,
     str2bool,
 )
+from guided_diffusion.runtime.errors import UserError
 
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 MIRROR_ENV = "GUIDED_DIFFUSION_MIRROR"

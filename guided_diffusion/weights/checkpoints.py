@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.atomic import atomic_write_path
 from guided_diffusion.config import (
     CONFIG_KINDS,
     ClassifierConfig,
@@ -22,9 +21,10 @@ from guided_diffusion.config import (
     config_from_dict,
     config_to_dict,
 )
-from guided_diffusion.errors import UserError
+from guided_diffusion.config.presets import Preset, preset_for_file
 from guided_diffusion.models.factory import CHANNEL_MULT_BY_SIZE
-from guided_diffusion.presets import Preset, preset_for_file
+from guided_diffusion.runtime.atomic import atomic_write_path
+from guided_diffusion.runtime.errors import UserError
 
 CONFIG_FILENAME = "config.json"
 METADATA_KEY = "guided_diffusion_config"

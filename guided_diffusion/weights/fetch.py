@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guided_diffusion.checkpoints import check_preset_file
-from guided_diffusion.download import cache_dir, download, recorded_sha256, verify_installed
-from guided_diffusion.errors import UserError
-from guided_diffusion.presets import Preset
+from guided_diffusion.config.presets import Preset
 from guided_diffusion.runtime import distributed
+from guided_diffusion.runtime.download import cache_dir, download, recorded_sha256, verify_installed
+from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.weights.checkpoints import check_preset_file
 
 __all__ = ["checkpoint_path", "cache_state", "ensure_preset", "fetch"]
 

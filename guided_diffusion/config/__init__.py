@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 
 from guided_diffusion.diffusion.factory import create_gaussian_diffusion
-from guided_diffusion.errors import UserError
 from guided_diffusion.models.factory import NUM_CLASSES, create_classifier, create_model, label_rows, sr_create_model
+from guided_diffusion.runtime.errors import UserError
 
 
 @dataclass
