@@ -18,7 +18,8 @@ from guided_diffusion.runtime.errors import SettingError
 
 __all__ = [
     "GuidedModel", "classifier_cond_fn", "dynamic_threshold", "autocast", "SteeredGuidance", "GUIDANCE_SCHEDULES",
-    "check_cfg", "check_interval", "check_guidance_schedule",
+    "check_cfg", "check_interval", "check_guidance_schedule", "GUIDANCE_SCALINGS", "check_guidance_scaling",
+    "entropy_scale",
 ]
 
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
@@ -145,14 +146,34 @@ class SteeredGuidance:
         return self.cond_fn(x, t, **kwargs)
 
 
+GUIDANCE_SCALINGS = ("none", "entropy")
+
+
+def check_guidance_scaling(scaling: str) -> None:
+    """SettingError naming `guidance_scaling` unless it is one of GUIDANCE_SCALINGS."""
+    if scaling not in GUIDANCE_SCALINGS:
+        raise SettingError("guidance_scaling", f"guidance_scaling {scaling!r} is unknown; "
+                           f"choose one of {', '.join(GUIDANCE_SCALINGS)}")
+
+
+def entropy_scale(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy-driven scaling (EDS, Zheng et al. 2022): per sample, log(C) / H(p(. | x_t)), with H the
+    entropy of the classifier's prediction in nats and C its number of classes. A confident classifier
+    (low entropy) has a vanishing gradient; this factor (>= 1) brings the guidance back. Shape [N]."""
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return math.log(log_probs.shape[-1]) / entropy.clamp(min=1e-6)
+
+
 def classifier_cond_fn(
-    classifier: torch.nn.Module, scale: float, *, autocast_dtype: torch.dtype | None = None
+    classifier: torch.nn.Module, scale: float, *, autocast_dtype: torch.dtype | None = None, scaling: str = "none",
 ) -> Callable[..., torch.Tensor]:
     """cond_fn(x, t, y) = scale * grad_x log softmax(classifier(x, t))[y], one forward and one backward pass.
 
     Dhariwal & Nichol (2021), Algorithms 1 and 2; the same function the original `classifier_sample.py`
-    builds. `t` is the original (unspaced) timestep, as the classifier was trained on.
+    builds. `t` is the original (unspaced) timestep, as the classifier was trained on. `scaling="entropy"`
+    multiplies each sample's gradient by `entropy_scale` of the same forward pass (no extra evaluation).
     """
+    check_guidance_scaling(scaling)
 
     def cond_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         if y is None:
@@ -163,7 +184,10 @@ def classifier_cond_fn(
                 logits = classifier(x_in, t)
             log_probs = F.log_softmax(logits.float(), dim=-1)
             selected = log_probs[torch.arange(len(logits), device=logits.device), y.view(-1)]
-            return torch.autograd.grad(selected.sum(), x_in)[0] * scale
+            gradient = torch.autograd.grad(selected.sum(), x_in)[0] * scale
+        if scaling == "entropy":
+            gradient = gradient * entropy_scale(log_probs.detach()).view(-1, *([1] * (x.ndim - 1))).to(gradient.dtype)
+        return gradient
 
     return cond_fn
 
