@@ -115,6 +115,12 @@ class SpacedDiffusion(GaussianDiffusion):
     def _scale_timesteps(self, t):
         return t  # the wrapper scales
 
+    def model_timesteps(self, fn):
+        return self._wrap_model(fn)
+
+    def timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.timestep_map, dtype=np.float64), np.asarray(self.alphas_cumprod, dtype=np.float64)
+
 
 class GridDiffusion(SpacedDiffusion):
     """A diffusion over any grid of noise levels of a base process, fractional timesteps allowed.
@@ -139,6 +145,9 @@ class GridDiffusion(SpacedDiffusion):
         self._wrapped = None
         kwargs["betas"] = 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
         GaussianDiffusion.__init__(self, **kwargs)
+
+    def timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.base_timesteps, self.base_alphas_cumprod
 
 
 def parse_respacing(num_timesteps: int, timestep_respacing: str) -> set[int]:
