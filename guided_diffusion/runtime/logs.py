@@ -452,3 +452,131 @@ def profile_kv(scope_name: str) -> Iterator[None]:
     finally:
         current = get_current()
         current.name2val[key] = current.name2val.get(key, 0.0) + (time.time() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress of long loops
+
+
+def log_to_files(text: str) -> None:
+    """Write a text line to the configured logger's files (log.txt) only, not to stdout. Nothing
+    happens when no logger is configured (this never creates a run directory)."""
+    if _CURRENT is None:
+        return
+    for fmt in _CURRENT.output_formats:
+        if isinstance(fmt, HumanOutputFormat) and fmt._owns_file:
+            fmt.write_text(text)
+
+
+def clock_text(seconds: float) -> str:
+    """Seconds as M:SS or H:MM:SS (rounded down to whole seconds)."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressReporter:
+    """Progress of a loop of `total` units (None: no end known) for a person watching.
+
+    In a terminal (stderr is a tty) a tqdm bar on stderr. Outside one (nohup, a scheduler, `| tee`) a
+    plain line on stderr whenever another `every_fraction` of the total is done or `every_seconds`
+    passed since the last line: "label: 300/1000 steps (30%), elapsed 1:05, ETA 2:31, loss 0.031".
+    The plain lines also go to the configured logger's log.txt, in both cases, so the log never holds
+    cursor codes. `progress` is the `--progress` value: False reports nothing; True or None (the
+    default) report as above. `initial` units were done before (a resumed run); the ETA uses the
+    rate of this process only. `set_postfix` adds fields to the bar and to the lines.
+    """
+
+    def __init__(self, total: int | None, what: str, *, progress: bool | None = None, label: str = "",
+                 initial: int = 0, every_fraction: float = 0.1, every_seconds: float = 30.0,
+                 terminal: bool | None = None, clock: Any = time.monotonic):
+        self.total = total
+        self.what = what
+        self.label = label
+        self.done = initial
+        self.enabled = progress is not False
+        self.every_fraction = every_fraction
+        self.every_seconds = every_seconds
+        self._clock = clock
+        self._start = clock()
+        self._initial = initial
+        self._last_line_time = self._start
+        self._last_line_done = initial
+        self._next_fraction = self._fraction_after(initial)
+        self._postfix: dict[str, Any] = {}
+        on_terminal = sys.stderr.isatty() if terminal is None else terminal
+        self._bar: Any = None
+        if self.enabled and on_terminal:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=label or None, unit=what.rstrip("s") or what,
+                             dynamic_ncols=True, mininterval=1.0)
+
+    def _fraction_after(self, done: int) -> int | None:
+        """The next unit count at which a whole `every_fraction` of the total is reached."""
+        if not self.total or self.every_fraction <= 0:
+            return None
+        step = self.total * self.every_fraction
+        return min(self.total, int((done // step + 1) * step + 0.999999))
+
+    def line(self) -> str:
+        """The plain progress line as of now."""
+        elapsed = self._clock() - self._start
+        head = f"{self.label}: " if self.label else ""
+        if self.total:
+            text = f"{head}{self.done}/{self.total} {self.what} ({100 * self.done // self.total}%), elapsed {clock_text(elapsed)}"
+            rate_done = self.done - self._initial
+            if 0 < rate_done and self.done < self.total:
+                text += f", ETA {clock_text(elapsed / rate_done * (self.total - self.done))}"
+        else:
+            text = f"{head}{self.done} {self.what}, elapsed {clock_text(elapsed)}"
+        extra = ", ".join(f"{key} {value}" for key, value in self._postfix.items())
+        return f"{text}, {extra}" if extra else text
+
+    def _emit(self) -> None:
+        text = self.line()
+        if self._bar is None:
+            print(text, file=sys.stderr, flush=True)
+        log_to_files(text)
+        self._last_line_time = self._clock()
+        self._last_line_done = self.done
+        self._next_fraction = self._fraction_after(self.done)
+
+    def update(self, n: int = 1) -> None:
+        """`n` more units are done."""
+        self.done += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+        due_fraction = self._next_fraction is not None and self.done >= self._next_fraction
+        if due_fraction or self._clock() - self._last_line_time >= self.every_seconds:
+            self._emit()
+
+    def set_postfix(self, fields: dict[str, Any]) -> None:
+        """Fields shown after the counts (replacing the previous ones)."""
+        self._postfix = dict(fields)
+        if self._bar is not None:
+            self._bar.set_postfix(self._postfix, refresh=False)
+
+    def external_write(self) -> contextlib.AbstractContextManager:
+        """A context in which other text may be printed without breaking the bar."""
+        if self._bar is None:
+            return contextlib.nullcontext()
+        return self._bar.external_write_mode()
+
+    def close(self) -> None:
+        """End the bar; a last plain line when units were done since the previous one."""
+        if self.enabled and self.done != self._last_line_done:
+            self._emit()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.enabled = False
+
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
