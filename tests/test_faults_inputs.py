@@ -53,7 +53,7 @@ def _damaged_copies(good: Path, directory: Path) -> dict[str, tuple[Path, str]]:
     cases = {
         "empty": (b"", "is empty (0 bytes)"),
         "truncated": (data[: len(data) // 2], "is cut short"),
-        "garbage": (b"<html>503 Service Unavailable</html>" * 20, "is not a PyTorch checkpoint"),
+        "garbage": (b"<html>503 Service Unavailable</html>" * 20, "is not a checkpoint"),
     }
     out = {}
     for name, (content, message) in cases.items():

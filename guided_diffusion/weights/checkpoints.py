@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ from guided_diffusion.config import (
 )
 from guided_diffusion.config.presets import Preset, preset_for_file
 from guided_diffusion.models.factory import CHANNEL_MULT_BY_SIZE
-from guided_diffusion.runtime.atomic import atomic_write_path
+from guided_diffusion.runtime.atomic import atomic_write_path, file_digest
+from guided_diffusion.runtime.download import recorded_sha256, sidecar_path
 from guided_diffusion.runtime.errors import UserError
 
 CONFIG_FILENAME = "config.json"
@@ -120,8 +124,6 @@ def validate_config_dict(data: Mapping[str, Any], source: str) -> None:
 def _describe_unreadable(path: Path, exc: Exception) -> str:
     """What is wrong with a checkpoint file that failed to load, in plain words (judged from the file's
     first bytes and structure, not from the loader's message)."""
-    import zipfile
-
     size = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(8)
@@ -141,18 +143,107 @@ def _describe_unreadable(path: Path, exc: Exception) -> str:
         if isinstance(exc, EOFError) or "ran out of input" in str(exc).lower():
             return f"{path} is cut short ({size} bytes): the download or save did not finish; download or save it again"
         return f"{path} is a Python pickle that {refused.removeprefix('contains ')}"
-    return f"{path} is not a PyTorch checkpoint (it starts with bytes {head!r}); pass a file written by torch.save"
+    return (f"{path} is not a checkpoint (it starts with bytes {head!r}); pass a file written by torch.save "
+            "or safetensors")
+
+
+# -- integrity: the recorded sha256, else the zip archive's CRCs ---------------------------------------------
+
+# A run's checkpoint files and the training-state file that records their sha256 (training/snapshots.py
+# writes `files: {name: {"size", "sha256"}}` into train_stateNNNNNN.pt beside modelNNNNNN.pt,
+# ema_RATE_NNNNNN.pt and optNNNNNN.pt).
+_RUN_FILE = re.compile(r"^(?:model|opt|ema_.+_)(\d+)\.(?:pt|safetensors)$")
+_RUN_STATE_NAME = "train_state{step:06d}.pt"
+
+# Files this process has already found intact, by identity and modification: a file loaded twice (its
+# kind inspected, then its weights loaded) is hashed once. A change of size, mtime or inode re-checks it.
+_INTACT: dict[tuple[str, int, int, int], str] = {}
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def recorded_digest(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(sha256 hex digest, where it is recorded) for a file whose digest was recorded when it was written:
+    `NAME.sha256` beside it (written when a file is installed in the cache), or the training-state file
+    of the run checkpoint it belongs to. None when nothing records it."""
+    path = Path(path)
+    digest = recorded_sha256(path)
+    if digest is not None:
+        return digest, sidecar_path(path).name
+    match = _RUN_FILE.match(path.name)
+    if match is None:
+        return None
+    state_file = path.parent / _RUN_STATE_NAME.format(step=int(match.group(1)))
+    if not state_file.is_file():
+        return None
+    try:  # the state file is a plain torch file of numbers, strings and tensors
+        record = torch.load(state_file, map_location="cpu", weights_only=True)
+        entry = record["files"][path.name]
+        digest = str(entry["sha256"])
+    except Exception:  # unreadable or without an entry for this file: nothing is recorded that we can use
+        return None
+    return (digest, state_file.name) if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Read every member of a zip archive (torch's format since 1.6) and compare its CRC-32 with the one
+    stored in the archive; torch.load itself never checks them, so a flipped bit loads silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is damaged: its zip archive fails its integrity check ({reason}); "
+                        "copy or download it again, or use another checkpoint") from None
+    if bad is not None:
+        raise UserError(f"{path} is damaged: {bad} inside it fails its CRC check, so its bytes changed after it "
+                        "was written (bit rot or a bad copy); copy or download it again, or use another checkpoint")
+
+
+def verify_checkpoint_bytes(path: str | os.PathLike) -> None:
+    """Raise a one-line `UserError` when `path`'s bytes changed since it was written: its sha256 differs from
+    the one recorded beside it or in its run's training state (`recorded_digest`), or, with nothing
+    recorded, a member of its zip archive fails its CRC. Files found intact are remembered for this process."""
+    path = Path(path)
+    key = _identity(path)
+    if key in _INTACT:
+        return
+    recorded = recorded_digest(path)
+    if recorded is not None:
+        expected, where = recorded
+        digest = file_digest(path)[1]
+        if digest != expected:
+            raise UserError(
+                f"{path} does not match the sha256 recorded in {where} (file {digest[:16]}..., recorded "
+                f"{expected[:16]}...): its bytes changed after it was written (bit rot or a bad copy); "
+                "restore it, download it again, or use another checkpoint"
+            )
+    else:
+        with open(path, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"
+        if zipped and zipfile.is_zipfile(path):  # a cut-short archive is described by the loader
+            _check_zip_crcs(path)
+        digest = "unrecorded"
+    _INTACT[key] = digest
 
 
 def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """The object stored in a `.pt` (weights only: no pickled code runs) or `.safetensors` file, with
     a one-line `UserError` saying what is wrong when the file is missing, empty, cut short, not a
-    checkpoint, or holds pickled objects."""
+    checkpoint, holds pickled objects, or changed since it was written (`verify_checkpoint_bytes`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path (or download it with `guided-diffusion download`)")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes): the download or save did not finish; download or save it again")
+    verify_checkpoint_bytes(path)
+    return _load_tensor_file(path, map_location, mmap)
+
+
+def _load_tensor_file(path: Path, map_location: Any, mmap: bool) -> Any:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -164,7 +255,7 @@ def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be memory-mapped
-            return read_tensor_file(path, map_location)
+            return _load_tensor_file(path, map_location, False)
         raise UserError(_describe_unreadable(path, exc)) from None
 
 
@@ -188,6 +279,82 @@ def load_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         state = {k[len("module."):]: v for k, v in state.items()}
     check_finite(state, path)
     return dict(state)
+
+
+# -- what a file holds, before any flag is looked at ------------------------------------------------------
+
+CHECKPOINT_KINDS = ("diffusion", "superres", "classifier")
+_KIND_PHRASES = {
+    "diffusion": "a diffusion model", "superres": "a super-resolution model", "classifier": "a classifier",
+    "optimizer": "an optimizer state", "training-state": "a training-state record", "tensors": "a file of tensors",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file holds, read from the file alone.
+
+    `kind`: "diffusion" (a UNet on images), "superres" (a UNet that also takes the low-resolution image),
+    "classifier" (a noisy classifier), "optimizer" (an optNNNNNN.pt), "training-state" (a
+    train_stateNNNNNN.pt) or "tensors" (a state dict of no network of this package, e.g. the Inception
+    weights). `state`: its tensors (memory-mapped where the format allows; a "module." prefix removed),
+    None for the optimizer and training-state kinds. `facts`: `describe_state_dict`'s architecture facts."""
+
+    path: Path
+    kind: str
+    state: Mapping[str, torch.Tensor] | None
+    facts: Mapping[str, Any]
+
+    def describe(self) -> str:
+        """"a classifier checkpoint", "an optimizer state", ..."""
+        phrase = _KIND_PHRASES[self.kind]
+        return f"{phrase} checkpoint" if self.kind in CHECKPOINT_KINDS else phrase
+
+
+def _kind_of(state: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
+    if facts.get("kind") == "classifier":
+        return "classifier"
+    if facts.get("kind") == "unet":
+        # A super-resolution UNet takes the noisy RGB image and the upsampled low-resolution one (6 channels)
+        # and predicts 3 (6 with learned variances); a diffusion UNet takes 3 and predicts 3 or 6.
+        channels_in, channels_out = facts["in_channels"], facts["out_channels"]
+        return "superres" if channels_in == 6 or channels_in > channels_out else "diffusion"
+    return "tensors"
+
+
+def inspect_checkpoint(path: str | os.PathLike, expected: str | None = None) -> CheckpointInfo:
+    """Read `path` safely (`read_tensor_file`: missing, empty, cut short, damaged, not a checkpoint, or
+    pickled code are one-line `UserError`s) and tell what it holds. With `expected` (one of
+    `CHECKPOINT_KINDS`) anything else is refused in one line naming both, e.g. "X is a classifier
+    checkpoint, not a diffusion model". Call it before building a network from flags, so a wrong file is
+    reported as such rather than as a flag problem."""
+    if expected is not None and expected not in CHECKPOINT_KINDS:
+        raise ValueError(f"expected must be one of {CHECKPOINT_KINDS}, got {expected!r}")
+    path = Path(path)
+    loaded = read_tensor_file(path, "cpu", mmap=True)
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"{path} is not a checkpoint: it holds a {type(loaded).__name__}, not a state dict of tensors; "
+                        "save model.state_dict() with torch.save")
+    if "param_groups" in loaded and "state" in loaded:
+        info = CheckpointInfo(path, "optimizer", None, {})
+    elif "files" in loaded and "format" in loaded:
+        info = CheckpointInfo(path, "training-state", None, {})
+    else:
+        if not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise UserError(f"{path} is not a checkpoint: it is a dict that holds more than tensors, not a state "
+                            "dict; save model.state_dict() with torch.save")
+        state: Mapping[str, torch.Tensor] = loaded
+        if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+            state = {k[len("module."):]: v for k, v in state.items()}
+        facts = describe_state_dict(state)
+        info = CheckpointInfo(path, _kind_of(state, facts), state, facts)
+    if expected is not None and info.kind != expected:
+        advice = {
+            "optimizer": f"; pass the model{path.name[3:]} beside it" if path.name.startswith("opt") else "",
+            "training-state": "; pass the modelNNNNNN.pt of the same step" if path.name.startswith("train_state") else "",
+        }.get(info.kind, "")
+        raise UserError(f"{path} is {info.describe()}, not {_KIND_PHRASES[expected]}{advice}")
+    return info
 
 
 def layout_differences(given: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
