@@ -230,6 +230,12 @@ def verify_checkpoint_bytes(path: str | os.PathLike) -> None:
     _INTACT[key] = digest
 
 
+def mark_intact(path: str | os.PathLike, digest: str) -> None:
+    """Note that `path` (as it is now) was just hashed to `digest` and found as recorded, so the next load
+    in this process does not hash it again (e.g. after `runtime.download.verify_installed`)."""
+    _INTACT[_identity(Path(path))] = digest
+
+
 def read_tensor_file(path: str | os.PathLike, map_location: Any = "cpu", *, mmap: bool = False) -> Any:
     """The object stored in a `.pt` (weights only: no pickled code runs) or `.safetensors` file, with
     a one-line `UserError` saying what is wrong when the file is missing, empty, cut short, not a

@@ -7,7 +7,7 @@ from guided_diffusion.config.presets import Preset
 from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.download import cache_dir, download, recorded_sha256, verify_installed
 from guided_diffusion.runtime.errors import UserError
-from guided_diffusion.weights.checkpoints import check_preset_file
+from guided_diffusion.weights.checkpoints import check_preset_file, mark_intact
 
 __all__ = ["checkpoint_path", "cache_state", "ensure_preset", "fetch"]
 
@@ -35,10 +35,14 @@ def ensure_preset(preset: Preset, *, progress: bool = True, verify: bool = False
         first_use = preset.sha256 is None and recorded_sha256(path) is None
         if verify or first_use:
             check_preset_file(preset, path)
-        verify_installed(path, preset.sha256)
+        mark_intact(path, verify_installed(path, preset.sha256))  # loading it next need not hash it again
         return path
-    return download(preset.url, path, sha256=preset.sha256, progress=progress,
-                    validate=lambda part: check_preset_file(preset, part))
+    download(preset.url, path, sha256=preset.sha256, progress=progress,
+             validate=lambda part: check_preset_file(preset, part))
+    recorded = recorded_sha256(path)
+    if recorded is not None:  # hashed while installing
+        mark_intact(path, recorded)
+    return path
 
 
 def fetch(preset: Preset, *, progress: bool = True) -> Path:
