@@ -3,6 +3,7 @@ under a dead `| tee`, two trainers on one run directory, stale locks, pruning cu
 bad numbers and paths, 16-bit images, and pickles that would run code passed as resume files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -135,6 +136,49 @@ def test_stale_lock_of_a_killed_run_is_taken_over(data_dir, tmp_path, capsys):
     assert "took over the lock" in capsys.readouterr().out
     assert _complete_sets(run) == [2]
     assert (run / ".run.lock").read_text() == ""  # released cleanly: nothing to take over next time
+
+
+def test_sigkill_of_the_trainer_alone_frees_the_lock_at_once_despite_live_workers(data_dir, tmp_path, capsys):
+    """A scheduler's requeue after `kill -9` of the trainer: its data-loader workers outlive it for seconds,
+    and must not hold the run directory's lock (issue 20 item 8)."""
+    run = tmp_path / "run"
+    args = ["image_train", "--data_dir", str(data_dir), "--log_dir", str(run), *TINY, "--num_workers", "2"]
+    proc = _start([*args, "--iterations", "100000", "--save_interval", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(run / ck.state_name(4), proc)
+        workers = _children(proc.pid)
+        assert workers, "the trainer has no data-loader workers to test with"
+        os.kill(proc.pid, signal.SIGKILL)  # the trainer alone, as `kill -9 PID`
+        proc.wait(timeout=30)
+        assert any(_alive(pid) for pid in workers), "the workers died with the trainer: nothing was tested"
+        capsys.readouterr()
+        assert main([*args, "--iterations", "6", "--save_interval", "6", "--resume", "auto"]) == 0, capsys.readouterr().err
+        assert "took over the lock" in capsys.readouterr().out
+        assert _complete_sets(run)[-1] == 6
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    """The child pids of `pid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_pruning_cut_short_by_a_kill_leaves_no_orphan(tmp_path, monkeypatch):

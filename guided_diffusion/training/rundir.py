@@ -3,7 +3,9 @@
 `RunDirLock` holds an exclusive `flock` on `RUN_DIR/.run.lock` for the run's life. The kernel drops
 the lock when its holder dies however it dies (SIGKILL, power loss of a local disk), so a lock left by
 a killed run is simply taken over; the file only carries the holder's pid, host and start time for
-the message a second trainer gets.
+the message a second trainer gets. The lock belongs to the trainer alone: a forked child (a data-loader
+worker) closes its copy of the descriptor at once, else a worker outliving a `kill -9`ed trainer by
+seconds would keep the lock and refuse the scheduler's immediate `--resume auto`.
 
 `tolerant_console()` keeps `| tee log` and similar pipes from killing a run: when the reader of
 stdout/stderr goes away (tee dies first on Ctrl-C), further console output is dropped instead of
@@ -31,6 +33,21 @@ try:
     import fcntl
 except ImportError:  # Windows: fall back to the filelock package (no holder details)
     fcntl = None  # type: ignore[assignment]
+
+
+# Descriptors of the locks this process holds; a forked child closes its copies (see the docstring).
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _HELD_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the child's reference only: the parent's descriptor keeps the lock
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
 class RunDirLock:
@@ -69,6 +86,7 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def _read_holder(self) -> dict[str, Any] | None:
@@ -87,6 +105,7 @@ class RunDirLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD_FDS.discard(self._fd)
             os.ftruncate(self._fd, 0)  # an empty file: ended cleanly (a killed run leaves its pid for the log)
             os.close(self._fd)  # closing drops the flock; the file stays, harmless and reusable
             self._fd = None
