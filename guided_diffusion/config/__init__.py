@@ -16,7 +16,29 @@ import torch
 
 from guided_diffusion.diffusion.factory import create_gaussian_diffusion
 from guided_diffusion.models.factory import NUM_CLASSES, create_classifier, create_model, label_rows, sr_create_model
-from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.runtime.errors import SettingError, UserError
+
+
+def _at_least(config: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise SettingError(name, f"{name} must be at least {minimum} (got {value})")
+
+
+def _heads(config: Any, *names: str) -> None:
+    """Head settings where -1 means "derived from another setting"."""
+    for name in names:
+        value = getattr(config, name)
+        if value != -1 and value < 1:
+            raise SettingError(name, f"{name} must be -1 (not used) or at least 1 (got {value})")
+
+
+def _probability(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise SettingError(name, f"{name} must be in [0, 1) (got {value})")
 
 
 @dataclass
@@ -57,8 +79,13 @@ class DiffusionConfig(_Config):
     rescale_learned_sigmas: bool = False
     sigma_small: bool = False
 
+    def validate(self) -> None:
+        """Raise a SettingError for a value no diffusion can have."""
+        _at_least(self, 1, "diffusion_steps")
+
     def build(self):
         """The SpacedDiffusion these settings describe."""
+        self.validate()
         return create_gaussian_diffusion(
             steps=self.diffusion_steps, learn_sigma=self.learn_sigma, sigma_small=self.sigma_small,
             noise_schedule=self.noise_schedule, use_kl=self.use_kl, predict_xstart=self.predict_xstart,
@@ -103,8 +130,17 @@ class ModelConfig(_Config):
         """Rows of the label embedding (None when unconditional)."""
         return label_rows(self.class_cond, self.num_classes, self.class_dropout_prob)
 
+    def validate(self) -> None:
+        """Raise a SettingError for a value no network can have (before anything is built)."""
+        _at_least(self, 1, "num_channels", "num_res_blocks", "num_classes")
+        if self.num_head_channels == -1:
+            _at_least(self, 1, "num_heads")
+        _heads(self, "num_head_channels", "num_heads_upsample")
+        _probability(self, "dropout", "class_dropout_prob")
+
     def build(self) -> torch.nn.Module:
         """The UNetModel these settings describe."""
+        self.validate()
         return create_model(**self.to_dict())
 
 
@@ -119,6 +155,7 @@ class SuperResConfig(ModelConfig):
 
     def build(self) -> torch.nn.Module:
         """The SuperResModel these settings describe (image_size is not used)."""
+        self.validate()
         values = self.to_dict()
         del values["image_size"]
         return sr_create_model(**values)
@@ -143,8 +180,14 @@ class ClassifierConfig(_Config):
 
     kind = "classifier"
 
+    def validate(self) -> None:
+        """Raise a SettingError for a value no classifier can have."""
+        _at_least(self, 1, "classifier_width", "classifier_depth", "num_classes")
+        _heads(self, "classifier_num_head_channels")
+
     def build(self) -> torch.nn.Module:
         """The EncoderUNetModel classifier these settings describe."""
+        self.validate()
         return create_classifier(**self.to_dict())
 
 
