@@ -92,14 +92,21 @@ def save_checkpoint_files(
         size, digest = atomic_torch_save(obj, directory / name)
         manifest[name] = {"size": size, "sha256": digest}
 
-    write(model_name(step), model_state)
-    for rate, state in ema_states.items():
-        write(ema_name(rate, step), state)
-    write(opt_name(step), opt_state)
-    record = dict(train_state)
-    record.update(format=STATE_FORMAT, step=step, files=manifest, ema_rates=list(ema_states))
-    path = directory / state_name(step)
-    atomic_torch_save(record, path)
+    try:
+        write(model_name(step), model_state)
+        for rate, state in ema_states.items():
+            write(ema_name(rate, step), state)
+        write(opt_name(step), opt_state)
+        record = dict(train_state)
+        record.update(format=STATE_FORMAT, step=step, files=manifest, ema_rates=list(ema_states))
+        path = directory / state_name(step)
+        atomic_torch_save(record, path)
+    except Exception:
+        # A set without its state file is never resumed from; its files would only take the space a
+        # full disk lacks. (Not on KeyboardInterrupt: a stop mid-save leaves them to the next prune.)
+        for name in manifest:
+            (directory / name).unlink(missing_ok=True)
+        raise
     return path
 
 
