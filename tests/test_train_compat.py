@@ -12,6 +12,7 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.cli.train import build_parser
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.script_util import args_to_dict, create_model_and_diffusion, model_and_diffusion_defaults
 from guided_diffusion.train_util import TrainLoop, parse_resume_step_from_filename
 
@@ -93,7 +94,7 @@ def test_defaults_are_the_originals():
     assert classifier["random_crop"] is True  # hard-coded for classifiers by the original
     sr = vars(build_parser("super_res_train").parse_args([]))
     assert (sr["large_size"], sr["small_size"], sr["save_interval"]) == (256, 64, 10000)
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--use_fp16: boolean value expected"):  # one line through cli.main
         build_parser("image_train").parse_args(["--use_fp16", "maybe"])
 
 

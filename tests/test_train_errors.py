@@ -59,7 +59,7 @@ def test_resume_path_missing(tmp_path, capsys):
 def test_inconsistent_flags(tmp_path, capsys):
     data = make_blob_dataset(tmp_path / "d", count=4, size=8)
     base = ["image_train", "--data_dir", str(data), "--log_dir", str(tmp_path / "run"), *TINY]
-    assert "--use_bf16: use_fp16 and use_bf16 exclude each other" in error_of(capsys, [*base, "--use_fp16", "True", "--use_bf16", "True"])
+    assert "--bf16: bf16 autocast and use_fp16 True exclude each other" in error_of(capsys, [*base, "--use_fp16", "True", "--use_bf16", "True"])
     assert "--class_dropout_prob needs class_cond True" in error_of(capsys, [*base, "--class_dropout_prob", "0.1"])
     assert "--num_classes: " in (message := error_of(capsys, [*base, "--class_cond", "True", "--num_classes", "1"]))
     assert "use num_classes 2" in message

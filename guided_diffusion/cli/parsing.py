@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Any, NoReturn
 
@@ -24,6 +25,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends each flag's text with its default, unless the text already states one, the flag
     takes no value (`--quick`), or there is nothing to show (None, an empty string)."""
 
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None:  # argparse prints nothing for a flag without help: show its default anyway
+            shown = self._get_help_string(action)
+            if shown:
+                action = copy.copy(action)
+                action.help = shown
+        return super()._format_action(action)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if action.default is argparse.SUPPRESS or action.default is None or action.default == "":
@@ -32,8 +41,15 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             return text
         if "default" in text.lower():  # "(default: on when stderr is a terminal)" says more than a value
             return text
-        shown = "%(default)s"
-        return f"{text} (default: {shown})" if text else f"default: {shown}"
+        shown = _default_text(action.default).replace("%", "%%")  # the help is %-formatted after this
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def _default_text(value: Any) -> str:
+    """A default as a person would type it: 0.6667 rather than 0.6666666666666666."""
+    if isinstance(value, float) and len(repr(value)) > 8:
+        return f"{value:.4g}"
+    return str(value)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,10 +76,12 @@ def add_progress_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     )
 
 
-def add_bf16_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str | None = None) -> None:
-    """Add `--bf16` (bare means true; `--bf16 false` is the default)."""
+def add_bf16_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str | None = None, *,
+                  aliases: tuple[str, ...] = (), dest: str = "bf16") -> None:
+    """Add `--bf16` (bare means true; `--bf16 false` is the default). `aliases` are other spellings of
+    the same flag (training keeps its earlier `--use_bf16`); `dest` is the attribute it sets."""
     parser.add_argument(
-        "--bf16", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+        "--bf16", *aliases, dest=dest, type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
         help=help or "bfloat16 autocast with float32 weights",
     )
 

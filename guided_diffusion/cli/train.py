@@ -3,14 +3,21 @@ names and defaults, booleans as True/False/yes/no/1/0) plus the new ones listed 
 from __future__ import annotations
 
 import argparse
+import errno
+import shlex
 import sys
+from pathlib import Path
 
+from guided_diffusion.cli import flag_message
+from guided_diffusion.cli.parsing import OneLineParser, add_bf16_flag, add_progress_flag
 from guided_diffusion.config.flags import (
     add_dict_to_argparser,
     classifier_and_diffusion_defaults,
     model_and_diffusion_defaults,
     sr_model_and_diffusion_defaults,
 )
+from guided_diffusion.runtime import logs
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
 
 # Flags added by this package to every training subcommand, with defaults that keep the original's
@@ -21,7 +28,6 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "resume": ("", "'auto': continue from the newest complete checkpoint in the run directory (start fresh if none)"),
     "log_dir": ("", "run directory for logs and checkpoints (default: $OPENAI_LOGDIR, else a new temp dir)"),
     "keep_last": (0, "keep only the newest K checkpoints (0: keep all)"),
-    "use_bf16": (False, "bfloat16 autocast with float32 weights (alternative to fp16 loss scaling)"),
     "min_lg_loss_scale": (0.0, "fp16: floor of log2 of the loss scale"),
     "grad_clip": (0.0, "clip the gradient norm to this value (0: off)"),
     "label_mode": ("auto", "class labels from 'filename' prefixes (CLASS_xxx.png, the original), 'folder' (one sub-folder per class) or 'auto'"),
@@ -30,7 +36,6 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "num_workers": (-1, "data loader worker processes per rank (-1: automatic)"),
     "skip_bad_images": (False, "skip unreadable images (counted and logged) instead of stopping"),
     "tensorboard": (False, "also write TensorBoard logs (needs the tensorboard package)"),
-    "progress": (True, "show a progress bar"),
     "channels_last": (False, "channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)"),
 }
 
@@ -84,13 +89,22 @@ def _classifier_train_defaults() -> dict:
     return defaults
 
 
+_DESCRIPTIONS = {
+    "image_train": "Train a diffusion model on a folder of images.",
+    "classifier_train": "Train a noisy classifier for classifier guidance on a folder of labelled images.",
+    "super_res_train": "Train a super-resolution diffusion model (its low-resolution inputs are the training images, "
+                       "area-downsampled).",
+}
+_FLAGS_NOTE = ("The first flags are the original scripts' (same names and defaults; booleans as True/False/yes/no/1/0); "
+               "the groups below them are added by this package.")
+
+
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The flag parser of training subcommand `name`."""
     defaults_of = {"image_train": _image_train_defaults, "super_res_train": _super_res_train_defaults,
                    "classifier_train": _classifier_train_defaults}
     defaults = defaults_of[name]()
-    # allow_abbrev=False: `--iteration 5` is a typo to report, not silently --iterations.
-    parser = argparse.ArgumentParser(prog=f"guided-diffusion {name}", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = OneLineParser(prog=f"guided-diffusion {name}", description=f"{_DESCRIPTIONS[name]} {_FLAGS_NOTE}")
     add_dict_to_argparser(parser, defaults)
     extra = {key: value for key, (value, _) in NEW_FLAGS.items() if key not in defaults}
     if name == "classifier_train":
@@ -103,23 +117,85 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     for action in group._group_actions:
         key = action.dest
         action.help = NEW_FLAGS[key][1] if key in NEW_FLAGS else "sum microbatch gradients as the original did (default: average them)"
+    add_bf16_flag(group, "bfloat16 autocast with float32 weights (instead of --use_fp16's loss scaling); "
+                         "--use_bf16 True is the same", aliases=("--use_bf16",), dest="use_bf16")
+    add_progress_flag(group)
     add_watch_flags(parser, name)  # samples/metrics during training, --init_from, --max_time, --ema_warmup
     return parser
+
+
+# Settings whose flag is not `--<setting>`.
+_FLAG_OF_SETTING = {"use_bf16": "--bf16"}
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def resume_command(name: str, argv: list[str], run_dir: Path | None, world_size: int = 1) -> str:
+    """The command that continues this run: its own flags with `--resume auto` (and `--log_dir` when
+    the run directory came from elsewhere), under torchrun when several ranks ran."""
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        flag = word.split("=", 1)[0]
+        if flag in ("--resume", "--resume_checkpoint"):  # replaced by --resume auto
+            skip = "=" not in word
+            continue
+        words.append(word)
+    has_log_dir = any(w == "--log_dir" or w.startswith("--log_dir=") for w in words)
+    if run_dir is not None and not has_log_dir:
+        words += ["--log_dir", str(run_dir)]
+    words += ["--resume", "auto"]
+    launcher = ["guided-diffusion"] if world_size <= 1 else ["torchrun", "--nproc_per_node", str(world_size), "-m", "guided_diffusion"]
+    return shlex.join([*launcher, name, *words])
+
+
+def _say(text: str) -> None:
+    """A last word on stderr and in the run's log.txt."""
+    print(text, file=sys.stderr, flush=True)
+    logs.log_to_files(text)
 
 
 def _run(name: str, kind: str, argv: list[str]) -> int:
     args = build_parser(name).parse_args(argv)
     args.explicit_flags = explicit_flags(argv)  # --init_from: which flags override the checkpoint's
-    from guided_diffusion.training.run import train_from_flags
+    from guided_diffusion.training.monitor import MissingInceptionWeights
+    from guided_diffusion.training.run import TrainingOutcome, train_from_flags
     from guided_diffusion.training.rundir import tolerant_console
 
+    outcome = TrainingOutcome()
     with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
         try:
-            return train_from_flags(args, kind)
+            train_from_flags(args, kind, outcome)
+        except MissingInceptionWeights as exc:
+            raise UserError(f"{flag_message(exc)}: give a downloaded copy with --inception_weights PATH, or use "
+                            "--eval_features classifier:PATH with one of your classifier checkpoints") from None
+        except SettingError as exc:
+            raise UserError(flag_message(exc, _FLAG_OF_SETTING)) from None
         except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while a save was pending
-            print("training stopped by Ctrl-C without a final save; checkpoint sets saved before are intact: "
-                  "continue with --resume auto", file=sys.stderr)
+            if outcome.run_dir is None:
+                _say("training stopped by Ctrl-C before it started; nothing was saved")
+                return 130
+            _say("training stopped by Ctrl-C without a final save; checkpoint sets saved before are intact: "
+                 f"resume with: {resume_command(name, argv, outcome.run_dir, outcome.world_size)}")
             return 130
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"error: disk full{where} ({exc.strerror}): checkpoint sets saved before are intact; free some space, "
+                  f"then resume with: {resume_command(name, argv, outcome.run_dir, outcome.world_size)}", file=sys.stderr)
+            return 1
+    if outcome.stop is not None and outcome.rank == 0:
+        command = resume_command(name, argv, outcome.run_dir, outcome.world_size)
+        if outcome.stop == "max_time":
+            _say(f"stopped by --max_time {outcome.max_time:g}h at step {outcome.step}: saved a checkpoint in "
+                 f"{outcome.run_dir}; resume with: {command}")
+        else:
+            _say(f"interrupted by {outcome.stop}: saved a checkpoint at step {outcome.step} in {outcome.run_dir}; "
+                 f"resume with: {command}")
+    return 0
 
 
 def image_train(argv: list[str]) -> int:

@@ -566,9 +566,9 @@ class ProgressReporter:
             return contextlib.nullcontext()
         return self._bar.external_write_mode()
 
-    def close(self) -> None:
-        """End the bar; a last plain line when units were done since the previous one."""
-        if self.enabled and self.done != self._last_line_done:
+    def close(self, line: bool = True) -> None:
+        """End the bar; a last plain line when units were done since the previous one (and `line`)."""
+        if self.enabled and line and self.done != self._last_line_done:
             self._emit()
         if self._bar is not None:
             self._bar.close()

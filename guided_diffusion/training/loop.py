@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from guided_diffusion.data.dataset import ImageBatch
 from guided_diffusion.data.stream import ImageStream
@@ -29,6 +28,7 @@ from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.atomic import remove_stale_temp_files
 from guided_diffusion.runtime.autocast import autocast
 from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.runtime.logs import ProgressReporter
 from guided_diffusion.runtime.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training import snapshots
 from guided_diffusion.training.ema import parse_ema_rates, update_ema
@@ -100,7 +100,7 @@ class LoopOptions:
     class_dropout_prob: float = 0.0
     num_classes: int = 1000
     low_res_size: int = 0  # super-resolution: downsample the batch to this size as `low_res`
-    progress: bool = True
+    progress: bool | None = True  # False: silent; else a bar in a terminal, plain lines outside one
     handle_signals: bool = False
     seed: int = 0
 
@@ -118,6 +118,7 @@ class _StopRequest:
 
     def __init__(self, enabled: bool):
         self.requested = False
+        self.signal_name: str | None = None  # "SIGTERM" once one arrived
         self._previous: dict[int, Any] = {}
         if enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,7 +131,8 @@ class _StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        logs.log(f"received signal {signum}: finishing this step, saving a checkpoint and stopping (Ctrl-C again to abort)")
+        self.signal_name = signal.Signals(signum).name
+        logs.log(f"received {self.signal_name}: finishing this step, saving a checkpoint and stopping (Ctrl-C again to abort)")
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -148,6 +150,9 @@ class TrainerBase:
     # `training.monitor.TrainingMonitor` (grids, metrics, time budget) and a `training.ema.EMAWarmup`.
     monitor: Any = None
     ema_warmup: Any = None
+    # Why the last `run()` stopped before its end: a signal's name ("SIGTERM"), "max_time", or None.
+    stop_reason: str | None = None
+    progress: ProgressReporter | None = None
 
     def __init__(
         self,
@@ -282,35 +287,35 @@ class TrainerBase:
             logs.log(f"no iterations or lr_anneal_steps set: training runs until stopped{how}")
         stop = _StopRequest(self.options.handle_signals)
         test_mode = bool(os.environ.get("DIFFUSION_TRAINING_TEST", ""))
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=None if (self.options.progress and self.rank == 0) else True,  # None: only on a terminal
-            mininterval=1.0,
-        )
+        self.stop_reason = None
+        self.progress = ProgressReporter(total, "steps", progress=self.options.progress if self.rank == 0 else False,
+                                         label="training", initial=self.step)
+        finished = False
         try:
             while total is None or self.step < total:
                 self.run_step(self.next_batch())
-                bar.update(1)
                 if self.monitor is not None:
-                    self.monitor.after_step(self, bar)
+                    self.monitor.after_step(self, self.progress)
+                self.progress.update(1)
                 if self.step % self.options.log_interval == 0:
-                    self.dump_logs(bar)
+                    self.dump_logs()
                 if self.step % self.options.save_interval == 0:
                     self.save()
                     if test_mode:  # DIFFUSION_TRAINING_TEST: stop after the first save, as the original
+                        finished = True
                         return
-                if self._stop_requested(stop.requested or (self.monitor is not None and self.monitor.out_of_time())):
+                out_of_time = self.monitor is not None and self.monitor.out_of_time()
+                if self._stop_requested(stop.requested or out_of_time):
+                    self.stop_reason = stop.signal_name or ("max_time" if out_of_time else "stopped by another rank")
                     break
             if self._last_saved_step != self.step and self.step != self.resumed_from:
                 self.save()
             if self.step % self.options.log_interval != 0:
-                self.dump_logs(bar)
+                self.dump_logs()
+            finished = True
         finally:
             stop.restore()
-            bar.close()
+            self.progress.close(line=finished)  # no progress line between a failure and its message
             if isinstance(self.data, ImageStream):  # ours; a caller's generator stays usable
                 self.data.close()
 
@@ -384,12 +389,16 @@ class TrainerBase:
         """bfloat16 autocast on the training device when `use_bf16`, else a no-op."""
         return autocast(self.device, torch.bfloat16 if self.options.use_bf16 else None)
 
-    def dump_logs(self, bar: tqdm | None = None) -> None:
-        with tqdm.external_write_mode() if self.rank == 0 else nullcontext():
+    def _beside_progress(self) -> AbstractContextManager:
+        """A context for printing while the progress bar is drawn."""
+        return self.progress.external_write() if self.progress is not None else nullcontext()
+
+    def dump_logs(self) -> None:
+        with self._beside_progress():
             values = logs.dumpkvs()
-        if bar is not None and "loss" in values:
+        if self.progress is not None and "loss" in values:
             extra = self.monitor.bar_fields(self.step) if self.monitor is not None else {}
-            bar.set_postfix({**extra, "loss": f"{values['loss']:.4g}"}, refresh=False)
+            self.progress.set_postfix({**extra, "loss": f"{values['loss']:.4g}"})
 
     # --- saving ---------------------------------------------------------------------------------
 
@@ -427,7 +436,7 @@ class TrainerBase:
             )
             removed = snapshots.prune_checkpoints(self.run_dir, self.options.keep_last)
             note = f"; removed checkpoints of steps {removed} (keep_last {self.options.keep_last})" if removed else ""
-            with tqdm.external_write_mode():
+            with self._beside_progress():
                 logs.log(f"saved checkpoint {snapshots.model_name(self.step)} in {self.run_dir} ({time.time() - start:.1f}s){note}")
         self._last_saved_step = self.step
         distributed.barrier()

@@ -35,7 +35,7 @@ from guided_diffusion.runtime.atomic import atomic_write_bytes, atomic_write_pat
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import capture_rng_state, mix_seed, restore_rng_state
 
-__all__ = ["METRICS_FILE", "SAMPLES_DIR", "RunClock", "TrainingMonitor", "WatchOptions", "image_grid", "isolated_rng"]
+__all__ = ["METRICS_FILE", "SAMPLES_DIR", "MissingInceptionWeights", "RunClock", "TrainingMonitor", "WatchOptions", "image_grid", "isolated_rng"]
 
 METRICS_FILE = "metrics.csv"
 SAMPLES_DIR = "samples"
@@ -59,6 +59,7 @@ class WatchOptions:
     eval_num_samples: int = 256
     eval_features: str = "inception"
     eval_batch_size: int = 64
+    inception_weights: str = ""  # a local copy of the Inception weights ("" = the cache, downloaded once)
     max_time: float = 0.0  # hours; 0 = no budget
 
     @classmethod
@@ -94,9 +95,19 @@ class WatchOptions:
             from guided_diffusion.evaluation.features import parse_feature_spec
 
             try:
-                parse_feature_spec(self.eval_features)
+                kind, path = parse_feature_spec(self.eval_features)
             except ValueError as exc:
                 raise SettingError("eval_features", f"eval_features: {exc}") from None
+            if kind == "classifier" and path is not None and not Path(path).is_file():
+                raise SettingError("eval_features", f"eval_features {self.eval_features!r}: {path} is not a file; "
+                                                    "give the path of one of your classifier checkpoints")
+        if self.inception_weights:
+            if not self.eval_interval or self.eval_features.strip() != "inception":
+                raise SettingError("inception_weights", "inception_weights is only read by eval_interval's metrics "
+                                                        "with eval_features 'inception': drop it, or set those")
+            if not Path(self.inception_weights).expanduser().is_file():
+                raise SettingError("inception_weights", f"inception_weights {self.inception_weights} is not a file; give "
+                                                        "the path of pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
 
     @property
     def draws_samples(self) -> bool:
@@ -120,6 +131,21 @@ def _duration(seconds: float) -> str:
     if whole >= 60:
         return f"{whole // 60}m{whole % 60:02d}s"
     return f"{whole}s"
+
+
+class MissingInceptionWeights(SettingError):
+    """The metrics need the Inception weights, which are neither cached nor downloadable. The ways out
+    (a local copy, other features) are the command line's to name."""
+
+
+def budget_texts(left: float, needed: float) -> tuple[str, str]:
+    """`left` and `needed` seconds as texts that differ when the numbers do: whole units first, more
+    digits only when rounding would print "3s left, less than ... (3s)"."""
+    formats = (_duration, lambda x: f"{x:.0f}s", lambda x: f"{x:.1f}s", lambda x: f"{x:.2f}s", lambda x: f"{x:.3f}s")
+    for text in formats:
+        if text(left) != text(needed):
+            break
+    return text(left), text(needed)
 
 
 class RunClock:
@@ -252,11 +278,11 @@ class TrainingMonitor:
         with isolated_rng():
             try:
                 self._extractor = feature_extractor_from_spec(self.options.eval_features, device=device,
-                                                              batch_size=self.options.eval_batch_size, progress=False)
+                                                              batch_size=self.options.eval_batch_size, progress=False,
+                                                              inception_weights=self.options.inception_weights or None)
             except UserError as exc:
-                if self.options.eval_features.strip() == "inception":
-                    raise SettingError("eval_features", f"eval_features 'inception' needs the Inception weights, which are not available ({exc}); "
-                                       "or use 'classifier:PATH' with one of your classifier checkpoints") from None
+                if self.options.eval_features.strip() == "inception" and not self.options.inception_weights:
+                    raise MissingInceptionWeights("eval_features", f"eval_features 'inception' needs the Inception weights: {exc}") from None
                 raise
             self._reference = self._load_or_compute_reference()
 
@@ -312,16 +338,16 @@ class TrainingMonitor:
                     self.evaluate(trainer)
         self.clock.tick()
         if bar is not None:
-            bar.set_postfix(self.bar_fields(step), refresh=False)
+            bar.set_postfix(self.bar_fields(step))
 
     def out_of_time(self) -> bool:
         """True when the wall-time budget leaves no room for another step and the final save."""
         if not self.clock.out_of_time():
             return False
         if not self.announced_stop:
-            left = self.clock.remaining() or 0.0
-            logs.log(f"--max_time {self.options.max_time}h: {_duration(left)} left, less than one step plus the final save "
-                       f"({_duration(self.clock.longest_step + self.clock.final_save_seconds)}): saving and stopping")
+            left, needed = budget_texts(self.clock.remaining() or 0.0, self.clock.longest_step + self.clock.final_save_seconds)
+            logs.log(f"max_time {self.options.max_time:g}h: {left} left, less than one step plus the final save "
+                     f"({needed}): saving and stopping")
             self.announced_stop = True
         return True
 

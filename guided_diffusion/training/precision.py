@@ -46,7 +46,7 @@ def check_precision_choice(use_fp16: bool, use_bf16: bool, *, fp16_setting: str 
     """fp16 weights with loss scaling and bfloat16 autocast are two ways to train in reduced precision:
     at most one. `fp16_setting` names the fp16 switch (`classifier_use_fp16` for classifiers)."""
     if use_fp16 and use_bf16:
-        raise SettingError("use_bf16", f"{fp16_setting} and use_bf16 exclude each other: pick one")
+        raise SettingError("use_bf16", f"bf16 autocast and {fp16_setting} True exclude each other: pick one")
 
 
 class MixedPrecisionTrainer:

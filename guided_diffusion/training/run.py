@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_to_dict
-from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
+from guided_diffusion.data.files import CLASS_MAP_NAME, LABEL_MODES, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, resolve_class_map
 from guided_diffusion.models.factory import SR_CHANNEL_MULT_BY_SIZE, parse_channel_mult
 from guided_diffusion.runtime import distributed, logs
@@ -25,7 +27,7 @@ from guided_diffusion.training.finetune import load_initial_weights
 from guided_diffusion.training.loop import LoopOptions
 from guided_diffusion.training.precision import check_precision_choice
 from guided_diffusion.training.rundir import RunDirLock
-from guided_diffusion.training.timestep_sampling import create_named_schedule_sampler
+from guided_diffusion.training.timestep_sampling import SAMPLER_NAMES, create_named_schedule_sampler
 from guided_diffusion.training.trainers import build_trainer
 from guided_diffusion.training.watch import attach_watchers, prepare_watch
 from guided_diffusion.weights.checkpoints import read_config_json, write_config_json
@@ -33,19 +35,39 @@ from guided_diffusion.weights.checkpoints import read_config_json, write_config_
 KINDS = ("image", "superres", "classifier")
 
 
-def train_from_flags(args: Namespace, kind: str) -> int:
-    """Run the training job described by `args` (see `guided_diffusion.cli.train`)."""
+@dataclass
+class TrainingOutcome:
+    """How a run ended, for the command line's last words. Filled in as the run goes, so it also
+    describes a run that ended in an exception."""
+
+    run_dir: Path | None = None
+    step: int = 0
+    stop: str | None = None  # None: reached its end; a signal name ("SIGTERM"); "max_time"
+    max_time: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+
+def train_from_flags(args: Namespace, kind: str, outcome: TrainingOutcome | None = None) -> TrainingOutcome:
+    """Run the training job described by `args` (see `guided_diffusion.cli.train`); `outcome` (a
+    fresh one when not given) records the run directory, the last step and why the run stopped.
+
+    Bad input raises UserError before anything is written where that can be known from the flags; a
+    UserError found later (a checkpoint that does not fit, an image that cannot be read) removes what
+    this run created in a run directory that was new or empty, so no stray log.txt stays behind."""
+    outcome = outcome if outcome is not None else TrainingOutcome()
     created_group = not distributed.is_initialized()
     distributed.setup_dist()
+    outcome.rank, outcome.world_size = distributed.get_rank(), distributed.get_world_size()
     held: list[RunDirLock] = []  # the run directory's lock, released however the run ends
     try:
-        _train(args, kind, held)
+        _train(args, kind, held, outcome)
     finally:
         for lock in held:
             lock.release()
         if created_group:
             distributed.teardown_dist()
-    return 0
+    return outcome
 
 
 def _validate(args: Namespace, kind: str) -> None:
@@ -69,6 +91,19 @@ def _validate(args: Namespace, kind: str) -> None:
         raise SettingError("class_dropout_prob", "class_dropout_prob needs class_cond True (it drops class labels for classifier-free guidance)")
     if args.grad_clip < 0:
         raise SettingError("grad_clip", f"grad_clip must be 0 (off) or positive (got {args.grad_clip})")
+    if args.batch_size < 1:
+        raise SettingError("batch_size", f"batch_size must be at least 1 (got {args.batch_size})")
+    if args.num_workers < -1:
+        raise SettingError("num_workers", f"num_workers must be -1 (automatic), 0 (load in the training process) or positive "
+                                          f"(got {args.num_workers})")
+    if args.label_mode not in LABEL_MODES:
+        raise SettingError("label_mode", f"label_mode {args.label_mode!r} is not one of {', '.join(LABEL_MODES)}")
+    if args.schedule_sampler not in SAMPLER_NAMES:
+        raise SettingError("schedule_sampler", f"unknown schedule sampler {args.schedule_sampler!r}: schedule_sampler is one "
+                                               f"of {', '.join(SAMPLER_NAMES)}")
+    growth = getattr(args, "fp16_scale_growth", 1e-3)
+    if not math.isfinite(growth) or growth < 0:
+        raise SettingError("fp16_scale_growth", f"fp16_scale_growth must be a finite number >= 0 (got {growth})")
     _validate_numbers(args, kind)
 
 
@@ -183,15 +218,71 @@ def _claim_run_dir(args: Namespace, held: list[RunDirLock]) -> None:
         raise SettingError("log_dir", message)
 
 
-def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> None:
-    if kind not in KINDS:
-        raise ValueError(kind)
+def _check_before_writing(args: Namespace, kind: str) -> Any:
+    """Every check the flags allow before the run directory is touched; returns `--init_from`'s weights."""
     _validate(args, kind)
     init = prepare_watch(args, kind)  # add-on flags checked; --init_from sets the architecture flags
-    rank = distributed.get_rank()
+    network_config, diffusion_config = _configs(args, kind)
+    network_config.validate()
+    diffusion_config.validate()
+    # The data folder and its classes (reading only: a saved classes.json of a resumed run counts).
+    paths = list_image_files(args.data_dir)
+    if kind == "classifier" or args.class_cond:
+        directory = args.log_dir or os.environ.get("OPENAI_LOGDIR") or None
+        spec = StreamSpec(data_dir=args.data_dir, batch_size=args.batch_size, image_size=1, class_cond=True,
+                          label_mode=args.label_mode)
+        _check_class_count(resolve_class_map(spec, paths, directory), args.num_classes)
+    return init
+
+
+def _fresh_run_dir(args: Namespace) -> tuple[Path | None, bool]:
+    """The run directory the flags ask for (None: a new temporary one) and whether it exists with
+    something in it (then a failed start must leave it as it was)."""
+    directory = args.log_dir or os.environ.get("OPENAI_LOGDIR")
+    if not directory:
+        return None, False
+    path = Path(os.path.expanduser(directory))
+    return path, path.is_dir() and any(path.iterdir())
+
+
+def _remove_created_files(run_dir: Path, existed: bool) -> None:
+    """After a start refused for bad input: remove what this run created in its new (or empty) run
+    directory, unless a checkpoint made it worth keeping. The directory itself stays if it existed."""
+    if any(run_dir.glob("train_state*.pt")) or any(run_dir.glob("model*.pt")):
+        return
+    logs.reset()  # close log.txt and progress.csv before they go
+    if existed:
+        for entry in run_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None, outcome: TrainingOutcome | None = None) -> None:
+    if kind not in KINDS:
+        raise ValueError(kind)
+    outcome = outcome if outcome is not None else TrainingOutcome()
+    init = _check_before_writing(args, kind)
+    requested, had_files = _fresh_run_dir(args)
+    existed = requested is not None and requested.is_dir()
     _claim_run_dir(args, held if held is not None else [])
     logs.configure(dir=args.log_dir or None, format_strs=_log_formats(args))
     run_dir = Path(logs.get_dir())
+    outcome.run_dir = run_dir
+    try:
+        _run_in(args, kind, held, outcome, run_dir, init)
+    except UserError:
+        if not had_files and distributed.get_rank() == 0:
+            _remove_created_files(run_dir, existed)
+        raise
+
+
+def _run_in(args: Namespace, kind: str, held: list[RunDirLock] | None, outcome: TrainingOutcome, run_dir: Path,
+            init: Any) -> None:
+    rank = distributed.get_rank()
     for lock in held or []:
         if lock.previous_holder:
             logs.log(f"took over the lock of a run that ended without releasing it (pid {lock.previous_holder.get('pid')}, "
@@ -297,5 +388,11 @@ def _train(args: Namespace, kind: str, held: list[RunDirLock] | None = None) -> 
     if trainer._restored_rng is None:
         seed_everything(mix_seed(seed, rank, trainer.step))
     logs.log("training...")
-    trainer.run()
-    logs.log(f"done: {trainer.step} steps; checkpoints in {run_dir}")
+    try:
+        trainer.run()
+    finally:
+        outcome.step = trainer.step
+        outcome.stop = trainer.stop_reason
+        outcome.max_time = float(getattr(args, "max_time", 0.0))
+    if outcome.stop is None:
+        logs.log(f"done: {trainer.step} steps; checkpoints in {run_dir}")

@@ -32,6 +32,8 @@ WATCH_FLAGS: dict[str, tuple[object, str, tuple[str, ...]]] = {
     "eval_features": ("inception", "feature space of the metrics: inception, or classifier:PATH (penultimate features of one of this "
                       "package's classifier checkpoints at t=0)", ("image_train",)),
     "eval_batch_size": (64, "samples drawn per batch for the metrics", ("image_train",)),
+    "inception_weights": ("", "a downloaded copy of pytorch-fid's pt_inception-2015-12-05-6726825d.pth for the metrics "
+                          "(default: the cache, downloaded on first use)", ("image_train",)),
     "ema_warmup": (False, "EMA warm-up (Karras et al. power schedule): decay = min(rate, 1 - (1 + step)^-power), so early EMA "
                    "samples are usable", _DIFFUSION),
     "ema_warmup_power": (2.0 / 3.0, "power of the EMA warm-up (2/3: 0.999 after ~31.6k steps; 3/4: after 10k)", _DIFFUSION),
