@@ -97,7 +97,7 @@ def test_save_reference_batch_keeps_a_seeded_subset_and_statistics_of_all(tmp_pa
     save_reference_batch(tmp_path / "data.npz", tmp_path / "ref.npz", extractor, max_images=9, progress=False)
     everything = extractor.features_of(images)
     with np.load(tmp_path / "ref.npz") as saved:
-        assert set(saved.files) == {"arr_0", "mu", "sigma", "mu_s", "sigma_s"}
+        assert set(saved.files) == {"arr_0", "mu", "sigma", "mu_s", "sigma_s", "feature_space"}
         kept = saved["arr_0"]
         np.testing.assert_allclose(saved["mu"], everything.pool.mean(0), rtol=1e-6)
         np.testing.assert_allclose(saved["sigma"], np.cov(everything.pool, rowvar=False), rtol=1e-6)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from guided_diffusion.evaluation.features import FeatureExtractor
+from guided_diffusion.evaluation.features import FeatureExtractor, FeatureSpace
 from guided_diffusion.evaluation.metrics import (
     frechet_distance,
     inception_score,
@@ -29,9 +29,12 @@ from guided_diffusion.evaluation.metrics import (
 from guided_diffusion.evaluation.npz import NpzArrayReader, NpzWriter, npz_keys, read_npz_arrays
 from guided_diffusion.runtime.errors import UserError
 
-__all__ = ["EvaluationResult", "BatchSummary", "summarize_batch", "evaluate", "save_reference_batch"]
+__all__ = ["EvaluationResult", "BatchSummary", "summarize_batch", "evaluate", "save_reference_batch",
+           "check_feature_space", "read_feature_space", "FEATURE_SPACE_KEY"]
 
 REFERENCE_IMAGES = 10_000  # images kept in a saved reference batch for precision/recall, as the released ones
+FEATURE_SPACE_KEY = "feature_space"  # the array of a reference file naming its statistics' features (JSON text)
+_STATISTICS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
 @dataclass
@@ -118,6 +121,48 @@ def _check_images(reader: NpzArrayReader) -> None:
         raise UserError(f"{reader.path}: arr_0 holds no images")
 
 
+def read_feature_space(path: Path | str) -> FeatureSpace | None:
+    """The feature space a reference file records for its statistics (None when it records none, as the
+    original's files)."""
+    path = Path(path)
+    if FEATURE_SPACE_KEY not in npz_keys(path):
+        return None
+    stored = read_npz_arrays(path, [FEATURE_SPACE_KEY])[FEATURE_SPACE_KEY]
+    try:
+        if stored.dtype.kind != "U" or stored.size != 1:
+            raise ValueError("not one string")
+        return FeatureSpace.from_json(str(stored.reshape(-1)[0]))
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: its {FEATURE_SPACE_KEY} record is not readable; rebuild the file with "
+                        "`evaluate IMAGES.npz --save_stats`") from None
+
+
+def check_feature_space(path: Path | str, extractor: FeatureExtractor) -> None:
+    """Refuse precomputed statistics in `path` that were made in other features than `extractor`'s.
+
+    Statistics cover all images of the batch they were made from, while a reference file keeps only a
+    subset of its images, so re-reading those in the asked features would silently give another FID:
+    a mismatch is refused instead. Files without a record (the original's) are taken to be in the
+    published Inception features, the only ones the original wrote; an extractor that does not name its
+    weights (a custom one without `feature_space`) cannot be told apart, and only the dimension is checked."""
+    path = Path(path)
+    keys = npz_keys(path)
+    if not keys & set(_STATISTICS):
+        return
+    wanted = extractor.feature_space
+    recorded = read_feature_space(path)
+    rebuild = "rebuild the reference with `evaluate IMAGES.npz --save_stats OUT.npz` in the features you want"
+    if recorded is None:
+        if wanted.network == "inception" or wanted.weights_sha256 is None:
+            return
+        raise UserError(f"{path} holds precomputed statistics without a record of their features (the original's "
+                        f"format, made in Inception features), so they cannot be compared in {wanted.describe()}; "
+                        f"{rebuild}, or evaluate in Inception features")
+    if recorded.key != wanted.key:
+        raise UserError(f"{path} holds statistics in {recorded.describe()}, not in the {wanted.describe()} asked for; "
+                        f"FIDs across feature spaces mean nothing: {rebuild}, or ask for the features it was made with")
+
+
 def _precomputed_pair(path: Path, keys: set[str], mean_key: str, cov_key: str, dim: int | None,
                       ) -> tuple[np.ndarray, np.ndarray] | None:
     if mean_key not in keys or cov_key not in keys:
@@ -129,6 +174,9 @@ def _precomputed_pair(path: Path, keys: set[str], mean_key: str, cov_key: str, d
             f"{path}: precomputed {mean_key}/{cov_key} are shaped {mean.shape}/{cov.shape} but the features have "
             f"{dim} dimensions; they come from another feature extractor: remove them or use matching features"
         )
+    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+        raise UserError(f"{path}: precomputed {mean_key}/{cov_key} hold NaN or infinite values, so every FID against "
+                        "them would be NaN; the file is damaged: rebuild it with `evaluate IMAGES.npz --save_stats`")
     return mean, cov
 
 
@@ -146,6 +194,10 @@ def summarize_batch(
     """
     path = Path(path)
     keys = npz_keys(path)
+    check_feature_space(path, extractor)
+    dim = extractor.feature_space.dim
+    _precomputed_pair(path, keys, "mu", "sigma", dim)  # damaged statistics are refused before any image is read
+    _precomputed_pair(path, keys, "mu_s", "sigma_s", None)
     pool_parts, spatial_parts, logit_parts = [], [], []
     with NpzArrayReader(path, "arr_0") as reader:
         _check_images(reader)
@@ -190,13 +242,18 @@ def summarize_batch(
 def _statistics_of(features: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(features) < 2:
         raise UserError(f"{path}: FID statistics need at least 2 images, the file has {len(features)}")
+    if not np.isfinite(features).all():
+        raise UserError(f"the features of {path} hold NaN or infinite values: the feature network's weights are "
+                        "damaged or come from a diverged run")
     return statistics(features)
 
 
 class _ReferenceWriter:
     """Collects a seeded random subset of a batch's images into a reference .npz while it streams by."""
 
-    def __init__(self, out_path: Path | str, source: Path | str, max_images: int, seed: int) -> None:
+    def __init__(self, out_path: Path | str, source: Path | str, max_images: int, seed: int,
+                 space: FeatureSpace) -> None:
+        self._space = space
         with NpzArrayReader(source, "arr_0") as reader:
             _check_images(reader)
             total, image_shape = len(reader), reader.shape[1:]
@@ -217,6 +274,7 @@ class _ReferenceWriter:
         if summary.mu_s is not None and summary.sigma_s is not None:
             self._writer.write("mu_s", summary.mu_s)
             self._writer.write("sigma_s", summary.sigma_s)
+        self._writer.write(FEATURE_SPACE_KEY, np.array([self._space.to_json()]))
         return self._writer.commit()
 
     def discard(self) -> None:
@@ -224,7 +282,10 @@ class _ReferenceWriter:
 
 
 def _summarize_reference(ref_path, extractor, *, save_stats, save_images, progress) -> BatchSummary:
-    writer = _ReferenceWriter(save_stats, ref_path, save_images, seed=0) if save_stats is not None else None
+    writer = None
+    if save_stats is not None:
+        check_feature_space(ref_path, extractor)  # before the output is opened
+        writer = _ReferenceWriter(save_stats, ref_path, save_images, seed=0, space=extractor.feature_space)
     try:
         summary = summarize_batch(ref_path, extractor, keep_logits=False, progress=progress, on_images=writer)
         if writer is not None:
@@ -240,7 +301,8 @@ def save_reference_batch(ref_path: Path | str, out_path: Path | str, extractor: 
                          max_images: int = REFERENCE_IMAGES, progress: bool = True) -> BatchSummary:
     """Write a reference file in the original format: `mu`, `sigma`, `mu_s`, `sigma_s` of all images in
     `ref_path` (its own precomputed ones if present) and `arr_0` = a seeded random subset of
-    `max_images` of them (for precision/recall). Atomic."""
+    `max_images` of them (for precision/recall), and `feature_space` (JSON naming the extractor's network,
+    weights hash and dimension) so the statistics are never compared in other features. Atomic."""
     return _summarize_reference(ref_path, extractor, save_stats=out_path, save_images=max_images,
                                 progress=progress)
 
@@ -274,6 +336,8 @@ def evaluate(
             if progress:
                 print(message, file=sys.stderr)
 
+    for path in (ref_path, sample_path):  # statistics in other features are refused before any work
+        check_feature_space(path, extractor)
     log("computing reference batch features...")
     ref = _summarize_reference(ref_path, extractor, save_stats=save_stats, save_images=save_stats_images,
                                progress=progress)
@@ -292,5 +356,9 @@ def evaluate(
     sfid = None
     if sample.mu_s is not None and sample.sigma_s is not None and ref.mu_s is not None and ref.sigma_s is not None:
         sfid = frechet_distance(sample.mu_s, sample.sigma_s, ref.mu_s, ref.sigma_s, method=fid_method)
+    for name, value in (("FID", fid), ("sFID", sfid)):
+        if value is not None and not np.isfinite(value):
+            raise UserError(f"{name} of {sample_path} against {ref_path} is {value}: the statistics are not usable "
+                            "(NaN or infinite values); check both files")
     precision, recall = precision_recall(ref.pool, sample.pool, device=extractor.device)
     return EvaluationResult(inception_score=score, fid=fid, sfid=sfid, precision=precision, recall=recall)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,53 @@ from guided_diffusion.evaluation.inception import InceptionV3
 from guided_diffusion.evaluation.weights import load_inception_network
 from guided_diffusion.runtime.errors import UserError
 
-__all__ = ["Features", "FeatureExtractor", "InceptionFeatureExtractor", "ClassifierFeatureExtractor", "feature_extractor_from_spec",
-           "parse_feature_spec", "resolve_device"]
+__all__ = ["Features", "FeatureExtractor", "FeatureSpace", "InceptionFeatureExtractor", "ClassifierFeatureExtractor",
+           "feature_extractor_from_spec", "parse_feature_spec", "resolve_device", "weights_sha256"]
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Which features statistics live in: the network (`"inception"`, `"classifier"`, or a custom
+    extractor's class name), the sha256 of its weights (`weights_sha256`: the tensors, so a .pt and a
+    .safetensors of the same weights agree) and the dimension of the pool features. FIDs are comparable
+    only within one space; `key` is a stable string naming it (stored in reference files, and what a
+    series of FIDs over training should be grouped by)."""
+
+    network: str
+    weights_sha256: str | None
+    dim: int | None
+
+    @property
+    def key(self) -> str:
+        """`network:first 16 hex digits of the weights' sha256:dim`, e.g. "classifier:3f2a...:512"."""
+        return f"{self.network}:{(self.weights_sha256 or '-')[:16]}:{self.dim if self.dim is not None else '-'}"
+
+    def describe(self) -> str:
+        """For messages: "classifier features (weights 3f2a9c01..., 512-d)"."""
+        weights = f"weights {self.weights_sha256[:8]}..." if self.weights_sha256 else "unhashed weights"
+        size = f", {self.dim}-d" if self.dim is not None else ""
+        return f"{self.network} features ({weights}{size})"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpace:
+        data = json.loads(text)
+        dim = data.get("dim")
+        return cls(network=str(data["network"]), weights_sha256=data.get("weights_sha256"),
+                   dim=int(dim) if dim is not None else None)
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order: the identity of the
+    weights whatever file format held them."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -46,6 +93,12 @@ class FeatureExtractor(abc.ABC):
 
     batch_size: int = 64
     device: torch.device = torch.device("cpu")
+
+    @property
+    def feature_space(self) -> FeatureSpace:
+        """The space these features live in; override to name the weights and dimension, so reference
+        statistics saved with them are refused by an extractor with other weights."""
+        return FeatureSpace(network=type(self).__qualname__, weights_sha256=None, dim=None)
 
     @abc.abstractmethod
     def extract(self, images: np.ndarray) -> Features:
@@ -89,6 +142,8 @@ class InceptionFeatureExtractor(FeatureExtractor):
         self.device = resolve_device(device)
         self.batch_size = batch_size
         network = network.eval()
+        # Hashed before folding, which rewrites the convolution weights in place.
+        self._space = FeatureSpace("inception", weights_sha256(network.state_dict()), 2048)
         if fuse_batchnorm:  # same function, one op per layer instead of two
             network.fuse_batchnorm()
         self.network = network.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
@@ -98,6 +153,10 @@ class InceptionFeatureExtractor(FeatureExtractor):
                      batch_size: int = 64, progress: bool = True) -> InceptionFeatureExtractor:
         """Build from pytorch-fid's weights at `path`, or from the cached download when `path` is None."""
         return cls(load_inception_network(path, progress=progress), device=device, batch_size=batch_size)
+
+    @property
+    def feature_space(self) -> FeatureSpace:
+        return self._space
 
     def extract(self, images: np.ndarray) -> Features:
         batch = torch.from_numpy(np.asarray(images)).to(self.device, non_blocking=True)
@@ -138,6 +197,13 @@ class ClassifierFeatureExtractor(FeatureExtractor):
         # already pooled vector.
         self._spatial_head = isinstance(head[0], torch.nn.Linear)
         self._hook_module = head if self._spatial_head else head[1]
+        width = head[0].in_features if self._spatial_head else getattr(head[0], "num_channels", None)
+        dim = int(width) if isinstance(width, int) else None
+        self._space = FeatureSpace("classifier", weights_sha256(classifier.state_dict()), dim)
+
+    @property
+    def feature_space(self) -> FeatureSpace:
+        return self._space
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, device: str | torch.device | None = None,
@@ -145,8 +211,14 @@ class ClassifierFeatureExtractor(FeatureExtractor):
         """Load a classifier checkpoint (architecture from config.json beside it, safetensors metadata,
         or the released preset of that name)."""
         from guided_diffusion.config import ClassifierConfig
-        from guided_diffusion.weights.checkpoints import config_for_checkpoint, load_state_dict, load_weights
+        from guided_diffusion.weights.checkpoints import (
+            config_for_checkpoint,
+            inspect_checkpoint,
+            load_state_dict,
+            load_weights,
+        )
 
+        inspect_checkpoint(path, expected="classifier")  # "X is a diffusion model checkpoint, not a classifier"
         state = load_state_dict(path)
         config = config_for_checkpoint(path, state)
         if not isinstance(config, ClassifierConfig):

@@ -72,7 +72,8 @@ def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6,
     method: str = "sqrtm",
 ) -> float:
-    """Fréchet distance `|mu1-mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2)` between two Gaussians.
+    """Fréchet distance `|mu1-mu2|^2 + tr S1 + tr S2 - 2 tr sqrtm(S1 S2)` between two Gaussians (a
+    result below zero, rounding of equal statistics, is returned as 0).
 
     `method="sqrtm"` is the original's computation: scipy's sqrtm of S1 S2; if that is not finite, again
     with `eps` added to both diagonals; a complex result is accepted when its diagonal's imaginary part
@@ -106,7 +107,11 @@ def frechet_distance(
                 )
             covmean = covmean.real
         trace_covmean = np.trace(covmean)
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
+    distance = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
+    # The distance is a squared norm, never negative; for (nearly) identical statistics it is a difference
+    # of two large, equal traces, whose rounding can land just below zero. Report such a value as 0, the
+    # true distance up to that rounding, rather than a negative FID that reads as a bug.
+    return max(distance, 0.0)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

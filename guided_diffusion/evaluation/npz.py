@@ -6,7 +6,7 @@ rows are read from the zip member directly with the .npy header parsed by `np.li
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -15,6 +15,7 @@ from typing import IO
 
 import numpy as np
 
+from guided_diffusion.runtime.atomic import TMP_MARKER, fsync_directory
 from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["NpzArrayReader", "NpzWriter", "npz_keys", "read_npz_arrays"]
@@ -53,7 +54,12 @@ def read_npz_arrays(path: Path | str, names: list[str]) -> dict[str, np.ndarray]
     """Load the named (small) arrays fully; pickled object arrays are refused."""
     try:
         with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in names if name not in archive.files]
+            if missing:
+                raise UserError(f"{path} has no array named {missing[0]!r}; it holds {sorted(archive.files)}")
             return {name: archive[name] for name in names}
+    except UserError:
+        raise
     except ValueError as exc:
         raise UserError(f"cannot read {names} from {path}: {exc}") from None
     except _DAMAGE as exc:
@@ -154,9 +160,11 @@ class NpzWriter:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        # Named as runtime.atomic names its temp files (so remove_stale_temp_files knows them), and created
+        # with the umask's mode like every other output (mkstemp's 0600 would survive the rename).
+        self._temp = self.path.with_name(f"{self.path.name}{TMP_MARKER}{uuid.uuid4().hex[:8]}")
+        handle = os.open(self._temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(handle, "w+b")
-        self._temp = Path(temp_name)
         self._archive = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED, allowZip64=True)
         self._stream: IO[bytes] | None = None
         self._stream_left = 0
@@ -207,6 +215,7 @@ class NpzWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self.path)
+        fsync_directory(self.path.parent)
         self._committed = True
         return self.path
 

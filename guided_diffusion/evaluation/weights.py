@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from guided_diffusion.evaluation.inception import InceptionV3
-from guided_diffusion.runtime.download import cache_dir, download
+from guided_diffusion.runtime.download import CACHE_ENV, cache_dir, download
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.weights.checkpoints import read_tensor_file
 
-__all__ = ["INCEPTION_WEIGHTS_URL", "inception_weights_file", "load_inception_network"]
+__all__ = ["INCEPTION_WEIGHTS_URL", "InceptionWeightsUnavailable", "inception_weights_file", "load_inception_network"]
 
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -22,6 +22,17 @@ def _hash_prefix(file_name: str) -> str | None:
     if len(candidate) >= 8 and all(ch in "0123456789abcdef" for ch in candidate):
         return candidate
     return None
+
+
+class InceptionWeightsUnavailable(UserError):
+    """The Inception weights are not in the cache and cannot be downloaded. The message speaks of the
+    cache, the URL and GUIDED_DIFFUSION_CACHE only; a command adds its own way out (a flag naming another
+    copy, other features), since which one applies depends on the command."""
+
+    def __init__(self, message: str, *, url: str, cache_path: Path):
+        super().__init__(message)
+        self.url = url
+        self.cache_path = cache_path
 
 
 def inception_weights_file(path: Path | str | None = None, *, url: str = INCEPTION_WEIGHTS_URL,
@@ -38,9 +49,12 @@ def inception_weights_file(path: Path | str | None = None, *, url: str = INCEPTI
     try:
         return download(url, dest, sha256=_hash_prefix(file_name), progress=progress)
     except UserError as exc:
-        raise UserError(
-            f"cannot get the Inception weights ({exc}); download {url} yourself and pass "
-            f"--inception_weights PATH, or put the file at {dest}"
+        # The download's own message already says how to place the file by hand; say only what the file
+        # is and which variable moves the cache.
+        where = "" if CACHE_ENV in str(exc) else f" ({CACHE_ENV} sets its folder)"
+        raise InceptionWeightsUnavailable(
+            f"the Inception weights are not in the cache{where} and cannot be downloaded: {exc}",
+            url=url, cache_path=dest,
         ) from None
 
 
