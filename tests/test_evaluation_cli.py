@@ -81,7 +81,7 @@ def test_reference_only_mode_writes_statistics_of_the_images(batches, capsys, tm
     assert code == 0
     capsys.readouterr()
     with np.load(out) as saved:
-        assert set(saved.files) == {"arr_0", "mu", "sigma", "mu_s", "sigma_s"}
+        assert set(saved.files) == {"arr_0", "mu", "sigma", "mu_s", "sigma_s", "feature_space"}
         rows = np.sort(np.random.default_rng(0).choice(4, size=3, replace=False))
         np.testing.assert_array_equal(saved["arr_0"], sample[rows])
         mu, sigma = statistics(sample_features.pool)
@@ -99,7 +99,7 @@ def test_user_errors_exit_2_with_one_line(batches, capsys, tmp_path):
     assert "nope.npz not found" in capsys.readouterr().err
     assert cli_main(["evaluate", sample, sample, "--inception_weights", str(tmp_path / "none.pth")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Inception weights") and err.count("\n") == 1
+    assert err.startswith("error: --inception_weights") and "does not exist" in err and err.count("\n") == 1
     assert cli_main(["evaluate", sample, sample, "--device", "tpu9", "--inception_weights", str(weights)]) == 2
     assert "unknown device" in capsys.readouterr().err
     assert cli_main(["evaluate", "--help"]) == 0
