@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from guided_diffusion.data.transforms import prepare_image
+from guided_diffusion.data.transforms import ImageReadError, prepare_image
 
 # Decoders of corrupt files raise many exception types (OSError, SyntaxError, struct.error, PIL's
 # DecompressionBombError...); the message names the type, so a genuine bug still shows.
@@ -66,6 +66,9 @@ class ImageFolderDataset(Dataset):
                 image = prepare_image(
                     self.paths[current], self.image_size, random_crop=self.random_crop, random_flip=self.random_flip, rng=rng
                 )
+            except ImageReadError as exc:
+                bad.append((self.paths[current], exc.reason))
+                continue
             except _IMAGE_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
                 bad.append((self.paths[current], reason))

@@ -13,6 +13,18 @@ LABEL_MODES = ("auto", "filename", "folder")
 CLASS_MAP_NAME = "classes.json"
 
 
+def find_image_files(root: str | os.PathLike, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """Files under the folder `root` (recursively, following links) whose extension, lower-cased and
+    without the dot, is in `extensions`; hidden files skipped; sorted by path. Empty when there are none."""
+    found: list[str] = []
+    for directory, subdirs, names in os.walk(str(root), followlinks=True):
+        subdirs.sort()
+        for name in names:
+            if not name.startswith(".") and "." in name and name.rsplit(".", 1)[-1].lower() in extensions:
+                found.append(os.path.join(directory, name))
+    return sorted(found)
+
+
 def list_image_files(data_dir: str | os.PathLike) -> list[str]:
     """All image files under `data_dir` (recursively, following links), sorted by path."""
     root = Path(data_dir)
@@ -20,13 +32,7 @@ def list_image_files(data_dir: str | os.PathLike) -> list[str]:
         raise UserError("no data directory given: pass --data_dir DIR (a folder of jpg/jpeg/png/gif/webp images)")
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist or is not a folder: check --data_dir")
-    found: list[str] = []
-    for directory, subdirs, names in os.walk(root, followlinks=True):
-        subdirs.sort()
-        for name in names:
-            if not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "." in name:
-                found.append(os.path.join(directory, name))
-    found.sort()
+    found = find_image_files(root)
     if not found:
         raise UserError(
             f"no images found under {root}: put .jpg/.jpeg/.png/.gif/.webp files there (sub-folders are searched too)"
