@@ -169,3 +169,72 @@ def test_missing_scikit_learn_names_the_install_command(tmp_path, monkeypatch, c
 def test_negative_seed_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["demo", "--out_dir", str(tmp_path), "--seed", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --seed must be >= 0, got -1"
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_into_a_previous_run_is_refused_and_keeps_every_file(tmp_path, capsys):
+    out_dir = tmp_path / "study"
+    assert run_demo_cli(out_dir, 0, TINY) == 0
+    before = _tree(out_dir)
+    assert any(name.startswith("checkpoints/diffusion/ema_") for name in before)
+    capsys.readouterr()
+    assert run_demo_cli(out_dir, 1, TINY) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --out_dir {out_dir} is not empty (") and "--overwrite" in line and "\n" not in line
+    assert _tree(out_dir) == before  # nothing deleted, nothing rewritten
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "quick_settings", lambda: TINY)
+        threads = torch.get_num_threads()
+        try:
+            assert cli.main(["demo", "--out_dir", str(out_dir), "--seed", "1", "--quick", "--progress", "False",
+                             "--overwrite"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    assert json.loads((out_dir / "metrics.json").read_text()) != json.loads(before["metrics.json"])
+
+
+def test_a_stopped_run_says_how_to_run_it_again(tmp_path, capsys, monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_study", stopped)
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["demo", "--out_dir", str(tmp_path / "x"), "--quick"]) == 130
+    finally:
+        torch.set_num_threads(threads)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("interrupted by SIGINT: files written so far are in ")
+    assert line.endswith(f"run it again with: guided-diffusion demo --out_dir {tmp_path / 'x'} --quick --overwrite")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--quik"], "unrecognized arguments: --quik (see `guided-diffusion demo --help`)"),
+    (["--qui"], "unrecognized arguments: --qui"),  # no abbreviations
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+])
+def test_a_bad_flag_is_one_line(argv, fragment, tmp_path, capsys):
+    assert cli.main(["demo", "--out_dir", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_dir_under_a_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["demo", "--out_dir", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --out_dir {tmp_path / 'file' / 'out'} cannot be used") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_help_shows_the_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "(default: demo_out)" in out and "(default: 0)" in out and "--overwrite" in out

@@ -7,10 +7,12 @@ grids, a plot, metrics.json and report.md to --out_dir.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
+from pathlib import Path
 
-from guided_diffusion.config.flags import str2bool
+from guided_diffusion.cli.parsing import OneLineParser, add_progress_flag
 from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["main", "build_parser", "THREADS"]
@@ -18,38 +20,59 @@ __all__ = ["main", "build_parser", "THREADS"]
 # A fixed thread count: CPU kernels may add in a different order with a different number of threads,
 # and the same --seed must give the same metrics.json on any machine with enough cores.
 THREADS = 1
+_DESCRIPTION = " ".join(__doc__.split()).split(": ", 1)[1].capitalize()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guided-diffusion demo", description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--out_dir", default="demo_out", help="where checkpoints, grids, plot, metrics.json and report.md go (default: demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole run: the same seed gives the same metrics.json (default: 0)")
+    parser = OneLineParser(prog="guided-diffusion demo", description=_DESCRIPTION)
+    parser.add_argument("--out_dir", default="demo_out", help="where checkpoints, grids, plot, metrics.json and report.md go")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of a previous run in --out_dir (without it, a folder that is not empty is refused)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole run: the same seed gives the same metrics.json")
     parser.add_argument("--quick", action="store_true", help="shorter training and fewer samples (about a third of the time)")
-    parser.add_argument("--progress", type=str2bool, nargs="?", const=True, default=None,
-                        help="progress bars (default: on when stderr is a terminal)")
+    add_progress_flag(parser)
     return parser
 
 
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, a folder that cannot be written or that holds files (a
+    previous run's checkpoints and report) the study would replace without --overwrite."""
+    from guided_diffusion.runtime.atomic import directory_write_problem
+
+    problem = directory_write_problem(out_dir)
+    if problem is not None:
+        raise UserError(f"--out_dir {out_dir} cannot be used: {problem}")
+    if out_dir.is_dir() and not overwrite:
+        entries = sorted(entry.name for entry in out_dir.iterdir())
+        if entries:
+            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+            raise UserError(f"--out_dir {out_dir} is not empty ({shown}): pass --overwrite to replace a previous run's "
+                            "files, or choose another --out_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    out_dir = Path(args.out_dir)
+    _check_out_dir(out_dir, args.overwrite)
     import torch
 
     from guided_diffusion.demo import run_demo
 
     torch.set_num_threads(THREADS)
-    progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        run_demo(args.out_dir, seed=args.seed, quick=args.quick, progress=progress)
+        run_demo(out_dir, seed=args.seed, quick=args.quick, progress=args.progress, overwrite=args.overwrite)
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = stop.signum if isinstance(stop, _Terminated) else signal.SIGINT
-        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
-        if progress:  # end a progress bar's line first
+        again = argv if args.overwrite else [*argv, "--overwrite"]
+        if sys.stderr.isatty():  # end a progress bar's line first
             print(file=sys.stderr)
-        print(f"demo stopped by {name}: files written so far are in {args.out_dir}; run the same command again "
-              "to redo the study (it takes minutes, nothing needs resuming)", file=sys.stderr)
+        print(f"interrupted by {signal.Signals(signum).name}: files written so far are in {out_dir}; the study takes "
+              f"minutes and does not resume: run it again with: {shlex.join(['guided-diffusion', 'demo', *again])}",
+              file=sys.stderr)
         return 128 + int(signum)  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
     finally:
         signal.signal(signal.SIGTERM, previous)

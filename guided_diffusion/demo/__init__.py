@@ -15,12 +15,14 @@ from guided_diffusion.demo.study import StudyResult, run_study
 __all__ = ["run_demo", "run_study", "StudyResult", "StudySettings", "default_settings", "quick_settings"]
 
 
-def run_demo(out_dir: str | Path, *, seed: int = 0, quick: bool = False, progress: bool = False,
-             settings: StudySettings | None = None, echo: Callable[[str], None] = print) -> StudyResult:
-    """Run the study (default or --quick recipe, or explicit `settings`) and print its summary."""
+def run_demo(out_dir: str | Path, *, seed: int = 0, quick: bool = False, progress: bool | None = False,
+             settings: StudySettings | None = None, echo: Callable[[str], None] = print,
+             overwrite: bool = False) -> StudyResult:
+    """Run the study (default or --quick recipe, or explicit `settings`) and print its summary. An
+    `out_dir` that is not empty is refused unless `overwrite` (see `run_study`)."""
     chosen = settings or (quick_settings() if quick else default_settings())
     echo(f"guided-diffusion demo: classifier guidance on scikit-learn digits (seed {seed}{', quick' if quick else ''}) -> {out_dir}")
-    result = run_study(out_dir, seed=seed, settings=chosen, progress=progress, echo=echo)
+    result = run_study(out_dir, seed=seed, settings=chosen, progress=progress, echo=echo, overwrite=overwrite)
     echo("")
     echo(metrics_table(result.metrics))
     echo("")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from guided_diffusion.demo.data import InMemoryBatches, load_digits_dataset, require_demo_extras, to_model_input
 from guided_diffusion.demo.generate import balanced_labels, sample_images
@@ -20,7 +19,8 @@ from guided_diffusion.demo.metrics import Reference, SettingMetrics, score_sampl
 from guided_diffusion.demo.report import setting_name, write_grid, write_metrics, write_plot, write_report
 from guided_diffusion.demo.settings import StudySettings
 from guided_diffusion.demo.train import TrainedNetwork, train_network
-from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.runtime.errors import SettingError
+from guided_diffusion.runtime.logs import ProgressReporter
 from guided_diffusion.runtime.rng import mix_seed
 from guided_diffusion.sampling.output import save_npz
 
@@ -71,14 +71,20 @@ def _noisy_accuracy(guide: torch.nn.Module, diffusion, images: torch.Tensor, lab
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progress: bool = False,
-              echo: Callable[[str], None] = print) -> StudyResult:
-    """Run the whole study into `out_dir` and return its results (also written there)."""
+def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progress: bool | None = False,
+              echo: Callable[[str], None] = print, overwrite: bool = False) -> StudyResult:
+    """Run the whole study into `out_dir` and return its results (also written there). A previous
+    run's files there are replaced only with `overwrite`: an `out_dir` that is not empty is refused
+    otherwise, so no earlier checkpoints go silently. `progress`: False silent, else a bar in a
+    terminal and plain lines outside one (`runtime.logs.ProgressReporter`)."""
     start = time.perf_counter()
     require_demo_extras()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out_dir {out_dir} is a file, not a directory: pass a directory to write the study to")
+        raise SettingError("out_dir", f"out_dir {out_dir} is a file, not a directory: pass a directory to write the study to")
+    if out_dir.is_dir() and not overwrite and any(out_dir.iterdir()):
+        raise SettingError("out_dir", f"out_dir {out_dir} is not empty: the study would replace its files; set overwrite, "
+                                      "or choose an empty or new out_dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_seconds: dict[str, float] = {}
     digits = load_digits_dataset()
@@ -121,13 +127,16 @@ def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progre
     settings_list = [(sampler, scale) for sampler in s.samplers for scale in s.scales]
     echo(f"sampling {s.num_samples} images ({s.samples_per_class} per class) with {', '.join(s.samplers)} in "
          f"{s.sampling_steps} steps at classifier scales {', '.join(f'{v:g}' for v in s.scales)}")
-    for sampler, scale in tqdm(settings_list, desc="sampling", unit="setting", disable=not progress):
+    reporter = ProgressReporter(len(settings_list), "settings", progress=progress, label="sampling")
+    for sampler, scale in settings_list:
         images = sample_images(unet.model, s.unet, sampling_diffusion, guide.model, s.guide, labels=labels, scale=scale,
                                sampler=sampler, seed=seed, batch_size=s.sample_batch_size)
         name = setting_name(sampler, scale)
         files[f"samples {name}"] = save_npz(out_dir / "samples" / f"{name}.npz", images, labels)
         files[f"grid {name}"] = write_grid(out_dir / "grids" / f"{name}.png", images, labels, s.unet.num_classes)
         metrics.append(score_samples(judge, reference, images, labels, sampler=sampler, scale=scale))
+        reporter.update()
+    reporter.close()
     stage_seconds["sampling and scoring"] = time.perf_counter() - begin
 
     cli_scale = 4.0 if 4.0 in s.scales else max(s.scales)

@@ -63,7 +63,7 @@ def train_network(
     *,
     run_dir: str | Path,
     seed: int,
-    progress: bool,
+    progress: bool | None,
 ) -> TrainedNetwork:
     """Train a diffusion UNet (ModelConfig) or a classifier (ClassifierConfig) for `spec.steps` steps
     from `seed`, save its checkpoint set in `run_dir`, and return it reloaded from that checkpoint
