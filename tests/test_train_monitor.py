@@ -134,7 +134,7 @@ def test_resume_auto_keeps_the_trajectory_and_the_grids(setup, plain_run, watche
 
 
 def test_report_with_plots(watched_run, tmp_path):
-    result = run_cli(["report", str(watched_run), "--out", str(tmp_path / "report")])
+    result = run_cli(["report", str(watched_run), "--out_dir", str(tmp_path / "report")])
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report" / "report.md").read_text()
     for name in ("report_loss.png", "report_optimization.png", "report_metrics.png", "report_samples_ema_0.9.png",

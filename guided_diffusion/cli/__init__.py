@@ -38,7 +38,8 @@ def _usage() -> str:
     for name, (_, _, text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<18} {text}")
     lines.append("")
-    lines.append("Hyphenated names (image-sample) work too. `guided-diffusion NAME --help` lists a subcommand's flags.")
+    lines.append("Hyphenated names (image-sample) work too. `guided-diffusion NAME --help` lists a subcommand's flags; "
+                 "`guided-diffusion --version` prints the version.")
     return "\n".join(lines)
 
 
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from guided_diffusion import __version__
+
+        print(f"guided-diffusion {__version__}")
         return 0
     name = argv[0].replace("-", "_")
     if name not in SUBCOMMANDS:

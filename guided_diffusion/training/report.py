@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, max_
     lines += _summary_lines(log)
     if log.config is not None and isinstance(log.config.get("model"), dict):
         model = log.config["model"]
-        flags = " ".join(f"--{k} {v}" for k, v in sorted(model.items()))
+        # shlex.join quotes empty values ('--attention_resolutions ""'), so the line pastes back as it was.
+        flags = shlex.join(word for key, value in sorted(model.items()) for word in (f"--{key}", str(value)))
         lines += ["", f"Model ({log.config.get('kind', '?')}): `{flags}`"]
     if log.metrics:
         lines += ["", "| step | weights | FID | precision | recall |", "|---:|---|---:|---:|---:|"]
