@@ -341,3 +341,36 @@ def test_cache_directory_that_is_not_a_writable_folder_is_one_line(layout, tmp_p
     with pytest.raises(UserError, match="GUIDED_DIFFUSION_CACHE") as info:
         download("http://127.0.0.1:1/x.bin", cache_dir() / "x.bin", progress=False)
     assert "\n" not in str(info.value)
+
+
+# -- the `download` command's messages (issue 20 item 24) -------------------------------------------------
+
+
+def test_download_of_a_misspelled_name_suggests_the_nearest_and_names_the_mirror_variable(capsys):
+    from helpers import error_of
+
+    line = error_of(capsys, ["download", "64x64_difusion"])
+    assert "unknown preset '64x64_difusion' (did you mean '64x64_diffusion'?)" in line
+    assert "GUIDED_DIFFUSION_MIRROR" in line
+    line = error_of(capsys, ["download", "zebra"])
+    assert "did you mean" not in line and "64x64_classifier" in line
+
+
+def test_a_failed_preset_download_names_the_mirror_variable(server, tmp_path, monkeypatch, capsys):
+    from helpers import error_of
+
+    server.mode = "error500"
+    monkeypatch.setenv("GUIDED_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GUIDED_DIFFUSION_MIRROR", raising=False)
+    # The release host cannot be reached from the tests: the unset variable's advice is checked with a
+    # URL that fails at once, the set variable's with the local server.
+    from guided_diffusion.config import presets
+
+    monkeypatch.setattr(presets, "BASE_URL", "http://127.0.0.1:9/release")
+    line = error_of(capsys, ["download", "64x64_classifier", "--progress", "false"])
+    assert "set GUIDED_DIFFUSION_MIRROR=URL to fetch URL/64x64_classifier.pt from a mirror" in line
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/mirror"
+    monkeypatch.setenv("GUIDED_DIFFUSION_MIRROR", mirror)
+    line = error_of(capsys, ["download", "64x64_classifier", "--progress", "false"])
+    assert "HTTP 500" in line and f"the mirror GUIDED_DIFFUSION_MIRROR={mirror}" in line
+    assert server.requests  # it did ask the mirror

@@ -5,6 +5,7 @@ This is the table only; checking a file against a preset is `checkpoints.check_p
 one into the cache `sampling.fetch.ensure_preset`."""
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -112,7 +113,10 @@ def get_preset(name: str, kinds: tuple[str, ...] | None = None, purpose: str = "
     listing the choices otherwise (`purpose` names what needs it, e.g. "classifier_sample")."""
     key = name[:-3] if name.endswith(".pt") else name
     if key not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        close = difflib.get_close_matches(key, list(PRESETS), n=1, cutoff=0.6)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown preset {name!r}{guess}; the released checkpoints are {', '.join(PRESETS)} "
+                        f"(their files come from {BASE_URL}, or from a mirror of it named by {MIRROR_ENV})")
     preset = PRESETS[key]
     if kinds is not None and preset.kind not in kinds:
         wanted = [p.name for p in PRESETS.values() if p.kind in kinds]

@@ -1,9 +1,10 @@
 """Released checkpoints on disk: where a preset's file lives in the cache, and fetching it on first use."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from guided_diffusion.config.presets import Preset
+from guided_diffusion.config.presets import MIRROR_ENV, Preset, release_base_url
 from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.download import cache_dir, download, recorded_sha256, verify_installed
 from guided_diffusion.runtime.errors import UserError
@@ -37,8 +38,13 @@ def ensure_preset(preset: Preset, *, progress: bool = True, verify: bool = False
             check_preset_file(preset, path)
         mark_intact(path, verify_installed(path, preset.sha256))  # loading it next need not hash it again
         return path
-    download(preset.url, path, sha256=preset.sha256, progress=progress,
-             validate=lambda part: check_preset_file(preset, part))
+    try:
+        download(preset.url, path, sha256=preset.sha256, progress=progress,
+                 validate=lambda part: check_preset_file(preset, part))
+    except UserError as exc:
+        if os.environ.get(MIRROR_ENV, "").strip():
+            raise UserError(f"{exc} (the file was asked from the mirror {MIRROR_ENV}={release_base_url()})") from None
+        raise UserError(f"{exc}; or set {MIRROR_ENV}=URL to fetch URL/{preset.filename} from a mirror") from None
     recorded = recorded_sha256(path)
     if recorded is not None:  # hashed while installing
         mark_intact(path, recorded)
