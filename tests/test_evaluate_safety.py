@@ -204,7 +204,7 @@ class Signalling(features.ClassifierFeatureExtractor):
     calls = 0
     def extract(self, images):
         self.calls += 1
-        if self.calls == 2:
+        if self.calls == {at_call}:
             os.kill(os.getpid(), {signum})
         return super().extract(images)
 
@@ -214,12 +214,15 @@ sys.exit(main(["evaluate", {images!r}, {samples!r}, "--save_stats", {out!r}, "--
 """
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_evaluate_in_one_line_and_leaves_no_temp_file(files, tmp_path, signum, code):
+@pytest.mark.parametrize(("signum", "code", "at_call"), [
+    (signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 2),  # while the reference is read (and --save_stats written)
+    (signal.SIGTERM, 143, 7),  # while the samples are read: the finished reference statistics are not kept either
+])
+def test_a_signal_stops_evaluate_in_one_line_and_leaves_no_temp_file(files, tmp_path, signum, code, at_call):
     out = tmp_path / "out"
     out.mkdir()
     child = run_python(_SIGNALLED_RUN.format(signum=int(signum), classifier=str(files["A"]), images=str(files["images"]),
-                                             samples=str(files["samples"]), out=str(out / "ref.npz")))
+                                             samples=str(files["samples"]), out=str(out / "ref.npz"), at_call=at_call))
     assert child.returncode == code, child.stderr
     lines = child.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"evaluate stopped by {signal.Signals(signum).name}"), child.stderr

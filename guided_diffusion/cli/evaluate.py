@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except _Stopped as stop:
         if progress:  # end a progress bar's line first
             print(file=sys.stderr)
-        print(f"evaluate stopped by {stop}: nothing was written; run the same command again", file=sys.stderr)
+        print(f"evaluate stopped by {stop}: no output was written; run the same command again", file=sys.stderr)
         return 128 + stop.signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
 
 

@@ -268,33 +268,37 @@ class _ReferenceWriter:
         if hi > lo:
             self._writer.append(images[self._rows[lo:hi] - start])
 
-    def finish(self, summary: BatchSummary) -> Path:
+    def finish(self, summary: BatchSummary) -> None:
+        """Add the statistics (committed by `commit`)."""
         self._writer.write("mu", summary.mu)
         self._writer.write("sigma", summary.sigma)
         if summary.mu_s is not None and summary.sigma_s is not None:
             self._writer.write("mu_s", summary.mu_s)
             self._writer.write("sigma_s", summary.sigma_s)
         self._writer.write(FEATURE_SPACE_KEY, np.array([self._space.to_json()]))
+
+    def commit(self) -> Path:
         return self._writer.commit()
 
     def discard(self) -> None:
         self._writer.discard()
 
 
-def _summarize_reference(ref_path, extractor, *, save_stats, save_images, progress) -> BatchSummary:
-    writer = None
-    if save_stats is not None:
-        check_feature_space(ref_path, extractor)  # before the output is opened
-        writer = _ReferenceWriter(save_stats, ref_path, save_images, seed=0, space=extractor.feature_space)
+@contextlib.contextmanager
+def _reference_output(ref_path, extractor, save_stats, save_images) -> Iterator[_ReferenceWriter | None]:
+    """A writer for `save_stats` (None without it) that is committed only when the whole block succeeds,
+    and discarded, leaving no file and no temp file, when anything (a signal included) stops it."""
+    if save_stats is None:
+        yield None
+        return
+    check_feature_space(ref_path, extractor)  # before the output is opened
+    writer = _ReferenceWriter(save_stats, ref_path, save_images, seed=0, space=extractor.feature_space)
     try:
-        summary = summarize_batch(ref_path, extractor, keep_logits=False, progress=progress, on_images=writer)
-        if writer is not None:
-            writer.finish(summary)
+        yield writer
+        writer.commit()
     except BaseException:
-        if writer is not None:
-            writer.discard()
+        writer.discard()
         raise
-    return summary
 
 
 def save_reference_batch(ref_path: Path | str, out_path: Path | str, extractor: FeatureExtractor, *,
@@ -303,8 +307,11 @@ def save_reference_batch(ref_path: Path | str, out_path: Path | str, extractor: 
     `ref_path` (its own precomputed ones if present) and `arr_0` = a seeded random subset of
     `max_images` of them (for precision/recall), and `feature_space` (JSON naming the extractor's network,
     weights hash and dimension) so the statistics are never compared in other features. Atomic."""
-    return _summarize_reference(ref_path, extractor, save_stats=out_path, save_images=max_images,
-                                progress=progress)
+    with _reference_output(ref_path, extractor, out_path, max_images) as writer:
+        summary = summarize_batch(ref_path, extractor, keep_logits=False, progress=progress, on_images=writer)
+        assert writer is not None  # out_path is given
+        writer.finish(summary)
+    return summary
 
 
 def _warn_if_rank_deficient(summary: BatchSummary, path: Path | str, log: Callable[[str], None]) -> None:
@@ -339,26 +346,28 @@ def evaluate(
     for path in (ref_path, sample_path):  # statistics in other features are refused before any work
         check_feature_space(path, extractor)
     log("computing reference batch features...")
-    ref = _summarize_reference(ref_path, extractor, save_stats=save_stats, save_images=save_stats_images,
-                               progress=progress)
-    if ref.precomputed:
-        log(f"using precomputed {', '.join(ref.precomputed)} from {ref_path}")
-    log("computing sample batch features...")
-    sample = summarize_batch(sample_path, extractor, keep_logits=True, progress=progress)
-    if sample.pool.shape[1] != ref.pool.shape[1]:
-        raise UserError(f"{ref_path} and {sample_path} give features of different sizes")
-    _warn_if_rank_deficient(ref, ref_path, log)
-    _warn_if_rank_deficient(sample, sample_path, log)
+    with _reference_output(ref_path, extractor, save_stats, save_stats_images) as writer:
+        ref = summarize_batch(ref_path, extractor, keep_logits=False, progress=progress, on_images=writer)
+        if writer is not None:
+            writer.finish(ref)
+        if ref.precomputed:
+            log(f"using precomputed {', '.join(ref.precomputed)} from {ref_path}")
+        log("computing sample batch features...")
+        sample = summarize_batch(sample_path, extractor, keep_logits=True, progress=progress)
+        if sample.pool.shape[1] != ref.pool.shape[1]:
+            raise UserError(f"{ref_path} and {sample_path} give features of different sizes")
+        _warn_if_rank_deficient(ref, ref_path, log)
+        _warn_if_rank_deficient(sample, sample_path, log)
 
-    log("computing evaluations...")
-    score = inception_score(softmax(sample.logits)) if sample.logits is not None else None
-    fid = frechet_distance(sample.mu, sample.sigma, ref.mu, ref.sigma, method=fid_method)
-    sfid = None
-    if sample.mu_s is not None and sample.sigma_s is not None and ref.mu_s is not None and ref.sigma_s is not None:
-        sfid = frechet_distance(sample.mu_s, sample.sigma_s, ref.mu_s, ref.sigma_s, method=fid_method)
-    for name, value in (("FID", fid), ("sFID", sfid)):
-        if value is not None and not np.isfinite(value):
-            raise UserError(f"{name} of {sample_path} against {ref_path} is {value}: the statistics are not usable "
-                            "(NaN or infinite values); check both files")
-    precision, recall = precision_recall(ref.pool, sample.pool, device=extractor.device)
+        log("computing evaluations...")
+        score = inception_score(softmax(sample.logits)) if sample.logits is not None else None
+        fid = frechet_distance(sample.mu, sample.sigma, ref.mu, ref.sigma, method=fid_method)
+        sfid = None
+        if sample.mu_s is not None and sample.sigma_s is not None and ref.mu_s is not None and ref.sigma_s is not None:
+            sfid = frechet_distance(sample.mu_s, sample.sigma_s, ref.mu_s, ref.sigma_s, method=fid_method)
+        for name, value in (("FID", fid), ("sFID", sfid)):
+            if value is not None and not np.isfinite(value):
+                raise UserError(f"{name} of {sample_path} against {ref_path} is {value}: the statistics are not usable "
+                                "(NaN or infinite values); check both files")
+        precision, recall = precision_recall(ref.pool, sample.pool, device=extractor.device)
     return EvaluationResult(inception_score=score, fid=fid, sfid=sfid, precision=precision, recall=recall)
