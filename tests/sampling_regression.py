@@ -68,7 +68,7 @@ def compute() -> dict[str, np.ndarray]:
             for guided in (False, True):
                 cond_fn = classifier_cond_fn(classifier, 2.0) if guided else None
                 key = f"{name}/{sampler}/{respacing or 'full'}/{eta}/{'guided' if guided else 'plain'}"
-                settings = SamplerSettings(sampler=sampler, eta=eta)
+                settings = SamplerSettings(sampler=sampler, eta=eta if sampler == "ddim" else None)  # eta is ddim's alone
                 with torch.no_grad():
                     x = draw(model_fn, diffusion, indices=[0, 1, 2], seed=SEED, image_shape=(3, 8, 8),
                              device=torch.device("cpu"), settings=settings, labels=LABELS, cond_fn=cond_fn)

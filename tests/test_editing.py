@@ -63,10 +63,10 @@ class GaussianDenoiser(Denoiser):
         super().__init__(alphas_cumprod)
         self.mu, self.s = mu, s
 
-    def predict(self, x, k, model_kwargs):
-        a, g = self.alpha(k), self.sigma(k)
+    def predict(self, x, level, model_kwargs):
+        a, g = level.alpha, level.sigma
         x0 = self.mu + a * self.s**2 / (a * a * self.s**2 + g * g) * (x - a * self.mu)
-        return x0, self.eps_from_x0(x, k, x0)
+        return x0, self.eps_from_x0(x, level, x0)
 
 
 def cosine_abar(points: int) -> np.ndarray:
@@ -220,7 +220,7 @@ def test_measurement_cond_fn_is_the_closed_form_gradient_and_sums_with_others():
     torch.testing.assert_close(both(x, t), torch.full_like(x, 3.0))
     assert sum_cond_fns(None, None) is None
     # Between integer steps abar is interpolated, at them it is the schedule's.
-    assert torch.allclose(predict.alpha_bar(torch.tensor([30.0])), torch.tensor([diffusion.alphas_cumprod[30]], dtype=torch.float64))
+    assert torch.allclose(predict.alpha_bar(torch.tensor([30.0])), torch.tensor([diffusion.alphas_cumprod[30]], dtype=torch.float32))
 
 
 def test_x0_predictor_agrees_with_the_denoisers_prediction():
@@ -230,7 +230,7 @@ def test_x0_predictor_agrees_with_the_denoisers_prediction():
     predict = X0Predictor(model, base)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        expected, _ = denoiser.predict(x, 40, {})
+        expected, _ = denoiser.predict(x, denoiser.level(40), {})
         got = predict(x, torch.tensor([40, 40]))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="un-respaced"):
@@ -253,7 +253,7 @@ def test_dps_super_resolution_of_a_known_prior_is_consistent_with_the_measuremen
     truth = 0.5 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     y = down(truth)
     cond = measurement_cond_fn(down, y, 2.0, predict_x0=X0Predictor(Model(), diffusion))
-    denoiser.timesteps = lambda k, batch, device: torch.full((batch,), 10 * k, dtype=torch.long)  # grid -> original t
+    denoiser.model_time = lambda level, batch, device: torch.full((batch,), 10 * level.index, dtype=torch.long)  # grid -> original t
     noise = SampleNoise(0, range(16))
     guided = SAMPLERS["ddim"](denoiser, noise.randn((16, 3, 8, 8)), cond_fn=cond, clip_denoised=False)
     unguided = SAMPLERS["ddim"](denoiser, SampleNoise(0, range(16)).randn((16, 3, 8, 8)), clip_denoised=False)
@@ -389,7 +389,7 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
         (["img2img", "--classifier_path", "{root}/guide/model.pt"], "error: classifier guidance steers towards a class"),
         (["invert", "--steps", "1"], "error: --steps must be >= 2, got 1"),
         (["invert", "--steps", "500"], "error: --steps must be <= the model's 100 diffusion steps, got 500"),
-        (["img2img", "--sampler", "heun", "--eta", "0.5"], "error: --eta only applies to the ddim sampler (the sampler is heun)"),
+        (["img2img", "--sampler", "heun", "--eta", "0.5"], "error: --eta applies to the ddim sampler, not heun"),
         (["img2img", "--cfg_scale", "2"], "error: --cfg_scale 2.0 needs a class-conditional model trained with label dropout"),
         (["img2img", "--classifier_path", "{root}/unet/model.pt", "--class_labels", "1"],
          "error: --classifier_path {root}/unet/model.pt is a unet checkpoint, not a noisy classifier"),

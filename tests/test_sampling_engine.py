@@ -45,8 +45,9 @@ def test_leading_grid_reproduces_the_ddimN_respacing(networks, sampler, eta):
                        timestep_respacing="ddim10")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = run(networks, SamplerSettings(sampler=sampler, eta=eta), diffusion=respaced)
-        got = run(networks, SamplerSettings(sampler=sampler, eta=eta, steps=10, step_grid="leading"))
+        eta_option = {"eta": eta} if sampler == "ddim" else {}
+        expected = run(networks, SamplerSettings(sampler=sampler, **eta_option), diffusion=respaced)
+        got = run(networks, SamplerSettings(sampler=sampler, steps=10, step_grid="leading", **eta_option))
     assert float((got - expected).norm() / expected.norm()) < 1e-5
 
 
@@ -70,7 +71,7 @@ def test_fractional_timesteps_reach_model_and_classifier(networks):
     assert model_t.dtype == torch.float32 and not torch.equal(model_t, model_t.round())
     assert torch.equal(model_t, torch.stack([t[0] for t in seen["classifier"]]))
     assert 0 <= float(model_t.min()) and float(model_t.max()) <= 49
-    expected = torch.tensor([denoiser.original_timestep(k) for k in range(5, -1, -1)], dtype=torch.float32)
+    expected = torch.tensor([denoiser.timestep(denoiser.level(k)) for k in range(5, -1, -1)], dtype=torch.float32)
     torch.testing.assert_close(model_t, expected)
 
 
@@ -80,8 +81,8 @@ PAIRS = [(sampler, GRIDS[i % len(GRIDS)]) for i, sampler in enumerate(sorted(SAM
 
 @pytest.mark.parametrize("sampler,grid", PAIRS)
 def test_every_sampler_and_grid_is_per_sample_seeded(networks, sampler, grid):
-    settings = SamplerSettings(sampler=sampler, steps=3, step_grid=grid, eta=1.0 if sampler == "ddim" else 0.0,
-                               s_churn=2.0 if sampler == "heun" else 0.0)
+    options = {"ddim": {"eta": 1.0}, "heun": {"s_churn": 2.0}}.get(sampler, {})
+    settings = SamplerSettings(sampler=sampler, steps=3, step_grid=grid, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # linspace/trailing start at T-1: saturated, warned about elsewhere
         whole = run(networks, settings, indices=(0, 1, 2))
@@ -155,9 +156,9 @@ def test_truncated_grid_and_given_start_sample_from_mid_way(networks):
     model_fn, diffusion, _ = networks
     denoiser = SamplerSettings(steps=10).denoiser(model_fn, diffusion)
     half = denoiser.truncated(5)
-    assert half.num_steps == 5 and half.original_timestep(4) == denoiser.original_timestep(4)
+    assert half.num_steps == 5 and half.timestep(half.level(4)) == denoiser.timestep(denoiser.level(4))
     x0 = torch.zeros(1, 3, 8, 8)
-    start = diffusion.q_sample(x0, torch.tensor([int(half.original_timestep(4))]), noise=torch.randn(1, 3, 8, 8))
+    start = diffusion.q_sample(x0, torch.tensor([int(half.timestep(half.level(4)))]), noise=torch.randn(1, 3, 8, 8))
     out = SAMPLERS["dpm++2m"](half, start, model_kwargs={"y": torch.tensor([0])})
     assert out.shape == x0.shape and torch.isfinite(out).all()
     given = torch.randn(2, 3, 8, 8)
@@ -181,16 +182,21 @@ def test_truncated_grid_and_given_start_sample_from_mid_way(networks):
     (dict(sampler="ddim", eta=-1.0), "eta", "eta must be a finite number >= 0"),
     (dict(sampler="ddim", eta=float("nan")), "eta", "eta must be a finite number >= 0"),
     (dict(sampler="ddim", eta=float("inf")), "eta", "eta must be a finite number >= 0"),
-    (dict(sampler="heun", eta=0.5), "eta", "eta only applies to the ddim sampler"),
+    (dict(sampler="heun", eta=0.5), "eta", "eta applies to the ddim sampler, not heun"),
+    (dict(sampler="ddpm", eta=0.0), "eta", "eta applies to the ddim sampler, not ddpm"),
     (dict(dynamic_threshold=0.0), "dynamic_threshold", "dynamic_threshold must be a percentile"),
     (dict(dynamic_threshold=1.5), "dynamic_threshold", "dynamic_threshold must be a percentile"),
-    (dict(sampler="heun", s_churn=-1.0), "s_churn", "s_churn must be >= 0"),
-    (dict(sampler="heun", s_tmin=-1.0), "s_tmin", "s_tmin must be >= 0"),
+    (dict(sampler="heun", s_churn=-1.0), "s_churn", "s_churn must be a finite number >= 0"),
+    (dict(sampler="heun", s_tmin=-1.0), "s_tmin", "s_tmin must be a finite number >= 0"),
     (dict(sampler="heun", s_tmin=2.0, s_tmax=1.0), "s_tmax", "s_tmax must be >= s_tmin"),
-    (dict(sampler="heun", s_noise=-1.0), "s_noise", "s_noise must be >= 0"),
-    (dict(sampler="euler", s_churn=1.0), "s_churn", "s_churn applies to the heun sampler"),
-    (dict(sampler="unipc", order=4), "order", "order must be 1, 2 or 3"),
-    (dict(sampler="unipc", order=0), "order", "order must be 1, 2 or 3"),
+    (dict(sampler="heun", s_noise=-1.0), "s_noise", "s_noise must be a finite number >= 0"),
+    (dict(sampler="euler", s_churn=1.0), "s_churn", "s_churn applies to the heun sampler, not euler"),
+    (dict(sampler="dpm++2m", s_noise=1.0), "s_noise", "s_noise applies to the heun, dpm++2m_sde, dpm++3m_sde samplers"),
+    (dict(sampler="unipc", order=4), "order", "order must be one of 1, 2, 3"),
+    (dict(sampler="unipc", order=0), "order", "order must be one of 1, 2, 3"),
+    (dict(sampler="ipndm", order=5), "order", "order must be one of 1, 2, 3, 4"),
+    (dict(sampler="unipc", order=2.5), "order", "order must be an integer"),
+    (dict(guidance_scaling="softmax"), "guidance_scaling", "guidance_scaling 'softmax' is unknown"),
     (dict(guidance_schedule="exp"), "guidance_schedule", "guidance_schedule 'exp' is unknown"),
     (dict(guidance_interval=(500, 100)), "guidance_interval", "guidance_interval must be"),
     (dict(guidance_interval=(-1, 100)), "guidance_interval", "guidance_interval must be"),

@@ -12,13 +12,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
+from scipy.integrate import quad, solve_ivp
 
 from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.guidance import SteeredGuidance
+from guided_diffusion.sampling.multistep import lagrange_weights
 from guided_diffusion.sampling.samplers import (
+    ADAMS_BASHFORTH,
     SAMPLERS,
     ddim,
     dpmpp_2m,
@@ -72,28 +74,37 @@ class GaussianData:
         return math.sqrt(abar_to) * self.mean + math.sqrt(self.variance(abar_to)) * z
 
 
+def vp_time(abar: float) -> float:
+    """The VP-SDE time t in [T_MIN, T_MAX] of a level: the root of log_abar(t) = log(abar)."""
+    spread = BETA_MAX - BETA_MIN
+    return (-BETA_MIN + math.sqrt(BETA_MIN**2 - 2.0 * spread * math.log(abar))) / spread
+
+
 class ExactDenoiser(Denoiser):
-    """The exact denoiser of `data`; it hands guidance the level abar as its "timestep"."""
+    """The exact denoiser of `data`. Its timestep is the VP-SDE time in thousandths (a smooth time
+    variable, as a model's is); it hands guidance the level abar as its "timestep" tensor."""
 
     def __init__(self, abar: np.ndarray, data: GaussianData):
         super().__init__(abar)
         self.data = data
 
-    def predict(self, x, k, model_kwargs):
-        return self.predict_level(x, float(self.alphas_cumprod[k]), model_kwargs)
+    def predict(self, x, level, model_kwargs):
+        eps = -level.sigma * self.data.score(x, level.abar)
+        return (x - level.sigma * eps) / level.alpha, eps
 
-    def predict_level(self, x, abar, model_kwargs):
-        eps = -math.sqrt(1 - abar) * self.data.score(x, abar)
-        return (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar), eps
+    def timestep(self, level):
+        return 1000.0 * vp_time(level.abar)
 
-    def timesteps(self, k, batch, device):
-        return torch.full((batch,), float(self.alphas_cumprod[k]), dtype=torch.float64)
+    def model_time(self, level, batch, device):
+        return torch.full((batch,), level.abar, dtype=torch.float64)
 
-    def cond_gradient_level(self, cond_fn, x, abar, model_kwargs):
-        return cond_fn(x, torch.full((x.shape[0],), abar, dtype=torch.float64), **model_kwargs)
 
-    def original_timestep_level(self, abar):
-        return float("nan")
+class IndexTimedDenoiser(ExactDenoiser):
+    """The exact denoiser whose original timestep of grid point k is k (for guidance intervals)."""
+
+    def timestep(self, level):
+        assert level.index is not None
+        return float(level.index)
 
 
 P = GaussianData(torch.tensor([0.3, -0.5, 0.1, 0.7], dtype=torch.float64).view(1, 1, 2, 2), 0.4)
@@ -215,7 +226,11 @@ def test_samplers_are_deterministic_and_keep_dtype(sampler):
 
 # -- every solver at its stated order, guided and not, on two grids ---------------------------------
 
-ORDERS = {"euler": (0.85, 1.15), "heun": (1.8, 2.5), "dpm++2m": (1.8, 2.5), "unipc": (2.0, 5.0)}
+# ipndm: equal-step Adams-Bashforth coefficients on these unequal grids, after an Euler warm-up step, are
+# second order overall (its order-4 coefficients pay off in the error constant at few steps); deis: tAB3
+# in the model's time variable; dpm++3m: the exact integral of the quadratic interpolant.
+ORDERS = {"euler": (0.85, 1.15), "heun": (1.8, 2.5), "dpm++2m": (1.8, 2.5), "unipc": (2.0, 5.0),
+          "dpm++3m": (2.7, 4.4), "ipndm": (1.8, 2.5), "deis": (2.3, 4.3)}
 
 
 @pytest.mark.parametrize("grid", sorted(GRIDS))
@@ -320,7 +335,7 @@ def counting(cond_fn):
 
 @pytest.mark.parametrize("name", ["euler", "heun", "dpm++2m", "dpm++2m_sde", "dpm++3m_sde", "unipc", "ddim"])
 def test_guidance_interval_skips_the_classifier_outside_it(name):
-    denoiser = ExactDenoiser(grid_abar(10), P)  # original timestep of grid point k: k
+    denoiser = IndexTimedDenoiser(grid_abar(10), P)  # original timestep of grid point k: k
     cond_fn, calls = counting(guidance(2.0))
     steered = SteeredGuidance(cond_fn, num_timesteps=10, interval=(0, 4))
     torch.manual_seed(0)
@@ -356,9 +371,9 @@ def test_guidance_schedules_average_one_and_grow_towards_low_noise():
 @pytest.mark.parametrize("name", sorted(SAMPLERS.keys() - {"ddpm"}))
 def test_non_finite_state_stops_with_the_step(name):
     class Exploding(ExactDenoiser):
-        def predict_level(self, x, abar, model_kwargs):
-            x0, eps = super().predict_level(x, abar, model_kwargs)
-            return (x0 * float("nan"), eps) if abar > 0.5 else (x0, eps)
+        def predict(self, x, level, model_kwargs):
+            x0, eps = super().predict(x, level, model_kwargs)
+            return (x0 * float("nan"), eps) if level.abar > 0.5 else (x0, eps)
 
     denoiser = Exploding(grid_abar(10), P)
     first_bad = max(k for k in range(10) if denoiser.alphas_cumprod[k] > 0.5)
@@ -367,3 +382,52 @@ def test_non_finite_state_stops_with_the_step(name):
     assert isinstance(info.value, ValueError)
     assert info.value.step in (first_bad, first_bad + 1)  # heun meets level k-1 while stepping from k
     assert f"step {info.value.step}" in str(info.value)
+
+
+def test_adams_bashforth_coefficients_have_their_order():
+    # Order p with unit steps: sum_j c_j (-j)^m = 1 / (m + 1) for m < p (exact for polynomials of degree < p).
+    for order, coefficients in enumerate(ADAMS_BASHFORTH, start=1):
+        for m in range(order):
+            assert abs(sum(c * (-j) ** m for j, c in enumerate(coefficients)) - 1 / (m + 1)) < 1e-12
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, 2.0])
+def test_lagrange_weights_integrate_the_interpolant_exactly(rate):
+    h, offsets = 0.7, [-2.1, -0.9, 0.0, 1.0]
+    values = [0.3, -1.2, 0.5, 2.0]
+    poly = np.polynomial.Polynomial.fit(offsets, values, 3).convert()
+    expected = h * quad(lambda u: math.exp(rate * h * (u - 1)) * poly(u), 0.0, 1.0, epsabs=1e-13)[0]
+    got = sum(w * v for w, v in zip(lagrange_weights(offsets, h, rate), values))
+    assert abs(got - expected) < 1e-11
+
+
+class NoDataDenoiser(IndexTimedDenoiser):
+    """x0 = 0 everywhere: the flow is pure guidance, x_t = (sigma_t / sigma_s) x_s + sigma_t int G dlambda."""
+
+    def predict(self, x, level, model_kwargs):
+        return torch.zeros_like(x), x / level.sigma
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "unipc"])
+def test_split_guidance_integrates_a_constant_guidance_term_exactly(name):
+    """The split solvers integrate the guidance term G = sigma s grad log p with its own weight: constant G is
+    integrated exactly at any step size (the first-order data-prediction step, DDIM, is not: it scales the
+    term by (e^h - 1) / h). Here cond_fn = c / sigma, so G = c."""
+    abar = grid_abar(6)
+    denoiser = NoDataDenoiser(abar, P)
+    c = 0.8
+
+    def cond_fn(x, t, **_):
+        return torch.full_like(x, c / math.sqrt(1.0 - float(t[0])))
+
+    top, bottom = denoiser.level(5), denoiser.level(0)
+    x = start_noise()
+    expected = (bottom.sigma / top.sigma) * x + bottom.sigma * c * (bottom.log_snr - top.log_snr)
+    seen = {}
+    SAMPLERS[name](denoiser, x, cond_fn=cond_fn, clip_denoised=False,
+                   callback=lambda info: seen.update(x=info["x"]) if info["k"] == 1 else None)
+    torch.testing.assert_close(seen["x"], expected, rtol=1e-6, atol=1e-7)  # G passes through float32
+    seen.clear()
+    SAMPLERS["ddim"](denoiser, x, cond_fn=cond_fn, clip_denoised=False,
+                     callback=lambda info: seen.update(x=info["x"]) if info["k"] == 1 else None)
+    assert (seen["x"] - expected).abs().max() > 0.1

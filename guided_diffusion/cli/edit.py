@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from guided_diffusion.cli.solver_flags import (
+    add_grid_flags,
+    add_guidance_steering_flags,
+    add_sampler_flags,
+    solver_options,
+)
 from guided_diffusion.config import (
     ClassifierConfig,
     DiffusionConfig,
@@ -27,7 +34,6 @@ from guided_diffusion.config import (
 )
 from guided_diffusion.config.flags import str2bool
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
-from guided_diffusion.diffusion.grids import GRIDS
 from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import model_kwargs_of, start_points
 from guided_diffusion.editing.io import (
@@ -46,7 +52,7 @@ from guided_diffusion.editing.measurement import (
     measurement_cond_fn,
     sum_cond_fns,
 )
-from guided_diffusion.editing.repaint import repaint
+from guided_diffusion.editing.repaint import repaint, repaint_schedule
 from guided_diffusion.editing.sdedit import sdedit
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.errors import SettingError, UserError
@@ -75,13 +81,9 @@ def _parser(command: str, description: str, *, sampler_default: str | None, guid
     parser.add_argument("--input", required=True,
                         help="images: an npz in the sample format (arr_0 uint8 NHWC, optional arr_1 labels) or a folder of images")
     parser.add_argument("--out_dir", default=None, help="output directory (default: $OPENAI_LOGDIR, else a fresh temp dir)")
-    parser.add_argument("--steps", type=int, default=50, help="grid points of the diffusion run (default: 50)")
-    parser.add_argument("--step_grid", choices=list(GRIDS), default=None,
-                        help="how the --steps points are spaced (default: the sampling engine's default grid)")
+    add_grid_flags(parser, steps_default=50)
     if sampler_default is not None:
-        parser.add_argument("--sampler", choices=list(SAMPLERS), default=sampler_default,
-                            help=f"sampler for the way back (default: {sampler_default})")
-        parser.add_argument("--eta", type=float, default=None, help="DDIM noise scale (ddim only; default 0)")
+        add_sampler_flags(parser, default=sampler_default, default_text=sampler_default)
     parser.add_argument("--seed", type=int, default=None,
                         help="base seed; edit i depends only on (seed, i) and input i (default: a random seed, printed)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass and rank")
@@ -93,6 +95,7 @@ def _parser(command: str, description: str, *, sampler_default: str | None, guid
     if guidance:
         parser.add_argument("--classifier_path", default="", help="noisy classifier checkpoint for classifier guidance")
         parser.add_argument("--classifier_scale", type=float, default=1.0, help="classifier guidance scale")
+    add_guidance_steering_flags(parser, classifier=guidance)
     parser.add_argument("--progress", type=str2bool, nargs="?", const=True, default=None,
                         help="progress bars (default: on when stderr is a terminal)")
     return parser
@@ -115,10 +118,10 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace, sampler: str | None = None) -> SamplerSettings:
-    """The sampler, grid and progress choices, in the sampling engine's terms (a bad one raises a
+    """The sampler, grid, steering and progress choices, in the sampling engine's terms (a bad one raises a
     SettingError naming its field, which is also its flag here)."""
-    return SamplerSettings(sampler=sampler or args.sampler, eta=getattr(args, "eta", None) or 0.0, steps=args.steps,
-                           step_grid=args.step_grid, progress=_progress(args))
+    return SamplerSettings(sampler=sampler or args.sampler, steps=args.steps, progress=_progress(args),
+                           **solver_options(args))
 
 
 # -- networks ------------------------------------------------------------------------------------------
@@ -249,10 +252,12 @@ def _guided(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "classifier_path", "")) and args.classifier_scale != 0
 
 
-def _classifier_cond_fn(args: argparse.Namespace, networks: Networks) -> CondFn | None:
-    if networks.classifier is None:
+def _classifier_cond_fn(args: argparse.Namespace, networks: Networks, settings: SamplerSettings) -> CondFn | None:
+    """The classifier's guidance with the run's scaling, interval and schedule (None without guidance)."""
+    if networks.classifier is None or args.classifier_scale == 0:
         return None
-    return classifier_cond_fn(networks.classifier, args.classifier_scale) if args.classifier_scale != 0 else None
+    cond_fn = classifier_cond_fn(networks.classifier, args.classifier_scale, scaling=settings.guidance_scaling)
+    return settings.steered(cond_fn, networks.base_diffusion)
 
 
 def _run(args: argparse.Namespace, count: int, make_batch: Callable[[list[int]], Batch], what: str) -> Batch | None:
@@ -305,7 +310,8 @@ def invert(argv: list[str]) -> int:
             psnrs.extend(psnr(to_uint8_images(back), images[indices]).tolist())
         return latents.float().cpu().numpy(), (labels[indices] if labels is not None else None)
 
-    result = _run(args, len(images), make_batch, f"inverting with {args.steps} DDIM steps")
+    result = _run(args, len(images), make_batch, f"inverting with ddim ({args.steps} levels, "
+                                                      f"up to {args.steps * (1 + args.refine)} model evaluations)")
     if result is not None:
         path = save_latents(Path(logs.get_dir()) / "latents.npz", *result)
         logs.log(f"saving to {path} (arr_0 float32 {'x'.join(map(str, result[0].shape))}"
@@ -350,7 +356,7 @@ def img2img(argv: list[str]) -> int:
     labels = _labels(args, configs[0], len(images), given)
     _require_labels(configs[0], labels, _guided(args))
     networks, seed = _start(args, configs)
-    cond_fn = _classifier_cond_fn(args, networks)
+    cond_fn = _classifier_cond_fn(args, networks, settings)
     denoiser = networks.denoiser(settings)
     points = start_points(args.strength, denoiser.num_steps)
 
@@ -364,7 +370,8 @@ def img2img(argv: list[str]) -> int:
 
     start = "its inversion" if args.from_inversion else "noise"
     _write_images(_run(args, len(images), make_batch,
-                       f"editing from {start} at strength {args.strength:g} ({points} of {args.steps} steps, {args.sampler})"))
+                       f"editing from {start} at strength {args.strength:g} with {args.sampler} ({points} of {args.steps} "
+                       f"levels, {settings.evaluations(points)} model evaluations)"))
     return 0
 
 
@@ -385,7 +392,7 @@ def _measurement_sampling(args: argparse.Namespace, settings: SamplerSettings, n
     given); with `known` = (uint8 images, mask) the kept pixels are pasted back exactly."""
     denoiser = networks.denoiser(settings)
     predict_x0 = X0Predictor(networks.model, networks.base_diffusion)
-    classifier = _classifier_cond_fn(args, networks)
+    classifier = _classifier_cond_fn(args, networks, settings)
     y_all = torch.as_tensor(measured, dtype=torch.float32)
     shape = (3, networks.image_size, networks.image_size)
 
@@ -444,10 +451,11 @@ def inpaint(argv: list[str]) -> int:
     if args.method == "dps":
         result = _measurement_sampling(
             args, settings, networks, lambda idx: MaskOperator(torch.from_numpy(mask[idx])), torch.from_numpy(mask) * known_all,
-            labels, seed, (images, mask), f"inpainting with DPS ({args.steps} steps, {args.sampler})")
+            labels, seed, (images, mask), f"inpainting with DPS and {args.sampler} ({args.steps} levels, {settings.evaluations(args.steps)} "
+            "model evaluations)")
         _write_images(result)
         return 0
-    cond_fn = _classifier_cond_fn(args, networks)
+    cond_fn = _classifier_cond_fn(args, networks, settings)
     denoiser = networks.denoiser(settings)
 
     def make_batch(indices: list[int]) -> Batch:
@@ -460,8 +468,11 @@ def inpaint(argv: list[str]) -> int:
         keep = mask[indices].transpose(0, 2, 3, 1) > 0.5
         return np.where(keep, images[indices], to_uint8_images(out)), batch_labels
 
-    _write_images(_run(args, len(images), make_batch, f"inpainting with RePaint ({args.steps} steps, jumps "
-                                                      f"{args.jump_length}x{args.jump_n_sample})"))
+    evaluations = sum(1 for here, there in itertools.pairwise(
+        repaint_schedule(args.steps, args.jump_length, args.jump_n_sample)) if there < here)
+    _write_images(_run(args, len(images), make_batch, f"inpainting with RePaint ({args.steps} levels, jumps "
+                                                      f"{args.jump_length}x{args.jump_n_sample}, {evaluations} model "
+                                                      "evaluations)"))
     return 0
 
 
@@ -512,5 +523,6 @@ def restore(argv: list[str]) -> int:
             return shared
     networks, seed = _start(args, configs)
     _write_images(_measurement_sampling(args, settings, networks, operator, measured, labels, seed, known,
-                                        f"restoring ({args.task}) with DPS ({args.steps} steps, {args.sampler})"))
+                                        f"restoring ({args.task}) with DPS and {args.sampler} ({args.steps} levels, "
+                                        f"{settings.evaluations(args.steps)} model evaluations)"))
     return 0

@@ -32,6 +32,12 @@ import torch
 import torch.distributed as dist
 
 from guided_diffusion.cli import flag_message
+from guided_diffusion.cli.solver_flags import (
+    add_grid_flags,
+    add_guidance_steering_flags,
+    add_sampler_flags,
+    solver_options,
+)
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.config.flags import (
     add_dict_to_argparser,
@@ -40,13 +46,12 @@ from guided_diffusion.config.flags import (
     sr_model_and_diffusion_defaults,
     str2bool,
 )
-from guided_diffusion.diffusion.grids import DEFAULT_GRID, GRIDS
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.atomic import directory_write_problem
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import fresh_seed
-from guided_diffusion.sampling.guidance import GUIDANCE_SCHEDULES, GuidedModel
+from guided_diffusion.sampling.guidance import GuidedModel
 from guided_diffusion.sampling.job import (
     SamplingJob,
     array_digest,
@@ -66,7 +71,6 @@ from guided_diffusion.sampling.runner import (
     load_network,
     stop_on_signals,
 )
-from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.weights.checkpoints import read_config_json
 
 __all__ = ["image_sample", "classifier_sample", "super_res_sample", "image_nll", "presets", "download"]
@@ -126,30 +130,9 @@ def _build_parser(command: str) -> argparse.ArgumentParser:
     extra.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in --out_dir (same flags and seed): finished batches are kept "
                             "in samples_*.partial/ as they complete and only the rest is drawn")
-    extra.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                       help="ddpm (ancestral, the default), ddim, euler, heun, dpm++2m, dpm++2m_sde, dpm++3m_sde or "
-                            "unipc; --use_ddim True means ddim")
-    extra.add_argument("--steps", type=int, default=None,
-                       help="sample on a grid of N noise levels (see --step_grid) of the trained schedule; "
-                            "--timestep_respacing keeps the original respacing instead")
-    extra.add_argument("--step_grid", choices=list(GRIDS), default=None,
-                       help=f"how --steps places its levels: linspace, leading (the original's ddimN), trailing, "
-                            f"karras (rho 7) or logsnr (default: {DEFAULT_GRID})")
-    extra.add_argument("--sigma_min", type=float, default=None, help="smallest noise level (VE sigma) of a karras/logsnr grid "
-                       "(default: the model's schedule)")
-    extra.add_argument("--sigma_max", type=float, default=None, help="largest noise level of a karras/logsnr grid")
-    extra.add_argument("--s_churn", type=float, default=None, help="heun: EDM's stochasticity (0 = the deterministic Algorithm 1)")
-    extra.add_argument("--s_tmin", type=float, default=None, help="heun: churn only at sigma >= s_tmin")
-    extra.add_argument("--s_tmax", type=float, default=None, help="heun: churn only at sigma <= s_tmax")
-    extra.add_argument("--s_noise", type=float, default=None, help="heun and the SDE samplers: noise scale (default 1)")
-    extra.add_argument("--order", type=int, default=None, help="unipc: order 1, 2 or 3 (default 3)")
-    extra.add_argument("--guidance_interval", type=_interval, default=None, metavar="LO,HI",
-                       help="classifier guidance only at original timesteps LO <= t <= HI (the classifier is not run outside)")
-    extra.add_argument("--guidance_schedule", choices=list(GUIDANCE_SCHEDULES), default=None,
-                       help="classifier scale over t: constant (default), linear or cosine")
-    extra.add_argument("--cfg_interval", type=_interval, default=None, metavar="LO,HI",
-                       help="classifier-free guidance only at timesteps LO <= t <= HI")
-    extra.add_argument("--eta", type=float, default=None, help="DDIM noise scale (0 = deterministic, the default)")
+    add_sampler_flags(extra, default=None, default_text="ddpm, or ddim with --use_ddim True")
+    add_grid_flags(extra)
+    add_guidance_steering_flags(extra, classifier=command == "classifier_sample")
     extra.add_argument("--dynamic_threshold", type=float, default=None, metavar="PERCENTILE",
                        help="dynamic thresholding of the predicted x0 at this percentile, e.g. 0.995 (for large guidance)")
     extra.add_argument("--cfg_scale", type=float, default=1.0,
@@ -171,19 +154,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
-def _interval(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers, e.g. 0,600)") from None
-    return lo, hi
-
-
-# Flags that become SamplerSettings fields as they are (None = the field's default).
-_SOLVER_FLAGS = ("step_grid", "sigma_min", "sigma_max", "s_churn", "s_tmin", "s_tmax", "s_noise", "order",
-                 "guidance_interval", "guidance_schedule", "cfg_interval")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
@@ -350,10 +320,9 @@ def job_from_flags(command: str, args: argparse.Namespace, explicit: set[str], d
             check_low_res(base[0], args.small_size)
         job = sampling_job(
             model=model, diffusion=DiffusionConfig.from_flags(args), seed=seed, num_samples=args.num_samples,
-            sampler=sampler, steps=args.steps,
-            eta=0.0 if args.eta is None else args.eta, dynamic_threshold=args.dynamic_threshold,
+            sampler=sampler, steps=args.steps, dynamic_threshold=args.dynamic_threshold,
             clip_denoised=args.clip_denoised, progress=_progress(args), batch_size=args.batch_size,
-            solver_options={name: getattr(args, name) for name in _SOLVER_FLAGS if getattr(args, name) is not None},
+            solver_options=solver_options(args),
             classifier=classifier, classifier_scale=args.classifier_scale if classifier is not None else 0.0,
             cfg_scale=args.cfg_scale, class_labels=class_labels, bf16=args.bf16, channels_last=args.channels_last,
             model_path=args.model_path, classifier_path=getattr(args, "classifier_path", ""), **extra,
@@ -544,8 +513,9 @@ def _draw_and_write(job: SamplingJob, device: torch.device, base: tuple[np.ndarr
     model_fn, cond_fn = guidance_for(job, model, classifier)
     diffusion = job.build_diffusion()
     verb = "upsampling" if job.is_upsampler else "sampling"
-    steps = job.settings.steps or diffusion.num_timesteps  # with --steps the diffusion is the un-respaced one
-    logs.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({steps} steps)...")
+    levels = job.settings.steps or diffusion.num_timesteps  # with --steps the diffusion is the un-respaced one
+    logs.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({levels} levels, "
+             f"{job.settings.evaluations(levels)} model evaluations)...")
     result = draw_samples(job, model_fn, cond_fn, device, diffusion=diffusion,
                           low_res=base[0] if base is not None else None, init_noise=init_noise, store=store)
     if result is not None:

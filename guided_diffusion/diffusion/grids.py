@@ -11,6 +11,8 @@ walks it from K-1 down to 0 and then to clean data.
 - karras: sigma_i = (sigma_max^(1/rho) + i/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7
   (Karras et al. 2022, eq. 5), in the variance-exploding sigma = sqrt((1 - abar) / abar) of the model.
 - logsnr: uniform in lambda = log(alpha / sigma) = -log(sigma_VE).
+- a file `NAME.json` (written by `guided-diffusion tune_steps`): the VE sigmas of a grid tuned for one
+  model, classifier, scale and sampler (`read_grid_file`).
 
 `sigma_min` / `sigma_max` (VE sigmas) bound karras and logsnr grids; sigma_min defaults to the model's
 sigma(t=0) and sigma_max to min(80, sigma(t=T-1)): 80 is EDM's sigma_max for ADM models (Karras et al.
@@ -19,6 +21,7 @@ on pure noise.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -28,7 +31,8 @@ from guided_diffusion.runtime.errors import SettingError
 
 __all__ = [
     "GRIDS", "DEFAULT_GRID", "StepGrid", "make_grid", "integer_timesteps", "timestep_of_alphas_cumprod",
-    "guidance_multipliers", "saturated_first_step",
+    "guidance_multipliers", "saturated_first_step", "GRID_FILE_FORMAT", "read_grid_file", "grid_file_document",
+    "is_grid_file",
 ]
 
 GRIDS = ("linspace", "leading", "trailing", "karras", "logsnr")
@@ -92,14 +96,57 @@ def _ve_sigma(abar: float) -> float:
     return math.sqrt((1.0 - abar) / abar)
 
 
+GRID_FILE_FORMAT = "guided-diffusion step grid"
+
+
+def is_grid_file(kind: str | None) -> bool:
+    """Whether a step_grid names a grid file rather than a kind."""
+    return kind is not None and kind.endswith(".json")
+
+
+def grid_file_document(sigmas: np.ndarray, **about: object) -> dict[str, object]:
+    """The JSON document of a grid file: its VE sigmas, noisiest first, and what it was tuned for."""
+    values = [float(v) for v in np.asarray(sigmas, dtype=np.float64)]
+    return {"format": GRID_FILE_FORMAT, "version": 1, "steps": len(values), "sigmas": values, **about}
+
+
+def read_grid_file(path: str) -> np.ndarray:
+    """The VE sigmas (noisiest first) of a grid file; SettingError naming `step_grid` when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        raise SettingError("step_grid", f"step_grid {path}: no such file (write one with `guided-diffusion "
+                           "tune_steps --out FILE.json`)") from None
+    except (OSError, ValueError) as exc:
+        raise SettingError("step_grid", f"step_grid {path} is not a grid file ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != GRID_FILE_FORMAT or not isinstance(document.get("sigmas"), list):
+        raise SettingError("step_grid", f"step_grid {path} is not a grid file written by `guided-diffusion tune_steps`")
+    sigmas = np.asarray(document["sigmas"], dtype=np.float64)
+    if sigmas.ndim != 1 or len(sigmas) < 2 or not np.isfinite(sigmas).all() or not (sigmas > 0).all() \
+            or not (np.diff(sigmas) < 0).all():
+        raise SettingError("step_grid", f"step_grid {path}: its sigmas must be at least 2 positive numbers, decreasing")
+    return sigmas
+
+
 def check_grid_request(num_steps: int, kind: str | None = None, sigma_min: float | None = None,
                        sigma_max: float | None = None) -> None:
     """The checks a grid request must pass whatever the model (the schedule's own limits come later).
     Raises SettingError naming the setting: `step_grid` (the kind), `steps`, `sigma_min` or `sigma_max`."""
-    if kind is not None and kind not in GRIDS:
-        raise SettingError("step_grid", f"step_grid {kind!r} is unknown; choose one of {', '.join(GRIDS)}")
+    if kind is not None and kind not in GRIDS and not is_grid_file(kind):
+        raise SettingError("step_grid", f"step_grid {kind!r} is unknown; choose one of {', '.join(GRIDS)} "
+                           "or a grid file NAME.json from `guided-diffusion tune_steps`")
     if num_steps < 2:
         raise SettingError("steps", f"steps must be >= 2, got {num_steps}")
+    if is_grid_file(kind):
+        assert kind is not None
+        levels = len(read_grid_file(kind))
+        if levels != num_steps:
+            raise SettingError("steps", f"steps {num_steps} does not agree with the grid file {kind}, which has "
+                               f"{levels} levels; pass --steps {levels}")
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None:
+                raise SettingError(name, f"{name} does not apply to a grid file: its levels are fixed")
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if value is not None and not value > 0:
             raise SettingError(name, f"{name} must be > 0, got {value}")
@@ -122,6 +169,14 @@ def make_grid(
     num_timesteps = len(table)
     if num_steps > num_timesteps:
         raise SettingError("steps", f"steps must be <= the model's {num_timesteps} diffusion steps, got {num_steps}")
+    if is_grid_file(kind):
+        sigmas = read_grid_file(kind)
+        model_min, model_max = _ve_sigma(table[0]), _ve_sigma(table[-1])
+        if sigmas[-1] < model_min * (1 - 1e-9) or sigmas[0] > model_max * (1 + 1e-9):
+            raise SettingError("step_grid", f"step_grid {kind}: its sigmas {sigmas[-1]:.4g}..{sigmas[0]:.4g} leave the "
+                               f"model's range {model_min:.4g}..{model_max:.4g}: it was tuned for another model")
+        abar = (1.0 / (1.0 + sigmas**2))[::-1]
+        return StepGrid(kind, abar, timestep_of_alphas_cumprod(abar, np.arange(num_timesteps), table))
     if kind in ("linspace", "leading", "trailing"):
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
             if value is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.diffusion.denoiser import Denoiser
+from guided_diffusion.diffusion.denoiser import Denoiser, Level
 from guided_diffusion.diffusion.stepping import progress_bar
 from guided_diffusion.runtime.errors import SettingError
 
@@ -51,19 +51,20 @@ def ddim_invert(
         raise SettingError("refine", f"refine must be >= 0, got {refine}")
     model_kwargs = model_kwargs or {}
 
-    def step_up(eps: torch.Tensor, k: int) -> torch.Tensor:
-        x0 = (x - denoiser.sigma(k - 1) * eps) / denoiser.alpha(k - 1)
+    def step_up(eps: torch.Tensor, here: Level, there: Level) -> torch.Tensor:
+        x0 = (x - here.sigma * eps) / here.alpha
         if denoised_fn is not None:
             x0 = denoised_fn(x0)
-        return denoiser.alpha(k) * x0 + denoiser.sigma(k) * eps
+        return there.alpha * x0 + there.sigma * eps
 
-    for k in progress_bar(range(denoiser.num_steps), progress, "inversion"):
-        _, eps = denoiser.predict(x, k, model_kwargs)
-        x_next = step_up(eps, k)
+    walk = denoiser.levels()[::-1]  # clean data, then grid points 0 .. K-1
+    for here, there in progress_bar(zip(walk, walk[1:]), progress, "inversion", total=denoiser.num_steps):
+        _, eps = denoiser.predict(x, there, model_kwargs)
+        x_next = step_up(eps, here, there)
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(refine):
-            _, eps = denoiser.predict(x_next, k, model_kwargs)
-            candidate = step_up(eps, k)
+            _, eps = denoiser.predict(x_next, there, model_kwargs)
+            candidate = step_up(eps, here, there)
             moved = (candidate - x_next).flatten(1).abs().amax(1)
             x_next = torch.where(active.view(-1, *([1] * (x.ndim - 1))), candidate, x_next)
             active = active & (moved > tol)
@@ -71,7 +72,7 @@ def ddim_invert(
                 break
         x = x_next
         if callback is not None:
-            callback({"k": k, "x": x})
+            callback({"k": there.index, "x": x})
     return x
 
 

@@ -1,35 +1,45 @@
-"""The DDPM and DDIM step loops, and the pieces every sampler's step shares.
+"""The sampler driver, the guided prediction every sampler steps with, and the DDPM and DDIM steps.
 
-`ddpm_steps` and `ddim_steps` are the package's one loop per algorithm: `GaussianDiffusion`'s
-`p_sample_loop*` / `ddim_sample_loop*` run them, and so do `sampling.samplers.ddpm` / `ddim` and the
-editing methods. The grid walk, the guided x_0 prediction, the finite check and the noise source below
-are shared with the other samplers (`sampling/samplers.py`).
+A sampler's body is its update and nothing else: a generator `body(ctx, x, **options)` that walks
+`ctx.levels` (the grid's levels, noisiest first, ending at clean data), asks `ctx.denoise(x, level)` for
+the guided prediction, and yields a `Step` after each update. `drive` owns the rest, once for every
+sampler: no autograd graph (the model's forward passes record nothing; the classifier gradient is taken
+inside `cond_fn`), the finite check (one host sync every few steps), the progress bar, the count of
+model evaluations and the per-step callback. `sampling/samplers.py` registers the bodies; the DDPM and
+DDIM bodies live here because `GaussianDiffusion`'s `p_sample_loop*` / `ddim_sample_loop*` run them too
+(`ddpm_steps`, `ddim_steps`), so each algorithm has one loop in the package.
 
-A loop walks a `Denoiser`'s grid from K-1 down to 0 and yields {"k", "x", "x0"} after each step.
 `noise` supplies fresh noise (`randn_like`), e.g. a `runtime.rng.SampleNoise` for per-sample seeds; None
 uses the global torch generator. `cond_fn(x, t, **model_kwargs)` returns the scaled classifier gradient;
-one with a `weight(t)` method (`sampling.guidance.SteeredGuidance`) scales it per step, 0 skipping the
+one with a `weight(t)` method (`sampling.guidance.SteeredGuidance`) scales it per level, 0 skipping the
 classifier. `threshold` maps a predicted x_0 to a thresholded one.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
-from guided_diffusion.diffusion.denoiser import CondFn, Denoiser, DiffusionDenoiser
+from guided_diffusion.diffusion.denoiser import CondFn, Denoiser, DiffusionDenoiser, Level
 from guided_diffusion.runtime.rng import GeneratorNoise
 
 __all__ = [
-    "NonFiniteSampleError", "NoiseSource", "Threshold", "progress_bar", "grid_steps", "check_finite",
-    "guidance_weight", "guided_x0", "ddpm_steps", "ddim_steps",
+    "NonFiniteSampleError", "NoiseSource", "Threshold", "Callback", "Denoised", "Step", "SamplerContext",
+    "Body", "drive", "progress_bar", "guidance_weight", "ddpm_body", "ddim_body", "ddpm_steps", "ddim_steps",
+    "FINITE_CHECK_EVERY",
 ]
 
 Threshold = Callable[[torch.Tensor], torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
 _Item = TypeVar("_Item")
+
+# Steps between two host syncs of the finite check: each sync stalls a GPU's queue, and a NaN found a few
+# steps late costs only those steps (the error still names the first non-finite step).
+FINITE_CHECK_EVERY = 4
 
 
 class NonFiniteSampleError(ValueError):
@@ -48,20 +58,9 @@ class NoiseSource(Protocol):
     def randn_like(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def progress_bar(items: Iterable[_Item], enabled: bool, desc: str) -> Iterable[_Item]:
+def progress_bar(items: Iterable[_Item], enabled: bool, desc: str, total: int | None = None) -> Iterable[_Item]:
     """`items`, with a progress bar when `enabled`."""
-    return tqdm(items, desc=desc, leave=False, disable=not enabled)
-
-
-def grid_steps(denoiser: Denoiser, progress: bool, desc: str = "steps") -> Iterable[int]:
-    """The grid indices a sampler visits, K-1 down to 0."""
-    return progress_bar(range(denoiser.num_steps - 1, -1, -1), progress, desc)
-
-
-def check_finite(x: torch.Tensor, k: int, sampler: str) -> None:
-    """Stop at the first step whose state is not finite, instead of returning black images."""
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteSampleError(k, sampler)
+    return tqdm(items, desc=desc, leave=False, disable=not enabled, total=total)
 
 
 def guidance_weight(cond_fn: Callable[..., torch.Tensor] | None, original_t: float) -> float:
@@ -81,99 +80,180 @@ def _weighted(cond_fn: CondFn | None, weight: float) -> CondFn | None:
     return lambda x, t, **kwargs: weight * cond_fn(x, t, **kwargs)
 
 
-def guided_x0(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    k: int,
-    *,
-    model_kwargs: dict[str, Any],
-    cond_fn: CondFn | None,
-    clip_denoised: bool,
-    threshold: Threshold | None,
-) -> torch.Tensor:
-    """The x_0 prediction the ODE samplers step with: clipped, then guided, then thresholded.
+@dataclass(frozen=True)
+class Denoised:
+    """One model evaluation at a level, with guidance.
 
-    Guidance is the score shift of Song et al. (the original `condition_score`):
-    eps' = eps - w(t_k) sigma_k * grad log p(y | x_k), w = 1 for a plain cond_fn (a `SteeredGuidance`
-    gives its interval and schedule; where w = 0 the classifier is not called). As in the original, the
-    guided x_0 is not re-clipped.
+    x0: the prediction a step uses: the model's x_0, clipped, then guided (the score shift of Song et al.,
+        the original `condition_score`: eps' = eps - G, x_0 not re-clipped), then thresholded.
+    data: the model's own prediction before guidance (clipped); equal to x0 where no guidance ran.
+    guidance: G = w(t) sigma s grad log p(y | x), the shift of the noise prediction (None where no guidance
+        ran). Solvers that integrate guidance on its own (`SamplerSpec.guidance == "split"`) step with
+        `data` and `guidance`; x0 = data + (sigma / alpha) G. With a `threshold` the guided prediction is
+        thresholded as a whole, so there data = x0 and guidance is None.
     """
-    x0, eps = denoiser.predict(x, k, model_kwargs)
-    if clip_denoised:
-        x0 = x0.clamp(-1, 1)
-    weight = guidance_weight(cond_fn, denoiser.original_timestep(k))
-    if weight != 0.0 and cond_fn is not None:
-        eps = denoiser.eps_from_x0(x, k, x0)
-        gradient = denoiser.cond_gradient(cond_fn, x, k, model_kwargs)
-        eps = eps - denoiser.sigma(k) * (gradient if weight == 1.0 else weight * gradient)
-        x0 = denoiser.x0_from_eps(x, k, eps)
-    if threshold is not None:
-        x0 = threshold(x0)
-    return x0
+
+    x0: torch.Tensor
+    data: torch.Tensor
+    guidance: torch.Tensor | None
 
 
-def ddpm_steps(
-    denoiser: DiffusionDenoiser,
+@dataclass(frozen=True)
+class Step:
+    """What a body yields after each update: the grid index stepped from, the new state, the x_0 used."""
+
+    k: int
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+class SamplerContext:
+    """What a sampler body is given: the levels to walk, the guided prediction, the noise source."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        *,
+        noise: NoiseSource | None = None,
+        cond_fn: CondFn | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        clip_denoised: bool = True,
+        threshold: Threshold | None = None,
+    ):
+        self.denoiser = denoiser
+        self.noise: NoiseSource = noise or GeneratorNoise()
+        self.cond_fn = cond_fn
+        self.model_kwargs = dict(model_kwargs or {})
+        self.clip_denoised = clip_denoised
+        self.threshold = threshold
+        self.levels: list[Level] = denoiser.levels()
+        self.evaluations = 0  # model evaluations made so far (the classifier runs with some of them)
+
+    def denoise(self, x: torch.Tensor, level: Level) -> Denoised:
+        """One model evaluation at `level`, clipped, guided and thresholded (see `Denoised`)."""
+        denoiser = self.denoiser
+        self.evaluations += 1
+        x0, eps = denoiser.predict(x, level, self.model_kwargs)
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        data, guidance = x0, None
+        weight = guidance_weight(self.cond_fn, denoiser.timestep(level))
+        if weight != 0.0 and self.cond_fn is not None:
+            eps = denoiser.eps_from_x0(x, level, x0)
+            gradient = denoiser.cond_gradient(self.cond_fn, x, level, self.model_kwargs)
+            guidance = level.sigma * (gradient if weight == 1.0 else weight * gradient)
+            x0 = denoiser.x0_from_eps(x, level, eps - guidance)
+        if self.threshold is not None:
+            x0 = self.threshold(x0)
+            data, guidance = x0, None
+        return Denoised(x0, data, guidance)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise.randn_like(x)
+
+
+Body = Callable[..., Iterator[Step]]  # body(ctx, x, **options) -> Iterator[Step]
+
+
+@torch.no_grad()
+def drive(
+    name: str,
+    body: Body,
+    denoiser: Denoiser,
     x: torch.Tensor,
     *,
     noise: NoiseSource | None = None,
     cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     clip_denoised: bool = True,
     threshold: Threshold | None = None,
     progress: bool = False,
-    desc: str = "ddpm",
+    check_every: int = FINITE_CHECK_EVERY,
+    desc: str | None = None,
+    **options: Any,
 ) -> Iterator[dict[str, Any]]:
-    """Ancestral sampling (Ho et al. 2020) one step at a time, each step the original `p_sample`:
-    yields {"k", "x", "x0"} after each step (x0 the unguided prediction)."""
+    """Run sampler `body` from `x` at the denoiser's noisiest grid point; yield {"k", "x", "x0",
+    "evaluations"} after every step (evaluations: model evaluations made so far).
+
+    Nothing records an autograd graph. A state that is not finite stops the run with
+    `NonFiniteSampleError` naming the first such step; the check syncs with the host once every
+    `check_every` steps and after the last one. `desc` labels the progress bar (default: `name`).
+    """
+    ctx = SamplerContext(denoiser, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
+                         clip_denoised=clip_denoised, threshold=threshold)
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, all-finite flag) not yet read on the host
+
+    def check() -> None:
+        if pending and not bool(torch.stack([ok for _, ok in pending]).all()):
+            raise NonFiniteSampleError(next(k for k, ok in pending if not bool(ok)), name)
+        pending.clear()
+
+    steps = body(ctx, x, **options)
+    for step in progress_bar(steps, progress, desc or name, total=denoiser.num_steps):
+        pending.append((step.k, torch.isfinite(step.x).all()))
+        if len(pending) >= check_every:
+            check()
+        yield {"k": step.k, "x": step.x, "x0": step.x0, "evaluations": ctx.evaluations}
+    check()
+
+
+# -- DDPM and DDIM: the original's samplers ---------------------------------------------------------------
+
+
+def ddpm_body(ctx: SamplerContext, x: torch.Tensor) -> Iterator[Step]:
+    """Ancestral sampling of Ho et al. (2020), step for step the original `p_sample`:
+
+    x_{k-1} = mu_theta(x_k) + s * Sigma_theta(x_k) grad log p(y | x_k) + Sigma_theta^{1/2} z  (guided mean
+    shift of Sohl-Dickstein et al., the original `condition_mean`); no noise on the last step. `threshold`
+    is applied where the original applies `denoised_fn`, before clipping. On a step grid the posterior and
+    the learned-variance range are those of the grid's own levels. Yields the unguided x_0, as the original.
+    """
+    denoiser = ctx.denoiser
     if not isinstance(denoiser, DiffusionDenoiser):
         raise TypeError("ddpm needs a DiffusionDenoiser: it samples with the diffusion's learned variances")
-    diffusion, model = denoiser.diffusion, denoiser.model
-    noise = noise or GeneratorNoise()
-    model_kwargs = model_kwargs or {}
-    for k in grid_steps(denoiser, progress, desc):
-        t = denoiser.timesteps(k, x.shape[0], x.device)
-        step_cond = _weighted(cond_fn, guidance_weight(cond_fn, denoiser.original_timestep(k)))
-        with torch.no_grad():
-            out = diffusion.p_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=threshold, cond_fn=step_cond,
-                model_kwargs=model_kwargs, noise=noise.randn_like(x),  # drawn on the last step too, as the original
-            )
+    diffusion = denoiser.diffusion
+    for level in ctx.levels[:-1]:
+        assert level.index is not None
+        k = level.index
+        t = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
+        step_cond = _weighted(ctx.cond_fn, guidance_weight(ctx.cond_fn, denoiser.timestep(level)))
+        ctx.evaluations += 1
+        out = diffusion.p_sample(  # type: ignore[attr-defined]
+            denoiser.model, x, t, clip_denoised=ctx.clip_denoised, denoised_fn=ctx.threshold, cond_fn=step_cond,
+            model_kwargs=ctx.model_kwargs, noise=ctx.randn_like(x),  # drawn on the last step too, as the original
+        )
         x = out["sample"]
-        check_finite(x, k, "ddpm")
-        yield {"k": k, "x": x, "x0": out["pred_xstart"]}
+        yield Step(k, x, out["pred_xstart"])
 
 
-def ddim_steps(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    *,
-    noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
-    progress: bool = False,
-    eta: float = 0.0,
-    desc: str = "ddim",
-) -> Iterator[dict[str, Any]]:
-    """DDIM (Song et al. 2021, eq. 12) one step at a time: yields {"k", "x", "x0"} after each step."""
+def ddim_body(ctx: SamplerContext, x: torch.Tensor, *, eta: float = 0.0) -> Iterator[Step]:
+    """DDIM (Song et al. 2021, eq. 12), the original `ddim_sample`:
+
+    x_{k-1} = sqrt(abar_{k-1}) x0 + sqrt(1 - abar_{k-1} - s_k^2) eps + s_k z,
+    s_k = eta * sqrt((1 - abar_{k-1}) / (1 - abar_k)) * sqrt(1 - abar_k / abar_{k-1}),
+    with eps re-derived from the (clipped, guided) x0 and abar_{-1} = 1. eta = 0 is deterministic.
+    """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    noise = noise or GeneratorNoise()
-    model_kwargs = model_kwargs or {}
-    for k in grid_steps(denoiser, progress, desc):
-        with torch.no_grad():
-            x0 = guided_x0(denoiser, x, k, model_kwargs=model_kwargs, cond_fn=cond_fn,
-                           clip_denoised=clip_denoised, threshold=threshold)
-            eps = denoiser.eps_from_x0(x, k, x0)
-            abar = float(denoiser.alphas_cumprod[k])
-            abar_prev = float(denoiser.alphas_cumprod[k - 1]) if k > 0 else 1.0
-            s = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
-            x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - s * s, 0.0)) * eps
-            if eta > 0:
-                z = noise.randn_like(x)  # drawn on every step, the last one included, like the original
-                if k > 0:
-                    x = x + s * z
-        check_finite(x, k, "ddim")
-        yield {"k": k, "x": x, "x0": x0}
+    for here, there in zip(ctx.levels, ctx.levels[1:]):
+        x0 = ctx.denoise(x, here).x0
+        eps = ctx.denoiser.eps_from_x0(x, here, x0)
+        abar, abar_prev = here.abar, there.abar
+        s = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
+        x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - s * s, 0.0)) * eps
+        if eta > 0:
+            z = ctx.randn_like(x)  # drawn on every step, the last one included, like the original
+            if not there.is_clean:
+                x = x + s * z
+        assert here.index is not None
+        yield Step(here.index, x, x0)
+
+
+def ddpm_steps(denoiser: DiffusionDenoiser, x: torch.Tensor, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """The DDPM loop as `GaussianDiffusion.p_sample_loop_progressive` runs it (see `ddpm_body`)."""
+    return drive("ddpm", ddpm_body, denoiser, x, **kwargs)
+
+
+def ddim_steps(denoiser: Denoiser, x: torch.Tensor, *, eta: float = 0.0, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """The DDIM loop as `GaussianDiffusion.ddim_sample_loop_progressive` runs it (see `ddim_body`)."""
+    return drive("ddim", ddim_body, denoiser, x, eta=eta, **kwargs)

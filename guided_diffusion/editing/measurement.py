@@ -113,17 +113,19 @@ class X0Predictor:
         self.model = model
         self.mean_type = diffusion.model_mean_type
         self.learned_variance = diffusion.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE)
-        self.log_abar = torch.from_numpy(np.log(np.asarray(diffusion.alphas_cumprod, dtype=np.float64)))
+        self.log_abar = np.log(np.asarray(diffusion.alphas_cumprod, dtype=np.float64))  # host-side, float64
         self.num_timesteps = len(self.log_abar)
         self.time_scale = self.num_timesteps / 1000.0 if diffusion.rescale_timesteps else 1.0
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        """abar at original timesteps t (linear interpolation of log abar between integer steps)."""
-        position = (t.double().cpu() * self.time_scale).clamp(0, self.num_timesteps - 1)
-        low = position.floor().long()
-        high = (low + 1).clamp(max=self.num_timesteps - 1)
+        """abar at original timesteps t as float32 (linear interpolation of log abar between integer steps,
+        on the host: no float64 tensor on the model's device)."""
+        position = np.clip(t.detach().float().cpu().numpy().astype(np.float64) * self.time_scale, 0,
+                           self.num_timesteps - 1)
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, self.num_timesteps - 1)
         weight = position - low
-        return torch.exp((1 - weight) * self.log_abar[low] + weight * self.log_abar[high])
+        return torch.from_numpy(np.exp((1 - weight) * self.log_abar[low] + weight * self.log_abar[high]).astype(np.float32))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         out = self.model(x, t, **model_kwargs).float()
@@ -175,18 +177,26 @@ def measurement_cond_fn(
 
 def sum_cond_fns(*cond_fns: CondFn | None) -> CondFn | None:
     """One cond_fn adding the gradients of several (e.g. a classifier's and a measurement's): guidance
-    terms are log-likelihoods, so their gradients add. None entries are skipped; None when all are."""
+    terms are log-likelihoods, so their gradients add. None entries are skipped; None when all are. A
+    `SteeredGuidance` part is weighted by its interval and schedule at each call."""
     active = [fn for fn in cond_fns if fn is not None]
     if not active:
         return None
     if len(active) == 1:
         return active[0]
 
+    def part(fn: CondFn, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any]) -> torch.Tensor | None:
+        # A steered part (guidance interval or schedule) keeps its own weight inside the sum.
+        weight_at = getattr(fn, "weight_at_model_time", None)
+        weight = 1.0 if weight_at is None else weight_at(t)
+        if weight == 0.0:
+            return None
+        gradient = fn(x, t, **model_kwargs)
+        return gradient if weight == 1.0 else weight * gradient
+
     def cond_fn(x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
-        total = active[0](x, t, **model_kwargs)
-        for fn in active[1:]:
-            total = total + fn(x, t, **model_kwargs)
-        return total
+        terms = [g for g in (part(fn, x, t, model_kwargs) for fn in active) if g is not None]
+        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
 
     return cond_fn
 

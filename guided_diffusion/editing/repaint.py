@@ -26,9 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
-from guided_diffusion.diffusion.stepping import NoiseSource, Threshold
+from guided_diffusion.diffusion.stepping import Callback, NoiseSource, SamplerContext, Threshold
 from guided_diffusion.editing.measurement import paste_known
-from guided_diffusion.sampling.samplers import Callback
 
 __all__ = ["repaint", "repaint_schedule"]
 
@@ -52,10 +51,6 @@ def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> li
     return levels
 
 
-def _abar(denoiser: Denoiser, k: int) -> float:
-    return 1.0 if k < 0 else float(denoiser.alphas_cumprod[k])
-
-
 @torch.no_grad()
 def repaint(
     denoiser: Denoiser,
@@ -77,41 +72,35 @@ def repaint(
     """Inpaint: fill the pixels where `mask` is 0 in `known` (float NCHW in [-1, 1]), starting from the
     noise `x` at the top grid point; returns clean images whose known pixels equal `known`.
 
-    One model evaluation per downward move of `repaint_schedule` (about jump_n_sample times the grid).
-    `noise` (e.g. a `SampleNoise`) supplies every fresh draw, so result i depends on (seed, i) and input i.
+    One model evaluation per downward move of `repaint_schedule` (about jump_n_sample times the grid),
+    each the samplers' guided prediction (`stepping.SamplerContext.denoise`: the same score shift, guidance
+    interval and schedule). `noise` (e.g. a `SampleNoise`) supplies every fresh draw, so result i depends
+    on (seed, i) and input i.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    draw = noise.randn_like if noise is not None else torch.randn_like
-    model_kwargs = model_kwargs or {}
+    ctx = SamplerContext(denoiser, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
+                         clip_denoised=clip_denoised, threshold=threshold)
     known = known.to(x.device, x.dtype)
     mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device)
-    levels = repaint_schedule(denoiser.num_steps, jump_length, jump_n_sample)
-    x0 = known
-    for here, there in tqdm(list(itertools.pairwise(levels)), desc="repaint", leave=False, disable=not progress):
-        if there > here:  # forward: q(x_there | x_here)
-            ratio = _abar(denoiser, there) / _abar(denoiser, here)
-            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * draw(x)
+    moves = list(itertools.pairwise(repaint_schedule(denoiser.num_steps, jump_length, jump_n_sample)))
+    for here_k, there_k in tqdm(moves, desc="repaint", leave=False, disable=not progress):
+        here, there = denoiser.level(here_k), denoiser.level(there_k)
+        if there_k > here_k:  # forward: q(x_there | x_here)
+            ratio = there.abar / here.abar
+            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * ctx.randn_like(x)
             continue
-        k = here
-        x0, eps = denoiser.predict(x, k, model_kwargs)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        if cond_fn is not None:  # score shift eps' = eps - sigma_k grad log p(y | x_k), as the samplers do
-            eps = denoiser.eps_from_x0(x, k, x0) - denoiser.sigma(k) * denoiser.cond_gradient(cond_fn, x, k, model_kwargs)
-            x0 = denoiser.x0_from_eps(x, k, eps)
-        if threshold is not None:
-            x0 = threshold(x0)
-        eps = denoiser.eps_from_x0(x, k, x0)
-        abar, abar_prev = _abar(denoiser, k), _abar(denoiser, k - 1)
+        x0 = ctx.denoise(x, here).x0
+        eps = denoiser.eps_from_x0(x, here, x0)
+        abar, abar_prev = here.abar, there.abar
         s = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
         unknown = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - s * s, 0.0)) * eps
-        if k > 0:
-            unknown = unknown + s * draw(x)
-            noised_known = math.sqrt(abar_prev) * known + math.sqrt(1 - abar_prev) * draw(x)
+        if not there.is_clean:
+            unknown = unknown + s * ctx.randn_like(x)
+            noised_known = math.sqrt(abar_prev) * known + math.sqrt(1 - abar_prev) * ctx.randn_like(x)
         else:
             noised_known = known
         x = mask * noised_known + (1 - mask) * unknown
         if callback is not None:
-            callback({"k": k, "x": x, "x0": x0})
+            callback({"k": here_k, "x": x, "x0": x0, "evaluations": ctx.evaluations})
     return paste_known(x, known, mask)

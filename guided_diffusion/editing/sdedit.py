@@ -17,9 +17,9 @@ import torch
 
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
 from guided_diffusion.diffusion.inversion import ddim_invert
-from guided_diffusion.diffusion.stepping import NoiseSource, Threshold
+from guided_diffusion.diffusion.stepping import Callback, NoiseSource, Threshold
 from guided_diffusion.editing.grid import start_points
-from guided_diffusion.sampling.samplers import SAMPLERS, Callback
+from guided_diffusion.sampling.samplers import SAMPLERS
 
 __all__ = ["sdedit"]
 
@@ -56,7 +56,8 @@ def sdedit(
         start = ddim_invert(sub, x, model_kwargs=model_kwargs, refine=inversion_refine, progress=progress)
     else:
         z = noise.randn_like(x) if noise is not None else torch.randn_like(x)
-        start = sub.alpha(points - 1) * x + sub.sigma(points - 1) * z
+        top = sub.level(points - 1)
+        start = top.alpha * x + top.sigma * z
     return SAMPLERS[sampler](
         sub, start, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
         threshold=threshold, progress=progress, callback=callback, **sampler_kwargs,

@@ -7,7 +7,6 @@ rounds in sample order.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,20 +27,17 @@ from guided_diffusion.runtime.rng import SampleNoise, random_labels
 from guided_diffusion.sampling.guidance import (
     GuidedModel,
     SteeredGuidance,
+    check_guidance_scaling,
     check_guidance_schedule,
     check_interval,
     dynamic_threshold,
 )
 from guided_diffusion.sampling.output import to_uint8
-from guided_diffusion.sampling.samplers import SAMPLERS, check_solver_options
+from guided_diffusion.sampling.samplers import SAMPLERS
 
 __all__ = [
     "SamplerSettings", "grid_denoiser", "draw", "class_labels_for", "gather_in_order", "BatchStore", "warn_if_saturated",
 ]
-
-
-def _no_model(*args: Any, **kwargs: Any) -> torch.Tensor:
-    raise RuntimeError("a denoiser built only to read its timestep table was asked for a prediction")
 
 
 def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: StepGrid) -> DiffusionDenoiser:
@@ -50,7 +46,7 @@ def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: Step
     The grid's levels become a `GridDiffusion`, so every sampler, ddpm with learned variances included,
     runs on it through the same code as on a respaced process.
     """
-    base_steps, base_abar = DiffusionDenoiser(model, diffusion)._timestep_table()
+    base_steps, base_abar = diffusion.timestep_table()
     grid_diffusion = GridDiffusion(
         grid.timesteps, grid.alphas_cumprod, base_timesteps=base_steps, base_alphas_cumprod=base_abar,
         original_num_steps=getattr(diffusion, "original_num_steps", diffusion.num_timesteps),
@@ -60,22 +56,23 @@ def grid_denoiser(model: Callable[..., torch.Tensor], diffusion: Any, grid: Step
     return DiffusionDenoiser(model, grid_diffusion)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SamplerSettings:
     """How to run the reverse process (the choices that do not change the model).
 
+    `sampler` names a registered sampler (`samplers.SAMPLERS`); its own options (eta, s_churn, order, ...:
+    whatever its `SamplerSpec` declares) are given as keywords and kept in `options`; an option the sampler
+    does not read, or a value out of its range, raises SettingError naming it, and None means "not given".
     `steps` None walks the given diffusion's own (possibly respaced) steps exactly as the original does;
     an int samples on a `step_grid` of that many levels built from the diffusion's schedule (None = the
     measured default, `grids.DEFAULT_GRID`), through the continuous-noise engine. `sigma_min`/`sigma_max`
-    (VE sigmas) bound karras/logsnr grids. `s_churn`, `s_tmin`, `s_tmax`, `s_noise` are EDM's (heun;
-    `s_noise` also scales the SDE samplers' noise), `order` is UniPC's. `guidance_interval` (LO, HI, in
-    original timesteps) and `guidance_schedule` steer classifier guidance, `cfg_interval` classifier-free
+    (VE sigmas) bound karras/logsnr grids. `guidance_interval` (LO, HI, in original timesteps),
+    `guidance_schedule` and `guidance_scaling` steer classifier guidance, `cfg_interval` classifier-free
     guidance. Defaults keep the original behaviour. A value it cannot use raises SettingError naming the
     field (`exc.setting`).
     """
 
     sampler: str = "ddpm"
-    eta: float = 0.0
     clip_denoised: bool = True
     dynamic_threshold: float | None = None  # percentile, e.g. 0.995; None = off
     progress: bool = False
@@ -83,53 +80,82 @@ class SamplerSettings:
     step_grid: str | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
-    order: int = 3
     guidance_interval: tuple[float, float] | None = None
     guidance_schedule: str = "constant"
+    guidance_scaling: str = "none"
     cfg_interval: tuple[float, float] | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # the sampler's own options that were given, by name
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        sampler: str = "ddpm",
+        *,
+        clip_denoised: bool = True,
+        dynamic_threshold: float | None = None,
+        progress: bool = False,
+        steps: int | None = None,
+        step_grid: str | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guidance_schedule: str = "constant",
+        guidance_scaling: str = "none",
+        cfg_interval: tuple[float, float] | None = None,
+        options: Any = (),
+        **solver_options: Any,
+    ):
+        given = {**dict(options), **{name: value for name, value in solver_options.items() if value is not None}}
+        values = dict(sampler=sampler, clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold,
+                      progress=progress, steps=steps, step_grid=step_grid, sigma_min=sigma_min, sigma_max=sigma_max,
+                      guidance_interval=guidance_interval, guidance_schedule=guidance_schedule,
+                      guidance_scaling=guidance_scaling, cfg_interval=cfg_interval,
+                      options=tuple(sorted(given.items())))
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self._check()
+
+    def _check(self) -> None:
         if self.sampler not in SAMPLERS:
             raise SettingError("sampler", f"sampler {self.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
+        reads = SAMPLERS[self.sampler].spec.option_names
+        for name, _ in self.options:
+            if name not in reads:
+                readers = [other for other, sampler in SAMPLERS.items() if name in sampler.spec.option_names]
+                own = f" (it reads {', '.join(reads)})" if reads else " (it has no options)"
+                raise SettingError(name, f"{name} applies to the {', '.join(readers) or 'no'} sampler"
+                                   f"{'s' if len(readers) > 1 else ''}, not {self.sampler}{own}")
+        resolved = SAMPLERS[self.sampler].resolve(dict(self.options))  # each option checked
+        object.__setattr__(self, "options", tuple(sorted((k, resolved[k]) for k, _ in self.options)))
         if self.steps is not None:
             check_grid_request(self.steps, self.step_grid, self.sigma_min, self.sigma_max)
         else:
             for name in ("step_grid", "sigma_min", "sigma_max"):
                 if getattr(self, name) is not None:
                     raise SettingError(name, f"{name} needs steps (it describes a grid of `steps` levels)")
-        if not (math.isfinite(self.eta) and self.eta >= 0):
-            raise SettingError("eta", f"eta must be a finite number >= 0, got {self.eta}")
-        if self.eta and self.sampler != "ddim":
-            raise SettingError("eta", f"eta only applies to the ddim sampler (the sampler is {self.sampler})")
         if self.dynamic_threshold is not None:
             dynamic_threshold(self.dynamic_threshold)  # checks the percentile
-        check_solver_options(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise,
-                             order=self.order)
-        if self.s_churn > 0 and self.sampler != "heun":
-            raise SettingError("s_churn", f"s_churn applies to the heun sampler, not {self.sampler}")
         check_guidance_schedule(self.guidance_schedule)
+        check_guidance_scaling(self.guidance_scaling)
         for name in ("guidance_interval", "cfg_interval"):
             check_interval(getattr(self, name), name)
 
+    @property
+    def solver_options(self) -> dict[str, Any]:
+        """The sampler's own options that were given (the rest run at the sampler's defaults)."""
+        return dict(self.options)
+
     def sampler_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
+        """Keywords for `SAMPLERS[self.sampler](denoiser, x, ...)` besides noise, guidance and model_kwargs."""
+        return {
             "clip_denoised": self.clip_denoised,
             "threshold": dynamic_threshold(self.dynamic_threshold) if self.dynamic_threshold else None,
             "progress": self.progress,
+            **self.solver_options,
         }
-        if self.sampler == "ddim":
-            kwargs["eta"] = self.eta
-        elif self.sampler == "heun":
-            kwargs.update(s_churn=self.s_churn, s_tmin=self.s_tmin, s_tmax=self.s_tmax, s_noise=self.s_noise)
-        elif self.sampler in ("dpm++2m_sde", "dpm++3m_sde"):
-            kwargs["s_noise"] = self.s_noise
-        elif self.sampler == "unipc":
-            kwargs["order"] = self.order
-        return kwargs
+
+    def evaluations(self, num_levels: int) -> int:
+        """Model evaluations of this sampler on `num_levels` levels."""
+        return SAMPLERS[self.sampler].evaluations(num_levels)
 
     def denoiser(self, model: Callable[..., torch.Tensor], diffusion: Any) -> DiffusionDenoiser:
         """The model on the grid these settings sample: the diffusion's own steps, or a `steps`-level grid."""
@@ -141,7 +167,7 @@ class SamplerSettings:
         schedule cannot take raises SettingError (steps, sigma_min or sigma_max), so a job checks it early."""
         if self.steps is None:
             return None
-        steps, table = DiffusionDenoiser(_no_model, diffusion)._timestep_table()  # the table needs no model
+        steps, table = diffusion.timestep_table()
         grid = make_grid(self.step_grid, self.steps, table, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
         # Grid timesteps count the table's rows; a respaced diffusion's rows map to original timesteps.
         return type(grid)(grid.name, grid.alphas_cumprod, np.interp(grid.timesteps, np.arange(len(steps)), steps))
@@ -152,18 +178,19 @@ class SamplerSettings:
             return cond_fn
         num_timesteps = getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
         return SteeredGuidance(cond_fn, num_timesteps=num_timesteps, interval=self.guidance_interval,
-                               schedule=self.guidance_schedule)
+                               schedule=self.guidance_schedule,
+                               model_time_scale=1000.0 / num_timesteps if diffusion.rescale_timesteps else 1.0)
 
 
 def warn_if_saturated(denoiser: DiffusionDenoiser, cond_fn: CondFn | None) -> float | None:
     """Warn (once per call site) when classifier guidance takes a saturated first step; return its multiplier."""
-    k = denoiser.num_steps - 1
-    if guidance_weight(cond_fn, denoiser.original_timestep(k)) == 0.0:
+    top = denoiser.level(denoiser.num_steps - 1)
+    if guidance_weight(cond_fn, denoiser.timestep(top)) == 0.0:
         return None
-    multiplier = saturated_first_step(denoiser.alphas_cumprod.numpy())
+    multiplier = saturated_first_step(denoiser.alphas_cumprod)
     if multiplier is not None:
         warnings.warn(
-            f"the first guided step starts at t={denoiser.original_timestep(k):g}, where one unit of classifier "
+            f"the first guided step starts at t={denoiser.timestep(top):g}, where one unit of classifier "
             f"gradient moves the sample by {multiplier:.3g}; use the default step grid (e.g. --steps N without "
             "--step_grid), a ddimN respacing, or a guidance interval that excludes it",
             stacklevel=3,
@@ -202,7 +229,7 @@ def draw(
         model.cfg_interval = settings.cfg_interval
     denoiser = settings.denoiser(model, diffusion)
     cond_fn = settings.steered(cond_fn, diffusion)
-    if cond_fn is not None and settings.sampler != "ddpm":  # ddpm's mean shift is bounded by the variance (< 1)
+    if cond_fn is not None and SAMPLERS[settings.sampler].spec.guidance != "mean":  # a mean shift is bounded by the variance
         warn_if_saturated(denoiser, cond_fn)
     sampler = SAMPLERS[settings.sampler]
     return sampler(denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=kwargs, **settings.sampler_kwargs())

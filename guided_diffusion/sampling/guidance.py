@@ -124,12 +124,18 @@ class SteeredGuidance:
         num_timesteps: int,
         interval: tuple[float, float] | None = None,
         schedule: str = "constant",
+        model_time_scale: float = 1.0,
     ):
         check_guidance_schedule(schedule)
         self.cond_fn = cond_fn
         self.num_timesteps = int(num_timesteps)
         self.interval = check_interval(interval, "guidance_interval")
         self.schedule = schedule
+        self.model_time_scale = float(model_time_scale)  # model time = original t * this (1000 / T when rescaled)
+
+    def weight_at_model_time(self, t: torch.Tensor) -> float:
+        """w(t) for the timestep tensor handed to cond_fn (every sample has the same t)."""
+        return self.weight(float(t.flatten()[0]) / self.model_time_scale)
 
     def weight(self, t: float) -> float:
         """w(t) for an original timestep t (fractional allowed)."""

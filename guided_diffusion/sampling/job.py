@@ -26,7 +26,7 @@ from guided_diffusion.sampling.guidance import check_cfg
 
 __all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input"]
 
-JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
+JOB_FORMAT = 2  # bump when the meaning of a stored fingerprint changes (2: sampler options by name)
 
 
 def check_counts(*, num_samples: int, batch_size: int, seed: int | None) -> None:
@@ -178,7 +178,7 @@ def sampling_job(
     sampler: str = "ddpm",
     steps: int | None = None,
     timestep_respacing: str | None = None,
-    eta: float = 0.0,
+    eta: float | None = None,
     dynamic_threshold: float | None = None,
     clip_denoised: bool = True,
     progress: bool = False,
@@ -198,8 +198,9 @@ def sampling_job(
         raise SettingError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
                        "choose the steps; give only one")
     # with `steps` the samplers build their grid from the un-respaced diffusion
-    settings = SamplerSettings(sampler=sampler, eta=eta, clip_denoised=clip_denoised, steps=steps,
-                               dynamic_threshold=dynamic_threshold, progress=progress, **(solver_options or {}))
+    options = {**(solver_options or {}), **({"eta": eta} if eta is not None else {})}
+    settings = SamplerSettings(sampler=sampler, clip_denoised=clip_denoised, steps=steps,
+                               dynamic_threshold=dynamic_threshold, progress=progress, **options)
     return SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
                        **job_fields)
 

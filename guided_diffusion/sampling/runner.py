@@ -50,6 +50,7 @@ def load_network(config: Any, path: str | Path, device: torch.device, *, channel
     network.to(device)
     if getattr(config, "use_fp16", False) or getattr(config, "classifier_use_fp16", False):
         network.convert_to_fp16()
+    network.requires_grad_(False)  # inference: no forward pass may record a graph through the weights
     return optimize_model(network.eval(), channels_last=channels_last)
 
 
@@ -63,7 +64,8 @@ def guidance_for(job: SamplingJob, model: torch.nn.Module,
     if job.guided:
         if classifier is None:
             raise ValueError("classifier guidance needs a classifier network")
-        cond_fn = classifier_cond_fn(classifier, job.classifier_scale, autocast_dtype=job.autocast_dtype)
+        cond_fn = classifier_cond_fn(classifier, job.classifier_scale, autocast_dtype=job.autocast_dtype,
+                                     scaling=job.settings.guidance_scaling)
     return model_fn, cond_fn
 
 
