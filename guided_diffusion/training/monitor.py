@@ -501,7 +501,7 @@ class TrainingMonitor:
         logs.logkv("eval_fid", fid)
         logs.logkv("eval_precision", precision)
         logs.logkv("eval_recall", recall)
-        best = best_metric_row(read_metric_rows(self.run_dir))
+        best = best_metric_row(read_metric_rows(self.run_dir), features=self.options.eval_features.strip())
         note = f"; best FID {best['fid']} at step {best['step']}" if best is not None else ""
         logs.log(f"step {trainer.step}: FID {fid:.4g}, precision {precision:.3f}, recall {recall:.3f} "
                    f"({total} samples, {tag}, {self.options.eval_features.strip()} features){note}")
@@ -519,8 +519,12 @@ class TrainingMonitor:
         atomic_write_bytes(self.run_dir / METRICS_FILE, buffer.getvalue().encode())
 
 
-def best_metric_row(rows: list[dict[str, str]]) -> dict[str, str] | None:
-    """The row with the lowest FID (None without rows)."""
+def best_metric_row(rows: list[dict[str, str]], features: str | None = None) -> dict[str, str] | None:
+    """The row with the lowest FID (None without rows), among the rows of feature space `features`
+    when given: FIDs in different feature spaces are different quantities, and a run resumed with
+    other eval_features starts a series of its own."""
+    if features is not None:
+        rows = [r for r in rows if r.get("features", "") == features]
     scored = [r for r in rows if r.get("fid") not in (None, "", "nan")]
     return min(scored, key=lambda r: float(r["fid"])) if scored else None
 

@@ -197,14 +197,19 @@ def plot_metrics(log: RunLog, path: Path) -> Path | None:
     """FID, precision and recall during training, the best FID marked."""
     if not log.metrics:
         return None
-    steps = np.array([int(r["step"]) for r in log.metrics])
     figure, axes = _figure(1, 3, width=4.0)
+    spaces = _feature_spaces(log.metrics)
     for ax, key in zip(axes, ("fid", "precision", "recall")):
-        values = np.array([_number(r.get(key, "")) for r in log.metrics])
-        ax.plot(steps, values, marker="o")
+        for space in spaces:  # one series per feature space: their values do not compare
+            rows = [r for r in log.metrics if r.get("features", "") == space]
+            steps = np.array([int(r["step"]) for r in rows])
+            values = np.array([_number(r.get(key, "")) for r in rows])
+            ax.plot(steps, values, marker="o", label=space or "?")
         ax.set_title(key.upper() if key == "fid" else key)
         ax.set_xlabel("step")
-    best = best_metric_row(log.metrics)
+    if len(spaces) > 1:
+        axes[0].legend(fontsize=7)
+    best = best_metric_row(log.metrics, features=log.metrics[-1].get("features", ""))
     if best is not None:
         axes[0].axvline(int(best["step"]), color="gray", linestyle="--", linewidth=1)
         axes[0].annotate(f"best {float(best['fid']):.4g}\nstep {best['step']}", (int(best["step"]), float(best["fid"])),
@@ -212,6 +217,11 @@ def plot_metrics(log: RunLog, path: Path) -> Path | None:
     figure.suptitle(f"{log.metrics[-1].get('features', '')} features, {log.metrics[-1].get('num_samples', '?')} samples",
                     fontsize=9)
     return _save(figure, path)
+
+
+def _feature_spaces(rows: list[dict[str, str]]) -> list[str]:
+    """The feature spaces of metric rows, in order of first appearance."""
+    return list(dict.fromkeys(r.get("features", "") for r in rows))
 
 
 def _chosen(entries: list[tuple[int, Path]], max_rows: int) -> list[tuple[int, Path]]:
@@ -264,11 +274,16 @@ def _summary_lines(log: RunLog) -> list[str]:
     for key in ("loss", "train_loss", "val_loss", "val_acc@1", "lr", "grad_norm", "lg_loss_scale"):
         if log.has(key):
             lines.append(f"- last {key}: {_fmt(log.last(key))}")
-    best = best_metric_row(log.metrics)
-    if best is not None:
+    if log.metrics:
         last = log.metrics[-1]
-        lines.append(f"- best FID {best['fid']} at step {best['step']} (precision {best['precision']}, recall {best['recall']}; "
-                     f"{best.get('features', '')} features, {best.get('num_samples', '?')} samples); latest FID {last['fid']} at step {last['step']}")
+        best = best_metric_row(log.metrics, features=last.get("features", ""))
+        others = [space for space in _feature_spaces(log.metrics) if space != last.get("features", "")]
+        if best is not None:
+            lines.append(f"- best FID {best['fid']} at step {best['step']} (precision {best['precision']}, recall {best['recall']}; "
+                         f"{best.get('features', '')} features, {best.get('num_samples', '?')} samples); latest FID {last['fid']} "
+                         f"at step {last['step']}")
+        if others:
+            lines.append(f"- earlier FIDs in other feature spaces ({', '.join(others)}) are not compared with these")
     if log.samples:
         tags = ", ".join(f"{tag} ({len(v)} grids, last at step {v[-1][0]})" for tag, v in sorted(log.samples.items()))
         lines.append(f"- sample grids: {tags}")
