@@ -16,20 +16,27 @@ from guided_diffusion.runtime.errors import SettingError
 
 NUM_CLASSES = 1000
 
+# Per-level width multipliers (ints, or fractions such as 0.5) and what a setting may hold for them.
+ChannelMult = tuple[float, ...]
+ChannelMultSetting = str | tuple[float, ...] | list[float]
+# Attention resolutions as a setting: "32,16,8", or a sequence of resolutions.
+ResolutionsSetting = str | tuple[int | str, ...] | list[int | str]
+
 # channel_mult used by the original when channel_mult is empty, by image size.
-CHANNEL_MULT_BY_SIZE: Mapping[int, tuple] = {
+CHANNEL_MULT_BY_SIZE: Mapping[int, ChannelMult] = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
     128: (1, 1, 2, 3, 4),
     64: (1, 2, 3, 4),
 }
-SR_CHANNEL_MULT_BY_SIZE: Mapping[int, tuple] = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+SR_CHANNEL_MULT_BY_SIZE: Mapping[int, ChannelMult] = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 
 CLASSIFIER_POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
 
-def parse_channel_mult(channel_mult: str | tuple | list, image_size: int, presets: Mapping[int, tuple] = CHANNEL_MULT_BY_SIZE,
-                       setting: str = "channel_mult") -> tuple:
+def parse_channel_mult(channel_mult: ChannelMultSetting, image_size: int,
+                       presets: Mapping[int, ChannelMult] = CHANNEL_MULT_BY_SIZE,
+                       setting: str = "channel_mult") -> ChannelMult:
     """The per-level width multipliers: the given comma list (fractions allowed, e.g. "0.5,1,2") or the
     original's preset for the image size. `setting` names the argument in errors."""
     if isinstance(channel_mult, (tuple, list)):
@@ -46,7 +53,7 @@ def parse_channel_mult(channel_mult: str | tuple | list, image_size: int, preset
     return tuple(int(v) if v.is_integer() else v for v in values)
 
 
-def parse_attention_resolutions(attention_resolutions: str | tuple | list, image_size: int,
+def parse_attention_resolutions(attention_resolutions: ResolutionsSetting, image_size: int,
                                 setting: str = "attention_resolutions") -> tuple[int, ...]:
     """The networks want downsample factors; the setting lists resolutions ("32,16,8")."""
     if isinstance(attention_resolutions, (tuple, list)):
@@ -69,8 +76,9 @@ def label_rows(class_cond: bool, num_classes: int, class_dropout_prob: float) ->
     return num_classes + (1 if class_dropout_prob > 0 else 0)
 
 
-def _unet_arguments(image_size: int, channel_mult: tuple, *, num_channels: int, num_res_blocks: int, learn_sigma: bool,
-                    class_cond: bool, use_checkpoint: bool, attention_resolutions: Any, num_heads: int,
+def _unet_arguments(image_size: int, channel_mult: ChannelMult, *, num_channels: int, num_res_blocks: int,
+                    learn_sigma: bool, class_cond: bool, use_checkpoint: bool,
+                    attention_resolutions: ResolutionsSetting, num_heads: int,
                     num_head_channels: int, num_heads_upsample: int, use_scale_shift_norm: bool, dropout: float,
                     resblock_updown: bool, use_fp16: bool, use_new_attention_order: bool, num_classes: int,
                     class_dropout_prob: float) -> dict[str, Any]:
@@ -97,10 +105,12 @@ def _unet_arguments(image_size: int, channel_mult: tuple, *, num_channels: int, 
 
 
 def create_model(
-    image_size, num_channels, num_res_blocks, channel_mult="", learn_sigma=False, class_cond=False,
-    use_checkpoint=False, attention_resolutions="16", num_heads=1, num_head_channels=-1, num_heads_upsample=-1,
-    use_scale_shift_norm=False, dropout=0, resblock_updown=False, use_fp16=False, use_new_attention_order=False,
-    num_classes=NUM_CLASSES, class_dropout_prob=0.0,
+    image_size: int, num_channels: int, num_res_blocks: int, channel_mult: ChannelMultSetting = "",
+    learn_sigma: bool = False, class_cond: bool = False, use_checkpoint: bool = False,
+    attention_resolutions: ResolutionsSetting = "16", num_heads: int = 1, num_head_channels: int = -1,
+    num_heads_upsample: int = -1, use_scale_shift_norm: bool = False, dropout: float = 0,
+    resblock_updown: bool = False, use_fp16: bool = False, use_new_attention_order: bool = False,
+    num_classes: int = NUM_CLASSES, class_dropout_prob: float = 0.0,
 ) -> UNetModel:
     """The diffusion UNet (channel_mult "" picks the original's preset for image_size). With
     class_dropout_prob > 0 the label embedding has one extra row, the null label num_classes."""
@@ -115,10 +125,11 @@ def create_model(
 
 
 def sr_create_model(
-    large_size, small_size, num_channels, num_res_blocks, learn_sigma, class_cond, use_checkpoint,
-    attention_resolutions, num_heads, num_head_channels, num_heads_upsample, use_scale_shift_norm, dropout,
-    resblock_updown, use_fp16, channel_mult="", use_new_attention_order=False, num_classes=NUM_CLASSES,
-    class_dropout_prob=0.0,
+    large_size: int, small_size: int, num_channels: int, num_res_blocks: int, learn_sigma: bool, class_cond: bool,
+    use_checkpoint: bool, attention_resolutions: ResolutionsSetting, num_heads: int, num_head_channels: int,
+    num_heads_upsample: int, use_scale_shift_norm: bool, dropout: float, resblock_updown: bool, use_fp16: bool,
+    channel_mult: ChannelMultSetting = "", use_new_attention_order: bool = False, num_classes: int = NUM_CLASSES,
+    class_dropout_prob: float = 0.0,
 ) -> SuperResModel:
     """The super-resolution UNet from small_size to large_size (small_size only documents the input:
     the low-resolution image is upsampled to large_size inside the model)."""
@@ -137,9 +148,10 @@ _CLASSIFIER_SETTING = {"num_head_channels": "classifier_num_head_channels", "poo
 
 
 def create_classifier(
-    image_size, classifier_use_fp16, classifier_width, classifier_depth, classifier_attention_resolutions,
-    classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool,
-    classifier_channel_mult="", classifier_num_head_channels=64, num_classes=NUM_CLASSES,
+    image_size: int, classifier_use_fp16: bool, classifier_width: int, classifier_depth: int,
+    classifier_attention_resolutions: ResolutionsSetting, classifier_use_scale_shift_norm: bool,
+    classifier_resblock_updown: bool, classifier_pool: str, classifier_channel_mult: ChannelMultSetting = "",
+    classifier_num_head_channels: int = 64, num_classes: int = NUM_CLASSES,
 ) -> EncoderUNetModel:
     """The noisy classifier: the UNet's encoder half with a pooling head over num_classes."""
     if classifier_pool not in CLASSIFIER_POOLS:

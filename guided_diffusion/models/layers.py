@@ -2,18 +2,34 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype (fp16 torsos stay stable), cast back."""
+    """GroupNorm with float32 statistics whatever the input dtype (fp16 torsos stay stable).
+
+    fp16 inputs are upcast and the result cast back, as in the original. bfloat16 inputs go to the
+    native kernel, which already accumulates in float32 and (on CPU) takes float32 affine parameters:
+    the same values without two full-size casts per norm.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return super().forward(x)
+        if x.dtype == torch.bfloat16:
+            weight: torch.Tensor | None = self.weight
+            bias: torch.Tensor | None = self.bias
+            if x.device.type != "cpu" and weight is not None and weight.dtype != x.dtype:
+                # Mixed input/parameter dtypes are a CPU kernel feature; elsewhere cast the (small) affine.
+                weight, bias = weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
         return super().forward(x.float()).type(x.dtype)
 
 
@@ -22,7 +38,7 @@ def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
 
-def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D convolution."""
     if dims == 1:
         return nn.Conv1d(*args, **kwargs)
@@ -33,12 +49,12 @@ def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
     raise ValueError(f"unsupported dimensions: {dims}")
 
 
-def linear(*args, **kwargs) -> nn.Module:
+def linear(*args: Any, **kwargs: Any) -> nn.Module:
     """An nn.Linear (kept as a function for the original's public name)."""
     return nn.Linear(*args, **kwargs)
 
 
-def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
+def avg_pool_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D average pool."""
     if dims == 1:
         return nn.AvgPool1d(*args, **kwargs)
@@ -49,14 +65,14 @@ def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
     raise ValueError(f"unsupported dimensions: {dims}")
 
 
-def zero_module(module: nn.Module) -> nn.Module:
+def zero_module(module: ModuleT) -> ModuleT:
     """Zero a module's parameters in place (output layers start as the identity residual)."""
     for p in module.parameters():
         p.detach().zero_()
     return module
 
 
-def scale_module(module: nn.Module, scale: float) -> nn.Module:
+def scale_module(module: ModuleT, scale: float) -> ModuleT:
     """Scale a module's parameters in place."""
     for p in module.parameters():
         p.detach().mul_(scale)
@@ -82,14 +98,16 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
     return embedding
 
 
-def checkpoint(func, inputs, params, flag: bool):
+def checkpoint(func: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], params: Iterable[torch.Tensor],
+               flag: bool) -> torch.Tensor:
     """Run func(*inputs), recomputing activations in backward when flag is set.
 
     Unlike the original's hand-written version this uses torch.utils.checkpoint, which restores the RNG
     (dropout masks match) and supports autocast; `params` is accepted for signature compatibility.
     """
     if flag and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+        recomputed: torch.Tensor = torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+        return recomputed
     return func(*inputs)
 
 
@@ -109,6 +127,14 @@ def convert_module_to_f16(module: nn.Module) -> None:
         module.weight.data = module.weight.data.half()
         if module.bias is not None:
             module.bias.data = module.bias.data.half()
+
+
+def convert_module_to_bf16(module: nn.Module) -> None:
+    """Cast a convolution's weights to bfloat16 (the same boundary as convert_module_to_f16)."""
+    if isinstance(module, _CONV_TYPES):
+        module.weight.data = module.weight.data.bfloat16()
+        if module.bias is not None:
+            module.bias.data = module.bias.data.bfloat16()
 
 
 def convert_module_to_f32(module: nn.Module) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,7 @@ from guided_diffusion.models.layers import (
     avg_pool_nd,
     checkpoint,
     conv_nd,
+    convert_module_to_bf16,
     convert_module_to_f16,
     convert_module_to_f32,
     linear,
@@ -77,7 +79,8 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[1] == self.channels
-        return self.op(x)
+        out: torch.Tensor = self.op(x)
+        return out
 
 
 class ResBlock(TimestepBlock):
@@ -139,6 +142,7 @@ class ResBlock(TimestepBlock):
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h: torch.Tensor
         if self.updown:
             # Resample between the activation and the conv, and the skip path alike.
             h = self.in_layers[:-1](x)
@@ -147,7 +151,7 @@ class ResBlock(TimestepBlock):
             h = self.in_layers[-1](h)
         else:
             h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).type(h.dtype)
+        emb_out: torch.Tensor = self.emb_layers(emb).type(h.dtype)
         emb_out = emb_out.reshape(*emb_out.shape, *([1] * (h.ndim - emb_out.ndim)))
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
@@ -155,10 +159,12 @@ class ResBlock(TimestepBlock):
             h = self.out_layers[1:](h)
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        skip: torch.Tensor = self.skip_connection(x)
+        return skip + h
 
 
-def _attention(ch, use_checkpoint, num_heads, num_head_channels, use_new_attention_order) -> AttentionBlock:
+def _attention(ch: int, use_checkpoint: bool, num_heads: int, num_head_channels: int,
+               use_new_attention_order: bool) -> AttentionBlock:
     return AttentionBlock(
         ch,
         use_checkpoint=use_checkpoint,
@@ -180,7 +186,7 @@ class _Encoder(nn.Module):
     model_channels: int  # set by _record_hyperparameters, like the other names above
     num_classes: int | None
 
-    def _record_hyperparameters(self, values: dict) -> None:
+    def _record_hyperparameters(self, values: dict[str, Any]) -> None:
         """Keep the constructor arguments as attributes, as the original does (code reads model.num_classes)."""
         for name in self._HYPERPARAMETERS:
             if name in values:
@@ -210,7 +216,7 @@ class _Encoder(nn.Module):
     ) -> tuple[int, int, list[int]]:
         emb_dim = model_channels * 4
 
-        def res(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
+        def res(ch_in: int, ch_out: int | None = None, **kw: bool) -> ResBlock:
             return ResBlock(
                 ch_in, emb_dim, dropout, out_channels=ch_out, dims=dims, use_checkpoint=use_checkpoint,
                 use_scale_shift_norm=use_scale_shift_norm, **kw,
@@ -313,10 +319,18 @@ class UNetModel(_Encoder):
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             part.apply(convert_module_to_f16)
 
+    def convert_to_bf16(self) -> None:
+        """Run the torso in bfloat16: its convolutions (attention's included) hold bfloat16 weights and
+        activations enter it as bfloat16. Embeddings, norm parameters and the output head stay float32."""
+        for part in (self.input_blocks, self.middle_block, self.output_blocks):
+            part.apply(convert_module_to_bf16)
+        self.dtype = torch.bfloat16
+
     def convert_to_fp32(self) -> None:
-        """Undo convert_to_fp16."""
+        """Undo convert_to_fp16 or convert_to_bf16."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             part.apply(convert_module_to_f32)
+        self.dtype = torch.float32
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from noisy x at timesteps [N] (and class labels y [N] if class-conditional)."""
@@ -334,16 +348,22 @@ class UNetModel(_Encoder):
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h.type(x.dtype))
+        out: torch.Tensor = self.out(h.type(x.dtype))
+        return out
 
 
 class SuperResModel(UNetModel):
     """A UNet conditioned on a low-resolution image, upsampled bilinearly and stacked on the channels."""
 
-    def __init__(self, image_size: int, in_channels: int, *args, **kwargs):
+    def __init__(self, image_size: int, in_channels: int, *args: Any, **kwargs: Any):
         super().__init__(image_size, in_channels * 2, *args, **kwargs)
 
-    def forward(self, x, timesteps, low_res=None, **kwargs):
+    def forward(  # type: ignore[override]  # the original's order: low_res is the third argument
+        self, x: torch.Tensor, timesteps: torch.Tensor, low_res: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Predict from noisy x given the low-resolution image (and y, as keyword, if class-conditional)."""
+        if low_res is None:
+            raise ValueError("SuperResModel needs the low-resolution image: pass low_res")
         _, _, new_height, new_width = x.shape
         upsampled = F.interpolate(low_res, (new_height, new_width), mode="bilinear")
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, **kwargs)
@@ -410,10 +430,17 @@ class EncoderUNetModel(_Encoder):
         self.input_blocks.apply(convert_module_to_f16)
         self.middle_block.apply(convert_module_to_f16)
 
+    def convert_to_bf16(self) -> None:
+        """Run the torso in bfloat16, as UNetModel.convert_to_bf16 (the pooling head stays float32)."""
+        self.input_blocks.apply(convert_module_to_bf16)
+        self.middle_block.apply(convert_module_to_bf16)
+        self.dtype = torch.bfloat16
+
     def convert_to_fp32(self) -> None:
-        """Undo convert_to_fp16."""
+        """Undo convert_to_fp16 or convert_to_bf16."""
         self.input_blocks.apply(convert_module_to_f32)
         self.middle_block.apply(convert_module_to_f32)
+        self.dtype = torch.float32
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits [N, out_channels] for noisy x at timesteps."""
@@ -428,5 +455,7 @@ class EncoderUNetModel(_Encoder):
         h = self.middle_block(h, emb)
         if spatial:
             pooled.append(h.type(x.dtype).mean(dim=(2, 3)))
-            return self.out(torch.cat(pooled, dim=-1))
-        return self.out(h.type(x.dtype))
+            logits: torch.Tensor = self.out(torch.cat(pooled, dim=-1))
+        else:
+            logits = self.out(h.type(x.dtype))
+        return logits
