@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.runtime.autocast import autocast
+from guided_diffusion.runtime.autocast import autocast, autocast_for
 from guided_diffusion.runtime.errors import SettingError
 
 __all__ = [
@@ -63,7 +63,8 @@ class GuidedModel:
     - `cfg_interval=(LO, HI)`: classifier-free guidance only where LO <= t <= HI (t as the model receives
       it: original timesteps unless the diffusion rescales them); outside, one conditional pass and no
       unconditional one (Kynkaanniemi et al. 2024 apply guidance in a limited interval).
-    - Optional autocast (bf16).
+    - Optional bfloat16 (`autocast_dtype`): a network prepared by `runtime.performance.prepare_for_bf16`
+      runs as it is (bfloat16 torso, float32 output); any other runs under autocast.
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class GuidedModel:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         y = y if self.class_cond else None
-        with autocast(x.device, self.autocast_dtype):
+        with autocast_for(self.model, x.device, self.autocast_dtype):
             if self.cfg_scale == 1.0 or not self._guides_at(t):
                 return self.model(x, t, y=y, **kwargs).float()
             assert y is not None and self.null_label is not None  # check_cfg: guidance needs labels and a null label
@@ -178,6 +179,8 @@ def classifier_cond_fn(
     Dhariwal & Nichol (2021), Algorithms 1 and 2; the same function the original `classifier_sample.py`
     builds. `t` is the original (unspaced) timestep, as the classifier was trained on. `scaling="entropy"`
     multiplies each sample's gradient by `entropy_scale` of the same forward pass (no extra evaluation).
+    With `autocast_dtype` the forward and backward pass run in that dtype (a classifier prepared by
+    `prepare_for_bf16` without autocast); the softmax and the returned gradient are float32.
     """
     check_guidance_scaling(scaling)
 
@@ -186,7 +189,7 @@ def classifier_cond_fn(
             raise ValueError("classifier guidance needs class labels y")
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            with autocast(x.device, autocast_dtype):
+            with autocast_for(classifier, x.device, autocast_dtype):
                 logits = classifier(x_in, t)
             log_probs = F.log_softmax(logits.float(), dim=-1)
             selected = log_probs[torch.arange(len(logits), device=logits.device), y.view(-1)]
