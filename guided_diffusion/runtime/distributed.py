@@ -15,12 +15,15 @@ from __future__ import annotations
 import atexit
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.runtime.errors import SettingError, UserError
+
+T = TypeVar("T")
 
 # Environment variables set by common MPI launchers (Open MPI, MPICH/Hydra, Intel MPI, PMIx).
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
@@ -180,3 +183,31 @@ def teardown_dist() -> None:
     """Destroy the default process group if one is running."""
     if is_initialized():
         dist.destroy_process_group()
+
+
+def decide_on_rank0(action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 alone and give every rank its result (broadcast; it must pickle).
+
+    A `UserError` (or `SettingError`) raised there is raised on every rank with the same message and
+    setting, so no rank is left waiting in a later collective when rank 0 refuses. Without a process
+    group, or with one rank, this is `action()`."""
+    if get_world_size() <= 1:
+        return action()
+    result: T | None = None
+    failure: tuple[str | None, str] | None = None
+    error: UserError | None = None
+    if is_main_process():
+        try:
+            result = action()
+        except UserError as exc:
+            error = exc
+            failure = (exc.setting if isinstance(exc, SettingError) else None, str(exc))
+    box = [(result, failure)]
+    dist.broadcast_object_list(box, src=0)
+    result, failure = box[0]
+    if error is not None:
+        raise error
+    if failure is not None:
+        setting, message = failure
+        raise SettingError(setting, message) if setting is not None else UserError(message)
+    return result  # type: ignore[return-value]  # rank 0's result, None only if action returned None

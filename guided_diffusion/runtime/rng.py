@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from guided_diffusion.runtime.distributed import decide_on_rank0
+
 __all__ = [
-    "Generators", "mix_seed", "sample_seed", "fresh_seed", "seeded_generators", "per_sample", "randn",
+    "Generators", "mix_seed", "sample_seed", "fresh_seed", "choose_seed", "seeded_generators", "per_sample", "randn",
     "GeneratorNoise", "SampleNoise", "random_labels", "per_example_draws", "seed_everything",
     "capture_rng_state", "restore_rng_state",
 ]
@@ -64,6 +66,14 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
+def choose_seed(given: int | None) -> tuple[int, bool]:
+    """The run's base seed and whether it was chosen here: `given` when not None, else a fresh one drawn
+    on rank 0 and shared with every rank (so the caller prints it once, for repeating the run)."""
+    if given is not None:
+        return int(given), False
+    return decide_on_rank0(fresh_seed), True
+
+
 # -- per-sample generators and batch draws ----------------------------------------------------------
 
 
@@ -85,7 +95,8 @@ def per_sample(
     )
 
 
-def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
+def randn(shape: Sequence[int], generator: Generators = None, device: torch.device | str | None = None,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal noise from the global generator, from one generator, or, with a list of
     generators, row i from generators[i]."""
     if generator is None:
