@@ -2,8 +2,9 @@
 
 Notation follows the papers: alpha_bar_t = prod_{s<=t} (1 - beta_s); q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0,
 (1 - alpha_bar_t) I); the model predicts eps, x_0 or x_{t-1}, and optionally its variance. The schedule is
-computed in float64 once and each array is cached as float32 on every device it is used on, so a sampling
-step does no host-to-device copies (the original re-uploaded each array at every lookup).
+computed in float64 NumPy once and each array is cached as float32 on every device it is used on, so a
+sampling step does no host-to-device copies (the original re-uploaded each array at every lookup) and no
+float64 tensor is ever made (Apple's MPS devices have no float64).
 """
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ __all__ = ["GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType", "_e
 
 
 def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_shape) -> torch.Tensor:
-    """arr[timesteps] as float32 on timesteps' device, broadcast to broadcast_shape (original helper)."""
-    res = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].float()
+    """arr[timesteps] as float32 on timesteps' device, broadcast to broadcast_shape (original helper).
+
+    Uploaded at every call as the original does, but as float32 (the same values: the original casts
+    after the lookup), so no float64 tensor reaches the device (MPS has no float64)."""
+    res = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device=timesteps.device)[timesteps]
     while len(res.shape) < len(broadcast_shape):
         res = res[..., None]
     return res.expand(broadcast_shape)
@@ -103,7 +107,9 @@ class GaussianDiffusion:
     def _arrays_on(self, device: torch.device) -> dict[str, torch.Tensor]:
         arrays = self._device_arrays.get(device)
         if arrays is None:
-            arrays = {name: torch.from_numpy(getattr(self, name)).float().to(device) for name in self._ARRAYS}
+            # Cast on the host: no float64 tensor exists in torch, on any device (MPS has no float64).
+            arrays = {name: torch.from_numpy(np.asarray(getattr(self, name), dtype=np.float32)).to(device)
+                      for name in self._ARRAYS}
             self._device_arrays[device] = arrays
         return arrays
 
