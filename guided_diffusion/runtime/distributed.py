@@ -8,7 +8,9 @@ meets, so scripts that call it and then use `torch.distributed` directly keep wo
 * a plain single process: a one-rank group on 127.0.0.1 and a free port.
 
 NCCL is used when CUDA is available (each rank on `cuda:LOCAL_RANK`, within whatever
-`CUDA_VISIBLE_DEVICES` allows), gloo otherwise.
+`CUDA_VISIBLE_DEVICES` allows), gloo otherwise. `dev()` keeps the original's choice (this rank's GPU,
+else the CPU); `resolve_device` reads a `--device` value (auto, cpu, cuda, cuda:N, mps) and refuses, in
+one line, a device this PyTorch or machine lacks.
 """
 from __future__ import annotations
 
@@ -168,6 +170,76 @@ def dev() -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda", get_local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _unavailable(name: str, device_type: str) -> str:
+    """Why PyTorch cannot compute on `device_type` here, and what to use instead (one line)."""
+    if device_type == "cuda":
+        why = ("this PyTorch is built without CUDA (a CPU-only wheel)" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+    elif device_type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        why = ("this PyTorch is built without MPS, Apple's GPU backend" if mps is None or not mps.is_built()
+               else "MPS is built in but not usable here (it needs Apple silicon and macOS 12.3 or newer)")
+    else:
+        why = f"this PyTorch has no usable {device_type} backend on this machine"
+    return f"device {name!r} is not available: {why}; use {', '.join(available_devices())}"
+
+
+def available_devices() -> list[str]:
+    """The device names `resolve_device` accepts on this machine, most capable first ("auto" included)."""
+    names = ["auto"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        names += ["cuda"] + [f"cuda:{i}" for i in range(count)]
+    if _mps_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device to compute on, from a `--device` value.
+
+    None, "" or "auto": this rank's GPU when CUDA is available, else Apple's GPU (MPS) when available,
+    else the CPU. "cuda" is this rank's GPU (as `dev()`), "cuda:N" that GPU, "mps" Apple's GPU, "cpu" the
+    CPU; other device types PyTorch names (e.g. "xpu") are taken when their backend is available. A name
+    this PyTorch or machine lacks raises SettingError naming `device`, with the names that would work.
+    """
+    text = (name or "").strip().lower()
+    if text in ("", "auto"):
+        if torch.cuda.is_available():
+            return dev()
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SettingError("device", f"device {name!r} is not a device name; use {', '.join(available_devices())}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingError("device", _unavailable(name or text, "cuda"))
+        if device.index is None:
+            return dev()
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise SettingError("device", f"device {name!r} does not exist: this machine has {count} CUDA device(s); "
+                                         f"use {', '.join(available_devices())}")
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise SettingError("device", _unavailable(name or text, "mps"))
+        return torch.device("mps")
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and is_available():
+        return device
+    raise SettingError("device", _unavailable(name or text, device.type))
 
 
 def sync_params(params: Iterable[torch.Tensor]) -> None:
