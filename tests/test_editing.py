@@ -386,13 +386,14 @@ def test_restore_tasks_run(checkpoints, tmp_path, task):
         (["inpaint"], "error: pass --mask"),
         (["restore", "--task", "super_res"], "error: --input: {root}/images.npz: images are 8x8, the model takes 4x4"),
         (["invert", "--input", "{root}/missing.npz"], "error: --input {root}/missing.npz does not exist"),
-        (["img2img", "--classifier_path", "{root}/guide/model.pt"], "error: classifier guidance steers towards a class"),
+        (["img2img", "--classifier_path", "{root}/guide/model.pt"],
+         "error: --class_labels needed: classifier guidance steers towards a class"),
         (["invert", "--steps", "1"], "error: --steps must be >= 2, got 1"),
         (["invert", "--steps", "500"], "error: --steps must be <= the model's 100 diffusion steps, got 500"),
         (["img2img", "--sampler", "heun", "--eta", "0.5"], "error: --eta applies to the ddim sampler, not heun"),
         (["img2img", "--cfg_scale", "2"], "error: --cfg_scale 2.0 needs a class-conditional model trained with label dropout"),
         (["img2img", "--classifier_path", "{root}/unet/model.pt", "--class_labels", "1"],
-         "error: --classifier_path {root}/unet/model.pt is a unet checkpoint, not a noisy classifier"),
+         "error: {root}/unet/model.pt is a diffusion model checkpoint, not a classifier"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(checkpoints, tmp_path, capsys, args, message):

@@ -6,15 +6,30 @@
 - `repaint`: inpainting with the known region re-noised every step and resampling jumps.
 - `measurement_cond_fn` with `MaskOperator`, `DownsampleOperator`, `BlurOperator`: diffusion posterior
   sampling as a cond_fn for every sampler, added to classifier guidance with `sum_cond_fns`.
+
+The jobs the commands run are a library too: an `EditJob` (a task, `Invert`, `Img2Img`, `Inpaint` or
+`Restore`, the `EditInputs` and the networks' configs, e.g. from `checkpoint_configs`) run by `run_edit`
+and written by `save_edit`.
 """
 from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import start_points
+from guided_diffusion.editing.inputs import blurred, downsampled, write_example_inputs
 from guided_diffusion.editing.io import (
     load_images,
     load_latents,
     load_mask,
     read_latents,
     save_latents,
+)
+from guided_diffusion.editing.job import (
+    EditInputs,
+    EditJob,
+    EditTask,
+    Img2Img,
+    Inpaint,
+    Invert,
+    Restore,
+    checkpoint_configs,
 )
 from guided_diffusion.editing.measurement import (
     BlurOperator,
@@ -26,25 +41,42 @@ from guided_diffusion.editing.measurement import (
     sum_cond_fns,
 )
 from guided_diffusion.editing.repaint import repaint, repaint_schedule
+from guided_diffusion.editing.run import EditNetworks, EditResult, load_networks, run_edit, save_edit
 from guided_diffusion.editing.sdedit import sdedit
 
 __all__ = [
     "BlurOperator",
     "DownsampleOperator",
+    "EditInputs",
+    "EditJob",
+    "EditNetworks",
+    "EditResult",
+    "EditTask",
+    "Img2Img",
+    "Inpaint",
+    "Invert",
     "MaskOperator",
+    "Restore",
     "X0Predictor",
+    "blurred",
+    "checkpoint_configs",
     "ddim_invert",
+    "downsampled",
     "load_images",
     "load_latents",
     "load_mask",
+    "load_networks",
     "measurement_cond_fn",
     "paste_known",
     "psnr",
     "read_latents",
     "repaint",
     "repaint_schedule",
+    "run_edit",
+    "save_edit",
     "save_latents",
     "sdedit",
     "start_points",
     "sum_cond_fns",
+    "write_example_inputs",
 ]
