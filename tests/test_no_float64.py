@@ -39,7 +39,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusion"
 
 # Files whose float64 tensors are being removed by their owners right now (issue 22 reports them).
 PENDING = {
-    "diffusion/denoiser.py": "lead's denoiser rewrite",
     "training/timestep_sampling.py": "training/timestep_sampling.py (issue 20 owner): u.double() on the device",
 }
 
@@ -183,10 +182,6 @@ SCENARIOS = ["sample ddim", "sample ddpm", "sample dpm++2m grid", "sample heun g
              "edit repaint and dps", "edit ddim inversion", "train diffusion step", "train classifier step"]
 # The cases that still make float64 in a PENDING file; the owner removes the marker with the fix.
 WAITING = {
-    "sample ddim": "diffusion/denoiser.py", "sample ddpm": "diffusion/denoiser.py",
-    "sample dpm++2m grid": "diffusion/denoiser.py", "sample heun grid bf16": "diffusion/denoiser.py",
-    "sample cfg": "diffusion/denoiser.py", "edit sdedit": "diffusion/denoiser.py",
-    "edit repaint and dps": "diffusion/denoiser.py", "edit ddim inversion": "diffusion/denoiser.py",
     "train diffusion step": "training/timestep_sampling.py", "train classifier step": "training/timestep_sampling.py",
 }
 

@@ -103,7 +103,8 @@ class Denoiser:
     """
 
     def __init__(self, alphas_cumprod: np.ndarray | torch.Tensor | list[float]):
-        abar = np.ascontiguousarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu().numpy())
+        values = alphas_cumprod.tolist() if isinstance(alphas_cumprod, torch.Tensor) else alphas_cumprod
+        abar = np.ascontiguousarray(values, dtype=np.float64)  # host-side schedule math stays in NumPy
         if abar.ndim != 1 or not bool(((abar > 0) & (abar < 1)).all()):
             raise ValueError("alphas_cumprod must be a 1-D array with values in (0, 1)")
         self.alphas_cumprod: np.ndarray = abar
