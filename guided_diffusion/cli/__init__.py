@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "img2img": ("guided_diffusion.cli.edit", "img2img", "SDEdit: re-sample images from part-way noise, optionally guided to a class"),
     "inpaint": ("guided_diffusion.cli.edit", "inpaint", "fill masked pixels (RePaint or DPS); kept pixels unchanged"),
     "restore": ("guided_diffusion.cli.edit", "restore", "posterior sampling from a measurement: inpaint, super_res, deblur"),
+    "make_inputs": ("guided_diffusion.cli.make_inputs", "main", "example inputs for the editing commands: digits, a mask, 4x4 and blurred copies"),
     "tune_steps": ("guided_diffusion.cli.tune", "tune_steps",
                    "tune a step grid for a model, classifier, scale and sampler (use it with --step_grid FILE.json)"),
 }

@@ -36,7 +36,7 @@ from guided_diffusion.editing.job import (
     Restore,
     checkpoint_configs,
 )
-from guided_diffusion.editing.run import psnr_summary, run_edit, save_edit
+from guided_diffusion.editing.run import load_networks, psnr_summary, run_edit, save_edit
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.atomic import directory_write_problem
 from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
@@ -157,11 +157,12 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
         raise _flag_error(exc) from None
     if job.bf16:
         warn_if_bf16_is_slow(device)
+    networks = load_networks(job, device)  # weights that do not fit stop here, before log.txt exists
     logs.configure(dir=args.out_dir)
     if task.stochastic and args.seed is None:
         logs.log(f"seed: {job.seed} (pass --seed {job.seed} to make the same edits again)")
     logs.log(f"{job.describe()}: {job.num_images} images on {distributed.get_world_size()} rank(s)...")
-    result = run_edit(job, device=device, progress=args.progress)
+    result = run_edit(job, networks=networks, progress=args.progress)
     if result is not None:
         for path in save_edit(job, result, logs.get_dir()):
             logs.log(f"saving {path}")
