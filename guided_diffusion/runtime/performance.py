@@ -15,17 +15,20 @@ def optimize_model(
     channels_last: bool = False,
     compile: bool = False,
     compile_mode: str | None = None,
+    compile_backend: str = "inductor",
 ) -> torch.nn.Module:
     """Prepare a UNet or classifier for fast execution and return it (compiled models are wrappers).
 
     channels_last: NHWC weights; convolution outputs follow the weights' layout, so inputs need no change.
     compile: torch.compile with static shapes; "reduce-overhead" also captures CUDA graphs on GPU, while
     "max-autotune" searches kernels. Compilation happens on the first call for each input shape.
+    compile_backend: torch.compile's backend; "eager" only traces (seconds, for tests of the compiled path).
     """
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     if compile:
-        model = torch.compile(model, mode=compile_mode, dynamic=False)  # type: ignore[assignment]  # a Module wrapper
+        mode = compile_mode if compile_backend == "inductor" else None  # modes are inductor's
+        model = torch.compile(model, mode=mode, dynamic=False, backend=compile_backend)  # type: ignore[assignment]  # a Module wrapper
     return model
 
 
