@@ -42,9 +42,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(C)) v for q, k, v of shape [B, heads, T, C]."""
     if _BACKEND == "sdpa":
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # PyTorch's fused CPU kernel gains nothing from bfloat16 (measured at the 64x64 model's
-            # shapes it ran no faster than float32, and its backward slower); two bfloat16 GEMMs do,
-            # with the softmax still accumulated in float32 inside the kernel.
+            # PyTorch's fused CPU kernel gains nothing from bfloat16: at the 64x64 model's shapes it ran
+            # no faster than in float32 and slower than two bfloat16 GEMMs, its backward most of all.
+            # The softmax between them still accumulates in float32 inside its kernel.
             weight = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
             return torch.matmul(torch.softmax(weight, dim=-1), v)
         return F.scaled_dot_product_attention(q, k, v)
