@@ -90,8 +90,8 @@ def bf16_slowness(device: torch.device | str) -> str | None:
     if bf16_is_native(device):
         return None
     what = "this CPU has no bfloat16 instructions (AVX512-BF16, AMX or Arm BF16)" if device.type == "cpu" \
-        else f"{device.type} device {device} has no native bfloat16 arithmetic"
-    return f"--bf16 will be slower than float32: {what}, so PyTorch emulates bfloat16; leave --bf16 off"
+        else f"{device} has no native bfloat16 arithmetic"
+    return f"bfloat16 (--bf16) will be slower than float32 here: {what}, so PyTorch emulates it; leave it off"
 
 
 def warn_if_bf16_is_slow(device: torch.device | str) -> bool:
