@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -62,10 +63,15 @@ def test_image_sample_writes_the_original_npz_and_a_grid(ckpt, tmp_path):
     assert labels.dtype == np.int64 and labels.shape == (5,) and ((0 <= labels) & (labels < 10)).all()
     assert images.std() > 0 and len({images[i].tobytes() for i in range(5)}) == 5
     grid = np.asarray(Image.open(out / "samples_5x8x8x3.png"))
-    zoom = 22  # 3 columns of 8 pixels, enlarged by the smallest whole factor that reaches 512 pixels
-    assert grid.shape == (2 * 8 * zoom, 3 * 8 * zoom, 3) and grid.shape[1] >= 512
-    assert np.array_equal(grid[:8 * zoom, 8 * zoom:16 * zoom][::zoom, ::zoom], images[1])  # nearest neighbour
-    assert np.array_equal(grid[zoom - 1::zoom, zoom - 1::zoom][:8, 8:16], images[1])
+    rows = [np.flatnonzero(labels == c) for c in sorted(set(labels.tolist()))]  # one row per class
+    cols = max(len(row) for row in rows)
+    zoom = math.ceil((512 - cols - 1) / (cols * 8))  # the smallest whole factor that reaches 512 pixels, borders included
+    size = 8 * zoom + 1  # an image and its 1-pixel border
+    assert grid.shape == (len(rows) * size + 1, cols * size + 1, 3) and grid.shape[1] >= 512
+    first = rows[-1][0]  # the first sample of the last class, at the start of the last row
+    top = 1 + (len(rows) - 1) * size
+    assert np.array_equal(grid[top:top + 8 * zoom:zoom, 1:1 + 8 * zoom:zoom], images[first])  # nearest neighbour
+    assert np.array_equal(grid[top + zoom - 1:top + 8 * zoom:zoom, zoom::zoom][:8, :8], images[first])
     assert (out / "log.txt").is_file()
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 

@@ -3,6 +3,7 @@ ranks, with the same seed giving the same images at batch sizes 1 and 4; and the
 one-line errors for bad input (nothing written, no traceback)."""
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 import sys
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers import (
     CFG,
     CLASSIFIER,
@@ -68,14 +68,13 @@ def test_every_sampler_on_every_grid_cli_equals_api_at_batch_sizes_1_and_4(ckpt,
 
 def test_api_job_is_the_cli_job(ckpt, pipe, tmp_path):
     """Equality by construction: both build the same SamplingJob (fingerprints agree, paths included)."""
-    from guided_diffusion.cli.sample import _build_parser, _parse, job_from_flags
+    from guided_diffusion.cli.sample import prepare_job
 
     argv = shlex.split(GUIDED) + ["--model_path", str(ckpt["uncond"]), "--classifier_path", str(ckpt["classifier"]),
                                   "--classifier_scale", "2", "--sampler", "heun", "--steps", "10", "--step_grid",
                                   "karras", "--s_churn", "0.5", "--guidance_interval", "0,30", "--num_samples", "4",
                                   "--batch_size", "4", "--seed", "3"]
-    args, explicit = _parse(_build_parser("classifier_sample"), argv)
-    cli_job = job_from_flags("classifier_sample", args, explicit, torch.device("cpu"), seed=3)
+    cli_job = dataclasses.replace(prepare_job("classifier_sample", argv).job, seed=3)
     api_job = pipe.job(4, sampler="heun", steps=10, step_grid="karras", s_churn=0.5, guidance_interval=(0.0, 30.0),
                        guidance_scale=2.0, seed=3, batch_size=4)
     assert cli_job.fingerprint() == api_job.fingerprint()
@@ -257,10 +256,32 @@ def test_small_images_make_a_grid_at_least_512_pixels_wide(tmp_path):
     rng = np.random.default_rng(0)
     tiny = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     grid = np.asarray(Image.open(save_grid(tmp_path / "tiny.png", tiny)))
-    assert grid.shape == (512, 512, 3)  # 2 x 2 images of 8 pixels, x32
-    assert np.array_equal(grid[::32, ::32][:8, 8:16], tiny[1]) and np.array_equal(grid[31::32, 31::32][8:, :8], tiny[2])
+    assert grid.shape == (515, 515, 3)  # 2 x 2 images of 8 pixels, x32, with 1-pixel borders
+    def tile(row: int, col: int, offset: int = 0) -> np.ndarray:  # every 32nd pixel of one enlarged image
+        top, left = 1 + row * 257 + offset, 1 + col * 257 + offset
+        return grid[top:top + 256 - offset:32, left:left + 256 - offset:32]
+
+    assert np.array_equal(tile(0, 1), tiny[1]) and np.array_equal(tile(1, 0, offset=31), tiny[2])
+    assert (grid[0] == grid[0, 0]).all() and (grid[:, 257] == grid[0, 0]).all() and grid[0, 0, 0] > 128  # light borders
     large = rng.integers(0, 256, (4, 300, 300, 3), dtype=np.uint8)
-    assert Image.open(save_grid(tmp_path / "large.png", large)).size == (600, 600)  # wide enough already
+    assert Image.open(save_grid(tmp_path / "large.png", large)).size == (603, 603)  # wide enough already
+
+
+def test_grids_put_one_class_per_row_and_leave_no_black_filler(tmp_path):
+    from PIL import Image
+
+    images = np.zeros((5, 8, 8, 3), dtype=np.uint8)  # black images: the background must not be black
+    labels = np.array([7, 2, 7, 7, 2])
+    grid = np.asarray(Image.open(save_grid(tmp_path / "classes.png", images + np.arange(5)[:, None, None, None],
+                                           labels)))
+    zoom = 22  # 3 columns: ceil((512 - 4) / 24)
+    size = 8 * zoom + 1
+    assert grid.shape == (2 * size + 1, 3 * size + 1, 3)
+    row_of_2 = [int(grid[1, 1 + k * size, 0]) for k in range(2)]
+    row_of_7 = [int(grid[1 + size, 1 + k * size, 0]) for k in range(3)]
+    assert row_of_2 == [1, 4] and row_of_7 == [0, 2, 3]  # class 2 first, each row in sample order
+    empty = grid[1:size, 1 + 2 * size:3 * size]  # the place class 2's short row leaves
+    assert (empty == grid[0, 0]).all() and grid[0, 0, 0] > 128
 
 
 def test_api_upsample_equals_super_res_sample(ckpt, tmp_path):

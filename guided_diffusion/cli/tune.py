@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from guided_diffusion.cli import sample as sampling_cli
+from guided_diffusion.cli import flag_message
+from guided_diffusion.cli.sample import fetch_checkpoints, prepare_job
+from guided_diffusion.cli.sample_flags import build_parser
 from guided_diffusion.diffusion.grids import grid_file_document
 from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.atomic import atomic_write_bytes, directory_write_problem
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import mix_seed, random_labels
-from guided_diffusion.sampling.runner import guidance_for, load_network
+from guided_diffusion.sampling.networks import guidance_for, load_networks
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.sampling.tuning import WARMUP_STREAM, tune_grid
 
@@ -31,7 +33,7 @@ COMMAND = "classifier_sample"  # whose flags tune_steps takes
 
 def tune_steps(argv: list[str]) -> int:
     """Tune a grid and write it to --out; one line per stage, the result and the command to use it."""
-    parser = sampling_cli._build_parser(COMMAND)
+    parser = build_parser(COMMAND)
     parser.prog = "guided-diffusion tune_steps"
     parser.description = ("Tune the --steps levels of --sampler for this model, classifier and scale against a fine "
                           "reference solution (classifier_sample's flags, plus the ones below).")
@@ -43,7 +45,8 @@ def tune_steps(argv: list[str]) -> int:
                        help="levels of the reference DDIM solution on the karras grid (default: 250)")
     group.add_argument("--max_trials", type=int, default=200,
                        help="runs of the sampler while refining the grid (default: 200)")
-    args, explicit = sampling_cli._parse(parser, argv)
+    prepared = prepare_job(COMMAND, argv, parser)  # checks every flag and file; writes nothing
+    args = prepared.args
     if args.steps is None:
         raise UserError("pass --steps K: the number of levels to tune")
     if args.sampler is None:
@@ -61,26 +64,19 @@ def tune_steps(argv: list[str]) -> int:
                              ("max_trials", args.max_trials, 1)):
         if value < low:
             raise UserError(f"--{name} must be at least {low}, got {value}")
-    to_fetch = sampling_cli._apply_preset(COMMAND, parser, args, explicit)
-    sampling_cli._check_checkpoints_exist(args, to_fetch)
-    sampling_cli._apply_saved_config(parser, args, explicit)
-    distributed.setup_dist()
     device = distributed.dev()
     seed = args.seed if args.seed is not None else 0
-    job = sampling_cli.job_from_flags(COMMAND, args, explicit, device, seed=seed)
+    job = prepared.job
     if args.reference_steps <= args.steps:
         raise UserError(f"--reference_steps ({args.reference_steps}) must exceed --steps ({args.steps})")
-    sampling_cli._checkpoint_paths(args, to_fetch, job.settings.progress)
+    job = fetch_checkpoints(job, prepared.to_fetch, job.settings.progress)
     begin = time.perf_counter()
 
     def say(text: str) -> None:
         print(f"tune_steps [{time.perf_counter() - begin:5.0f} s]: {text}", flush=True)
 
-    say(f"loading {args.model_path} and {args.classifier_path}")
-    model = load_network(job.model, args.model_path, device, channels_last=job.channels_last)
-    classifier = load_network(job.classifier, args.classifier_path, device, channels_last=job.channels_last) \
-        if job.guided else None
-    model_fn, cond_fn = guidance_for(job, model, classifier)
+    say(f"loading {job.model_path} and {job.classifier_path}")
+    model_fn, cond_fn = guidance_for(job, load_networks(job, device))
     fixed = job.class_labels
     label_seed = mix_seed(seed, WARMUP_STREAM, 1)
 
@@ -97,12 +93,12 @@ def tune_steps(argv: list[str]) -> int:
                            warmup=args.warmup, seed=seed, reference_levels=args.reference_steps,
                            max_trials=args.max_trials, device=device, log=say)
     except SettingError as exc:
-        raise UserError(sampling_cli.flag_message(exc)) from None
+        raise UserError(flag_message(exc)) from None
     document = grid_file_document(
         result.sigmas, sampler=job.settings.sampler, classifier_scale=job.classifier_scale,
         guidance_interval=job.settings.guidance_interval, guidance_schedule=job.settings.guidance_schedule,
-        guidance_scaling=job.settings.guidance_scaling, model_path=str(args.model_path),
-        classifier_path=str(args.classifier_path), warmup=args.warmup, warmup_seed=seed,
+        guidance_scaling=job.settings.guidance_scaling, model_path=job.model_path,
+        classifier_path=job.classifier_path, warmup=args.warmup, warmup_seed=seed,
         reference=f"ddim, {args.reference_steps} karras levels", distance=round(result.distance, 4),
         start_distance=round(result.start_distance, 4), trials=result.trials,
         model_evaluations=result.evaluations, command=shlex.join(["guided-diffusion", "tune_steps", *argv]),

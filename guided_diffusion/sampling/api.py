@@ -16,12 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig, config_from_dict
-from guided_diffusion.config.presets import PRESETS, Preset, get_preset, parse_flag_string
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
+from guided_diffusion.config.flags import (
+    classifier_defaults,
+    model_and_diffusion_defaults,
+    sr_model_and_diffusion_defaults,
+)
+from guided_diffusion.config.presets import PRESETS, Preset, get_preset, parse_flag_string, preset_for_file
+from guided_diffusion.config.resolve import Resolved, resolve_network
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.sampling.job import SamplingJob, array_digest, check_low_res, fp16_runs_on, sampling_job
-from guided_diffusion.sampling.runner import draw_samples, guidance_for, load_network
-from guided_diffusion.weights.checkpoints import preset_network_config, read_config_json
+from guided_diffusion.sampling.networks import Networks, load_network
+from guided_diffusion.sampling.run import run
+from guided_diffusion.weights.checkpoints import inspect_checkpoint
 from guided_diffusion.weights.fetch import fetch
 
 __all__ = ["Pipeline", "load_pipeline"]
@@ -160,43 +167,61 @@ class Pipeline:
         )
 
     def _draw(self, job: SamplingJob, low_res: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        model_fn, cond_fn = guidance_for(job, self.model, self.classifier)
-        result = draw_samples(job, model_fn, cond_fn, self.device, low_res=low_res, split_over_ranks=False)
+        result = run(job, networks=Networks(self.model, self.classifier), device=self.device, low_res=low_res,
+                     split_over_ranks=False, progress=job.settings.progress)
         assert result is not None  # not split over ranks: every process gets its samples
         return result
 
 
 _SETTINGS_ARGS = {"seed", "sampler", "eta", "dynamic_threshold", "clip_denoised", "progress"}
 _JOB_FIELDS = {"cfg_scale", "batch_size", "start_index", "low_res_digest"}
+# Every setting of each kind of network at the original's defaults (what a flag string may set).
+_DEFAULTS = {"diffusion": model_and_diffusion_defaults, "superres": sr_model_and_diffusion_defaults,
+             "classifier": classifier_defaults}
+_PRESET_KINDS = {"diffusion": "diffusion", "upsampler": "superres", "classifier": "classifier"}
 
 
 def _is_preset_name(name: str) -> bool:
     return not Path(name).is_file() and Path(name).name.removesuffix(".pt") in PRESETS
 
 
-def _configs_for(source: str, flags: dict[str, Any]) -> tuple[Any, DiffusionConfig, Preset | None]:
-    """(network config, diffusion config, preset or None) for a preset name or a checkpoint path."""
+def _resolve(source: str, flags: dict[str, Any], *, classifier: bool) -> tuple[Resolved, Preset | None, Path | None]:
+    """(resolved settings, preset or None, checkpoint file or None for a preset's own) for a preset name or a
+    checkpoint path: the file is read first (its kind, `inspect_checkpoint`), then the one resolver's
+    precedence applies (defaults < preset < saved config < `flags`)."""
     if _is_preset_name(source):
-        preset = get_preset(Path(source).name)
-        values = {**preset.flags, **flags}
-        return preset_network_config(preset, flags), DiffusionConfig.from_dict(values), preset
-    if not Path(source).is_file():
+        preset = get_preset(Path(source).name, ("classifier",) if classifier else ("diffusion", "upsampler"),
+                            "classifier=" if classifier else "load_pipeline's model")
+        kind = _PRESET_KINDS[preset.kind]
+        return resolve_network(kind, {**_DEFAULTS[kind](), **flags}, flags, preset=preset), preset, None
+    path = Path(source)
+    if not path.is_file():
         raise UserError(f"{source!r} is neither a checkpoint file nor a preset name (see `guided-diffusion presets`)")
-    saved = read_config_json(source)
-    if saved is not None:
-        network, diffusion = config_from_dict(saved)
-        values = {**(diffusion.to_dict() if diffusion else {}), **network.to_dict(), **flags}
-        return type(network).from_dict(values), DiffusionConfig.from_dict(values), None
-    if flags:
-        network_cls = SuperResConfig if "large_size" in flags else ClassifierConfig if "classifier_width" in flags else ModelConfig
-        return network_cls.from_dict(flags), DiffusionConfig.from_dict(flags), None
-    raise UserError(f"no config saved with {source}: pass flags='--image_size 64 ...' (the flags it was trained with)")
+    if classifier:
+        kind = inspect_checkpoint(path, expected="classifier").kind
+    else:
+        kind = inspect_checkpoint(path).kind
+        if kind == "classifier":
+            raise UserError(f"{source} is a classifier checkpoint; pass it as classifier=, with a diffusion model first")
+        if kind not in ("diffusion", "superres"):
+            inspect_checkpoint(path, expected="diffusion")  # raises: names what the file is instead
+    released = preset_for_file(path)
+    own = released if released is not None and _PRESET_KINDS[released.kind] == kind else None  # a released file
+    resolved = resolve_network(kind, {**_DEFAULTS[kind](), **flags}, flags, preset=own, checkpoint=path)
+    if own is None and not flags and not resolved.filled_from("checkpoint"):
+        example = "--image_size 64 --classifier_depth 4" if classifier else "--image_size 64 ..."
+        raise UserError(f"no config saved with {source}: pass {'classifier_' if classifier else ''}flags='{example}' "
+                        "(the flags it was trained with)")
+    return resolved, own, path
 
 
 def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16: bool | None, bf16: bool,
-                  progress: bool, channels_last: bool = False):
-    network_config, diffusion_config, preset = _configs_for(source, flags)
-    path = fetch(preset, progress=progress) if preset is not None else Path(source)
+                  progress: bool, channels_last: bool = False, *, classifier: bool = False
+                  ) -> tuple[torch.nn.Module, ModelConfig | ClassifierConfig, DiffusionConfig, Preset | None, str]:
+    resolved, preset, checkpoint = _resolve(source, flags, classifier=classifier)
+    network_config, diffusion_config = resolved.network(), resolved.diffusion()
+    path = fetch(preset, progress=progress) if checkpoint is None and preset is not None else checkpoint
+    assert path is not None  # a checkpoint file, or a preset's fetched one
     use_fp16_flag = "classifier_use_fp16" if isinstance(network_config, ClassifierConfig) else "use_fp16"
     requested = getattr(network_config, use_fp16_flag) if fp16 is None else fp16
     network_config = network_config.replace(**{use_fp16_flag: fp16_runs_on(device, requested, bf16=bf16)})
@@ -204,9 +229,13 @@ def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16
     return network, network_config, diffusion_config, preset, str(path)
 
 
+def _flag_dict(flags: str | dict[str, Any] | None) -> dict[str, Any]:
+    return parse_flag_string(flags) if isinstance(flags, str) else dict(flags or {})
+
+
 def load_pipeline(
-    preset_or_path: str | os.PathLike,
-    classifier: str | os.PathLike | None = None,
+    preset_or_path: str | os.PathLike[str],
+    classifier: str | os.PathLike[str] | None = None,
     *,
     device: str | torch.device | None = None,
     flags: str | dict[str, Any] | None = None,
@@ -217,20 +246,21 @@ def load_pipeline(
     progress: bool = True,
 ) -> Pipeline:
     """Load a released checkpoint by preset name (downloaded into the cache when missing) or a checkpoint
-    file (its architecture from the config saved with it, or from `flags`).
+    file (its kind read from the file; its architecture from the config saved with it, or from `flags`).
 
     classifier: None, "auto" (the preset's README classifier and scale), a classifier preset name, or a
-    path. flags / classifier_flags: overrides, as a dict or a README-style flag string. use_fp16: None
-    follows the checkpoint's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead;
-    channels_last: NHWC memory layout for the convolutions (a GPU option; same results).
+    path. flags / classifier_flags: overrides, as a dict or a README-style flag string (the classifier's
+    are classifier settings: "--image_size 64 --classifier_depth 4"). Settings resolve as
+    `config.resolve` says: defaults < preset < saved config < these flags. use_fp16: None follows the
+    preset's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead; channels_last:
+    NHWC memory layout for the convolutions (a GPU option; same results). A file of the wrong kind, or
+    weights that do not fit the settings, is a one-line UserError naming the setting to change.
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source = os.fspath(preset_or_path)
-    model_flags = parse_flag_string(flags) if isinstance(flags, str) else dict(flags or {})
     model, model_config, diffusion_config, preset, model_path = _load_network(
-        source, model_flags, device, use_fp16, bf16, progress, channels_last)
-    if isinstance(model_config, ClassifierConfig):
-        raise UserError(f"{source} is a classifier; pass it as classifier=, with a diffusion model first")
+        source, _flag_dict(flags), device, use_fp16, bf16, progress, channels_last)
+    assert isinstance(model_config, ModelConfig)  # _resolve refuses a classifier as the model
 
     classifier_net, cls_config, classifier_path, scale = None, None, "", 1.0
     if classifier is not None:
@@ -239,11 +269,11 @@ def load_pipeline(
             if preset is None or preset.classifier is None:
                 raise UserError("classifier='auto' needs a diffusion preset that has a README classifier")
             classifier_source, scale = preset.classifier, preset.classifier_scale
-        cls_flags = parse_flag_string(classifier_flags) if isinstance(classifier_flags, str) else dict(classifier_flags or {})
-        classifier_net, cls_config, _, _, classifier_path = _load_network(
-            classifier_source, cls_flags, device, use_fp16, bf16, progress, channels_last)
-        if not isinstance(cls_config, ClassifierConfig):
-            raise UserError(f"{classifier_source} is not a classifier checkpoint")
+        classifier_net, loaded, _, _, classifier_path = _load_network(
+            classifier_source, _flag_dict(classifier_flags), device, use_fp16, bf16, progress, channels_last,
+            classifier=True)
+        assert isinstance(loaded, ClassifierConfig)  # resolved as a classifier
+        cls_config = loaded
     return Pipeline(
         model, model_config, diffusion_config, device=device, classifier=classifier_net, classifier_config=cls_config,
         classifier_scale=scale, default_respacing=preset.timestep_respacing if preset is not None else "",

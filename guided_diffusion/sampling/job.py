@@ -1,7 +1,7 @@
 """A sampling job: everything that decides which images a run draws, resolved once and frozen.
 
 The command line, the Python API and the demo all describe their work as a `SamplingJob` and hand it to
-`guided_diffusion.sampling.runner`, so a check on the options lives here and nowhere else. Checks raise
+`guided_diffusion.sampling.run.run`, so a check on the options lives here and nowhere else. Checks raise
 `SettingError` naming the option (a SamplingJob or SamplerSettings field) as `exc.setting`, which the
 command line turns into the flag it came from.
 """
@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
+from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.errors import SettingError, UserError
-from guided_diffusion.sampling.generate import SamplerSettings
+from guided_diffusion.sampling.failures import warn_if_known_failure
 from guided_diffusion.sampling.guidance import check_cfg
+from guided_diffusion.sampling.settings import SamplerSettings
 
 __all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input"]
 
@@ -91,6 +93,33 @@ class SamplingJob:
             raise SettingError("class_labels", "this upsampler is class-conditional: it needs the class of every image")
         # A respacing or a steps grid the schedule cannot take fails here, before any network is loaded.
         self.settings.grid(self.build_diffusion())
+        self._check_steering()
+
+    def _check_steering(self) -> None:
+        """Guidance steering must act: an interval inside the schedule, and on guidance that runs."""
+        steps = self.diffusion.diffusion_steps
+        interval = self.settings.guidance_interval
+        if interval is not None:
+            if not self.guided:
+                raise SettingError("guidance_interval", "guidance_interval steers classifier guidance, which is off "
+                                   "(no classifier, or classifier_scale 0)")
+            if interval[1] > steps - 1:
+                raise SettingError("guidance_interval", f"guidance_interval {interval[0]:g},{interval[1]:g} reaches "
+                                   f"beyond this model's timesteps 0..{steps - 1}: guidance would run only where "
+                                   "the interval overlaps them")
+        for name, default in (("guidance_schedule", "constant"), ("guidance_scaling", "none")):
+            if getattr(self.settings, name) != default and not self.guided:
+                raise SettingError(name, f"{name} {getattr(self.settings, name)} steers classifier guidance, which is "
+                                   "off (no classifier, or classifier_scale 0)")
+        if self.settings.cfg_interval is not None:
+            if self.cfg_scale == 1.0:
+                raise SettingError("cfg_interval", "cfg_interval limits classifier-free guidance, which is off "
+                                   "(cfg_scale 1)")
+            top = (steps - 1) * (1000.0 / steps if self.diffusion.rescale_timesteps else 1.0)
+            if self.settings.cfg_interval[1] > top:
+                lo, hi = self.settings.cfg_interval
+                raise SettingError("cfg_interval", f"cfg_interval {lo:g},{hi:g} reaches beyond this model's "
+                                   f"timesteps 0..{top:g}")
 
     # -- derived facts -------------------------------------------------------------------------------
 
@@ -201,8 +230,11 @@ def sampling_job(
     options = {**(solver_options or {}), **({"eta": eta} if eta is not None else {})}
     settings = SamplerSettings(sampler=sampler, clip_denoised=clip_denoised, steps=steps,
                                dynamic_threshold=dynamic_threshold, progress=progress, **options)
-    return SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
-                       **job_fields)
+    job = SamplingJob(model=model, diffusion=diffusion, settings=settings, seed=seed, num_samples=num_samples,
+                      **job_fields)
+    if distributed.is_main_process():
+        warn_if_known_failure(settings, guided=job.guided)
+    return job
 
 
 def array_digest(array: np.ndarray) -> str:
