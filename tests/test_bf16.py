@@ -22,7 +22,7 @@ from guided_diffusion.runtime.autocast import (
     network_dtype,
     warn_if_bf16_is_slow,
 )
-from guided_diffusion.runtime.performance import optimize_model, prepare_for_bf16
+from guided_diffusion.runtime.performance import prepare_for_bf16
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 
 BF16 = torch.bfloat16
@@ -105,9 +105,14 @@ def test_prepared_networks_run_without_autocast_and_others_under_it():
             GuidedModel(network, class_cond=True, autocast_dtype=BF16)(x, t, y=y)
         hook.remove()
     assert seen == [True, False]
-    # The same check looks through a torch.compile wrapper without compiling anything.
-    assert isinstance(autocast_for(optimize_model(prepared, compile=True), torch.device("cpu"), BF16),
-                      type(autocast_for(prepared, torch.device("cpu"), BF16)))
+    # The check looks through wrappers: torch.compile's (`_orig_mod`) and DDP's (`module`).
+    compiled, parallel = torch.nn.Module(), torch.nn.Module()
+    compiled._orig_mod, parallel.module = prepared, compiled
+    assert network_dtype(parallel) == BF16 and network_dtype(unet) == torch.float32
+    with autocast_for(parallel, torch.device("cpu"), BF16):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_for(unet, torch.device("cpu"), BF16):
+        assert torch.is_autocast_enabled("cpu")
 
 
 def test_guided_model_on_a_prepared_unet_matches_autocast_to_bf16_precision():
