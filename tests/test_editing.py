@@ -45,9 +45,9 @@ from guided_diffusion.editing import (
 )
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.output import save_npz
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.weights.checkpoints import save_checkpoint, write_config_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -157,7 +157,7 @@ def test_bare_progress_and_bf16_run_and_progress_reads_outside_a_terminal(checkp
     argv = [part for part in _base(c, "img2img", tmp_path / "out") if part not in ("--progress", "False")]
     assert _run([*argv, "--seed", "0", "--progress", "--bf16"]) == 0
     err = capsys.readouterr().err
-    assert "5/5 images (100%)" in err and "\r" not in err, err
+    assert "img2img: 5/5 images (100%)" in err and "\r" not in err, err
     assert len(read_samples(tmp_path / "out")[0]) == 5
 
 

@@ -26,7 +26,7 @@ from guided_diffusion.editing import (
 from guided_diffusion.editing.io import load_mask
 from guided_diffusion.editing.run import save_edit
 from guided_diffusion.runtime.errors import SettingError
-from guided_diffusion.sampling.generate import SamplerSettings
+from guided_diffusion.sampling.settings import SamplerSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

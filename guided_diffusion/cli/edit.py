@@ -8,42 +8,31 @@ log.txt exists, so bad input writes nothing. Edit i depends only on (--seed, i) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guided_diffusion.cli import flag_message
+import torch
+
+from guided_diffusion.cli import flag_message, solver_flags
 from guided_diffusion.cli.parsing import OneLineParser, add_bf16_flag, add_progress_flag, progress_enabled
-from guided_diffusion.cli.solver_flags import (
-    add_grid_flags,
-    add_guidance_steering_flags,
-    add_sampler_flags,
-    solver_options,
-)
+from guided_diffusion.cli.resumable import check_out_dir, default_out_dir, run_claimed
 from guided_diffusion.config.flags import str2bool as _bool
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.data.files import ClassMap
+from guided_diffusion.diffusion.stepping import NonFiniteSampleError
+from guided_diffusion.editing import job as edit
 from guided_diffusion.editing.io import load_images, load_mask
-from guided_diffusion.editing.job import (
-    RESTORE_TASKS,
-    EditInputs,
-    EditJob,
-    EditTask,
-    Img2Img,
-    Inpaint,
-    Invert,
-    Restore,
-    checkpoint_configs,
-)
-from guided_diffusion.editing.run import load_networks, psnr_summary, run_edit, save_edit
+from guided_diffusion.editing.run import EditFolder, load_networks, psnr_summary, run_edit
 from guided_diffusion.runtime import distributed, logs
-from guided_diffusion.runtime.atomic import directory_write_problem
 from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import choose_seed
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.job import fp16_runs_on
+from guided_diffusion.sampling.settings import SamplerSettings
 
 __all__ = ["img2img", "inpaint", "invert", "restore"]
 
@@ -61,9 +50,9 @@ def _parser(command: str, description: str, *, sampler_default: str | None, guid
                         help="images: an npz in the sample format (arr_0 uint8 NHWC, optional arr_1 labels), a folder of "
                              "images (class sub-folders give labels) or one image file")
     parser.add_argument("--out_dir", default=None, help="output directory (default: $OPENAI_LOGDIR, else a fresh temp dir)")
-    add_grid_flags(parser, steps_default=50)
+    solver_flags.add_grid_flags(parser, steps_default=50)
     if sampler_default is not None:
-        add_sampler_flags(parser, default=sampler_default, default_text=sampler_default)
+        solver_flags.add_sampler_flags(parser, default=sampler_default, default_text=sampler_default)
     seed_help = ("base seed; edit i depends only on (seed, i) and input i (default: a random seed, printed)" if guidance
                  else argparse.SUPPRESS)  # invert draws no noise: a given --seed is refused in one line
     parser.add_argument("--seed", type=int, default=None, help=seed_help)
@@ -77,7 +66,13 @@ def _parser(command: str, description: str, *, sampler_default: str | None, guid
         parser.add_argument("--classifier_path", default="", help="noisy classifier checkpoint for classifier guidance")
         parser.add_argument("--classifier_scale", type=float, default=1.0,
                             help="classifier guidance scale (needs --classifier_path)")
-    add_guidance_steering_flags(parser, classifier=guidance)
+    solver_flags.add_guidance_steering_flags(parser, classifier=guidance)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out_dir (same flags): finished batches are kept in "
+                             "<output>.partial/ as they complete and only the rest is edited")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="edit again when --out_dir holds this run's finished output (else: nothing to do) or "
+                             "another run's")
     add_progress_flag(parser)
     add_bf16_flag(parser, help="run the networks under bfloat16 autocast (float32 weights)")
     return parser
@@ -99,7 +94,7 @@ def _flag_error(exc: SettingError) -> UserError:
 # -- one run -------------------------------------------------------------------------------------------
 
 
-def _inputs(args: argparse.Namespace, size: int, mask_size: int, with_mask: bool) -> EditInputs:
+def _inputs(args: argparse.Namespace, size: int, mask_size: int, with_mask: bool) -> edit.EditInputs:
     """The --input images (labels from the training run's classes.json for class folders) and --mask."""
     classes = Path(args.model_path).parent / "classes.json"
     try:
@@ -114,17 +109,36 @@ def _inputs(args: argparse.Namespace, size: int, mask_size: int, with_mask: bool
             mask = load_mask(args.mask, len(images), mask_size)
         except ValueError as exc:
             raise SettingError("mask", str(exc)) from None
-    return EditInputs(images, labels, mask)
+    return edit.EditInputs(images, labels, mask)
 
 
-def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callable[[argparse.Namespace, set[str]], EditTask]) -> int:
-    """Check everything, then open the output folder and run the job."""
+def _job(args: argparse.Namespace, typed: set[str], task: edit.EditTask, device: torch.device) -> edit.EditJob:
+    """The flags as an EditJob (seed 0 for now when one is to be chosen: nothing depends on it yet)."""
+    model, diffusion, classifier = edit.checkpoint_configs(args.model_path, getattr(args, "classifier_path", ""))
+    model = model.replace(use_fp16=fp16_runs_on(device, model.use_fp16, bf16=args.bf16))
+    if classifier is not None:
+        classifier = classifier.replace(
+            classifier_use_fp16=fp16_runs_on(device, classifier.classifier_use_fp16, bf16=args.bf16))
+    inputs = _inputs(args, model.image_size // edit.input_downsampling(task), model.image_size,
+                     edit.needs_mask(task) or bool(getattr(args, "mask", "")))
+    settings = SamplerSettings(sampler=getattr(args, "sampler", None) or "ddim", steps=args.steps,
+                               progress=progress_enabled(args.progress) and sys.stderr.isatty(), **solver_flags.solver_options(args))
+    guided = bool(getattr(args, "classifier_path", "")) or "classifier_scale" in typed
+    seed = 0 if task.stochastic and args.seed is None else args.seed
+    return edit.EditJob(task=task, inputs=inputs, model=model, diffusion=diffusion, settings=settings, seed=seed,
+                   batch_size=args.batch_size, classifier=classifier,
+                   classifier_scale=args.classifier_scale if guided else 0.0, cfg_scale=args.cfg_scale,
+                   class_labels=_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
+                   classifier_path=getattr(args, "classifier_path", ""))
+
+
+def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callable[[argparse.Namespace, set[str]], edit.EditTask]) -> int:
+    """Check everything (nothing is written before), claim the output folder, then edit, keeping each batch."""
     args = parser.parse_args(argv)
     typed = typed_flags(parser, argv)
-    target = args.out_dir
-    problem = directory_write_problem(target) if target else None
-    if problem is not None:
-        raise UserError(f"--out_dir {target}: {problem}; choose another output directory")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again: pass only one of them")
+    check_out_dir(args.out_dir)
     for flag in ("model_path", "classifier_path", "input", "mask"):
         path = getattr(args, flag, "")
         if path and not Path(path).exists():
@@ -132,46 +146,46 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
     distributed.setup_dist()
     device = distributed.dev()
     try:
-        task = task_of(args, typed)
-        model, diffusion, classifier = checkpoint_configs(args.model_path, getattr(args, "classifier_path", ""))
-        model = model.replace(use_fp16=fp16_runs_on(device, model.use_fp16, bf16=args.bf16))
-        if classifier is not None:
-            classifier = classifier.replace(classifier_use_fp16=fp16_runs_on(device, classifier.classifier_use_fp16,
-                                                                             bf16=args.bf16))
-        downsampling = task.downsampling if isinstance(task, Restore) and not task.simulate else 1
-        with_mask = isinstance(task, Inpaint) or (isinstance(task, Restore) and task.task == "inpaint") or bool(
-            getattr(args, "mask", ""))
-        inputs = _inputs(args, model.image_size // downsampling, model.image_size, with_mask)
-        settings = SamplerSettings(sampler=getattr(args, "sampler", None) or "ddim", steps=args.steps,
-                                   progress=progress_enabled(args.progress) and sys.stderr.isatty(), **solver_options(args))
-        guided = bool(getattr(args, "classifier_path", "")) or "classifier_scale" in typed
-        seed = args.seed
-        if task.stochastic and seed is None:
-            seed, chosen = choose_seed(None)
-        job = EditJob(task=task, inputs=inputs, model=model, diffusion=diffusion, settings=settings, seed=seed,
-                      batch_size=args.batch_size, classifier=classifier,
-                      classifier_scale=args.classifier_scale if guided else 0.0, cfg_scale=args.cfg_scale,
-                      class_labels=_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
-                      classifier_path=getattr(args, "classifier_path", ""))
+        job = _job(args, typed, task_of(args, typed), device)
     except SettingError as exc:
         raise _flag_error(exc) from None
     if job.bf16:
         warn_if_bf16_is_slow(device)
-    networks = load_networks(job, device)  # weights that do not fit stop here, before log.txt exists
-    logs.configure(dir=args.out_dir)
-    if task.stochastic and args.seed is None:
-        logs.log(f"seed: {job.seed} (pass --seed {job.seed} to make the same edits again)")
-    logs.log(f"{job.describe()}: {job.num_images} images on {distributed.get_world_size()} rank(s)...")
-    result = run_edit(job, networks=networks, progress=args.progress)
-    if result is not None:
-        for path in save_edit(job, result, logs.get_dir()):
-            logs.log(f"saving {path}")
-        if result.psnr is not None:
-            mean, worst = psnr_summary(result.psnr)
-            print(f"round trip (DDIM, {job.levels} steps): PSNR {mean:.2f} dB mean, {worst:.2f} dB worst over "
-                  f"{job.num_images} images")
-    distributed.barrier()
-    return 0
+    networks = load_networks(job, device)  # weights that do not fit stop here, before anything is written
+    out_dir = Path(args.out_dir or default_out_dir())
+    chosen = False
+    if job.task.stochastic:
+        given = args.seed
+        if given is None and args.resume:
+            given = distributed.decide_on_rank0(lambda: EditFolder.interrupted_seed(out_dir, job))
+        seed, chosen = choose_seed(given)
+        job = dataclasses.replace(job, seed=seed)
+    folder = EditFolder(out_dir, job, command=shlex.join(["guided-diffusion", command, *argv]))
+
+    def work() -> int:
+        logs.configure(dir=str(out_dir))
+        if chosen:
+            logs.log(f"seed: {job.seed} (pass --seed {job.seed} to make the same edits again)")
+        if folder.store is not None and folder.resumed_count():
+            logs.log(f"resuming: {folder.resumed_count()} of {job.num_images} images already in {folder.store.directory}")
+        logs.log(f"{job.describe()}: {job.num_images} images on {distributed.get_world_size()} rank(s)...")
+        try:
+            result = run_edit(job, networks=networks, folder=folder, progress=args.progress)
+        except NonFiniteSampleError as exc:
+            kept = f"; finished batches stay in {folder.store.directory}" if folder.store is not None else ""
+            raise UserError(f"editing stopped: {exc} (try a smaller --classifier_scale, --cfg_scale or --dps_scale)"
+                            f"{kept}") from None
+        if result is not None:
+            logs.log(f"saved into {out_dir}: {job.output_name}, its settings in {folder.record_path.name}")
+            if result.psnr is not None:
+                mean, worst = psnr_summary(result.psnr)
+                print(f"round trip (DDIM, {job.levels} steps): PSNR {mean:.2f} dB mean, {worst:.2f} dB worst over "
+                      f"{job.num_images} images")
+        distributed.barrier()
+        return 0
+
+    return run_claimed(command, argv, folder, work, seed=job.seed, resume=args.resume, overwrite=args.overwrite,
+                       unit="images")
 
 
 def _given(args: argparse.Namespace, typed: set[str], *names: str) -> dict[str, Any]:
@@ -195,8 +209,8 @@ def invert(argv: list[str]) -> int:
     parser.add_argument("--write_round_trip", type=_bool, nargs="?", const=True, default=False,
                         help="also write the round-trip images (samples_NxHxWx3.npz and a sheet of input | round trip)")
 
-    def task(args: argparse.Namespace, typed: set[str]) -> EditTask:
-        return Invert(refine=args.refine, round_trip=args.round_trip, keep_round_trip=args.write_round_trip)
+    def task(args: argparse.Namespace, typed: set[str]) -> edit.EditTask:
+        return edit.Invert(refine=args.refine, round_trip=args.round_trip, keep_round_trip=args.write_round_trip)
 
     return _edit("invert", parser, argv, task)
 
@@ -210,8 +224,8 @@ def img2img(argv: list[str]) -> int:
     parser.add_argument("--from_inversion", type=_bool, nargs="?", const=True, default=False,
                         help="start from the images' DDIM inversion to --strength instead of a noised copy")
 
-    def task(args: argparse.Namespace, typed: set[str]) -> EditTask:
-        return Img2Img(strength=args.strength, from_inversion=args.from_inversion)
+    def task(args: argparse.Namespace, typed: set[str]) -> edit.EditTask:
+        return edit.Img2Img(strength=args.strength, from_inversion=args.from_inversion)
 
     return _edit("img2img", parser, argv, task)
 
@@ -236,8 +250,8 @@ def inpaint(argv: list[str]) -> int:
                         help="RePaint: passes over each stretch of --jump_length levels (default: 1, no resampling)")
     _add_dps_scale(parser)
 
-    def task(args: argparse.Namespace, typed: set[str]) -> EditTask:
-        return Inpaint(method=args.method, **_given(args, typed, "jump_length", "jump_n_sample", "dps_scale"))
+    def task(args: argparse.Namespace, typed: set[str]) -> edit.EditTask:
+        return edit.Inpaint(method=args.method, **_given(args, typed, "jump_length", "jump_n_sample", "dps_scale"))
 
     return _edit("inpaint", parser, argv, task)
 
@@ -247,7 +261,7 @@ def restore(argv: list[str]) -> int:
     parser = _parser("restore", "Restoration by diffusion posterior sampling (DPS): the --input images are the "
                      "measurement (masked, downsampled by --factor, or blurred), or with --simulate the clean "
                      "images it is made from.", sampler_default="ddpm")
-    parser.add_argument("--task", choices=RESTORE_TASKS, required=True,
+    parser.add_argument("--task", choices=edit.RESTORE_TASKS, required=True,
                         help="inpaint: fill where --mask is black; super_res: upsample --input by --factor; deblur: "
                              "undo a Gaussian blur of --blur_sigma")
     parser.add_argument("--mask", default="", help="inpaint: PNG or npz mask, white (1) = keep")
@@ -261,8 +275,8 @@ def restore(argv: list[str]) -> int:
                              "(downsample or blur, rounded to uint8) and show original | measurement | restored")
     _add_dps_scale(parser)
 
-    def task(args: argparse.Namespace, typed: set[str]) -> EditTask:
-        return Restore(task=args.task, simulate=args.simulate,
+    def task(args: argparse.Namespace, typed: set[str]) -> edit.EditTask:
+        return edit.Restore(task=args.task, simulate=args.simulate,
                        **_given(args, typed, "factor", "blur_sigma", "blur_size", "dps_scale"))
 
     return _edit("restore", parser, argv, task)

@@ -30,14 +30,14 @@ from guided_diffusion.config.resolve import network_config_class, resolve_networ
 from guided_diffusion.editing.grid import start_points
 from guided_diffusion.editing.repaint import repaint_schedule
 from guided_diffusion.runtime.errors import SettingError
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import check_cfg
 from guided_diffusion.sampling.job import array_digest
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.weights.checkpoints import inspect_checkpoint, read_config_json
 
 __all__ = [
     "EditInputs", "EditJob", "EditTask", "Img2Img", "Inpaint", "Invert", "RESTORE_TASKS", "Restore",
-    "checkpoint_configs",
+    "checkpoint_configs", "input_downsampling", "needs_mask",
 ]
 
 JOB_FORMAT = 1  # bump when the meaning of a stored fingerprint changes
@@ -181,6 +181,16 @@ def _check_dps_scale(scale: float | None) -> None:
 
 
 EditTask = Invert | Img2Img | Inpaint | Restore
+
+
+def needs_mask(task: EditTask) -> bool:
+    """Whether the task reads a keep-mask (inpainting, by RePaint, DPS or restore --task inpaint)."""
+    return isinstance(task, Inpaint) or (isinstance(task, Restore) and task.task == "inpaint")
+
+
+def input_downsampling(task: EditTask) -> int:
+    """How much smaller than the model's images the task's inputs are (a super_res measurement's factor)."""
+    return task.downsampling if isinstance(task, Restore) and not task.simulate else 1
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -367,6 +377,11 @@ class EditJob:
         return len(self.inputs)
 
     @property
+    def num_samples(self) -> int:
+        """The images the job makes (one per input), under sampling's name for it (resumable runs count it)."""
+        return len(self.inputs)
+
+    @property
     def num_classes(self) -> int:
         """Classes of the labels: the model's, or the guiding classifier's for an unconditional model."""
         if not self.model.class_cond and self.classifier is not None:
@@ -389,14 +404,12 @@ class EditJob:
 
     @property
     def needs_mask(self) -> bool:
-        return isinstance(self.task, Inpaint) or (isinstance(self.task, Restore) and self.task.task == "inpaint")
+        return needs_mask(self.task)
 
     @property
     def measurement_downsampling(self) -> int:
         """How much smaller than the model's images the inputs are (super_res without simulate)."""
-        if isinstance(self.task, Restore) and not self.task.simulate:
-            return self.task.downsampling
-        return 1
+        return input_downsampling(self.task)
 
     def trained_diffusion(self) -> Any:
         """The trained (un-respaced) process built from `diffusion`: the edits build their step grids from it."""

@@ -8,6 +8,9 @@ rank 0. Edit i uses only the noise streams of (seed, i) and input i.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +37,18 @@ from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.editing.sdedit import sdedit
 from guided_diffusion.editing.sheet import save_edit_sheet
 from guided_diffusion.runtime import distributed
+from guided_diffusion.runtime.locks import FolderLock
 from guided_diffusion.runtime.rng import SampleNoise
-from guided_diffusion.sampling.generate import BatchStore, gather_in_order
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
-from guided_diffusion.sampling.output import save_samples
-from guided_diffusion.sampling.runner import load_network
+from guided_diffusion.sampling.networks import load_network
+from guided_diffusion.sampling.output import save_record, save_samples
+from guided_diffusion.sampling.ranks import BatchStore, gather_in_order
+from guided_diffusion.sampling.resume import SampleFolder
 from guided_diffusion.sampling.samplers import SAMPLERS
 
 __all__ = [
-    "EditNetworks", "EditResult", "load_networks", "measurement_images", "networks_from_modules", "psnr_summary",
-    "run_edit", "save_edit",
+    "EditFolder", "EditNetworks", "EditResult", "load_networks", "measurement_images", "networks_from_modules", "psnr_summary",
+    "run_edit", "save_edit", "settings_record",
 ]
 
 Batch = tuple[np.ndarray, np.ndarray | None]
@@ -239,32 +244,39 @@ def run_edit(
     *,
     networks: EditNetworks | None = None,
     device: torch.device | None = None,
+    folder: EditFolder | None = None,
     store: BatchStore | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     split_over_ranks: bool = True,
 ) -> EditResult | None:
     """Edit every input image of `job`; returns the result in input order on rank 0 and None on the
     other ranks (split_over_ranks=False: this process edits everything and returns it).
 
     networks: loaded ones (`load_networks`, `networks_from_modules`), else loaded from the job's
-    checkpoint paths onto `device` (default: this rank's). store: where finished batches go as they are
-    gathered (and are skipped when already there). progress: a progress report over the images (the
-    per-step bars follow `job.settings.progress`).
+    checkpoint paths onto `device` (default: this rank's). folder: a claimed `EditFolder`: batches go to
+    its partial store as they finish (those it holds are not edited again) and the finished run's outputs
+    are written there. store: a bare `BatchStore` instead (nothing written at the end). progress: the
+    `--progress` value for the report over the images (False silent; None a bar in a terminal, plain lines
+    outside one); the per-step bars follow `job.settings.progress`.
     """
     if networks is None:
         networks = load_networks(job, device if device is not None else distributed.dev())
     edit = _Edit(job, networks)
-    gathered = gather_in_order(job.num_images, job.batch_size, edit.batch, progress=progress, store=store,
-                               split_over_ranks=split_over_ranks)
+    gathered = gather_in_order(job.num_images, job.batch_size, edit.batch, progress=progress,
+                               store=folder.store if folder is not None else store, split_over_ranks=split_over_ranks,
+                               label=job.task.name)
     if gathered is None:
         return None
     arrays, labels = gathered
     if isinstance(job.task, Invert):
         round_trip = job.task.round_trip
-        return EditResult(images=arrays["round_trip"] if round_trip else None, labels=labels,
-                          latents=np.ascontiguousarray(arrays["latent"]),
-                          psnr=arrays["psnr"] if round_trip else None)
-    return EditResult(images=arrays, labels=labels, measurement=measurement_images(job))
+        result = EditResult(images=arrays["round_trip"] if round_trip else None, labels=labels,
+                            latents=np.ascontiguousarray(arrays["latent"]), psnr=arrays["psnr"] if round_trip else None)
+    else:
+        result = EditResult(images=arrays, labels=labels, measurement=measurement_images(job))
+    if folder is not None:
+        folder.write_outputs(result)
+    return result
 
 
 # -- writing -------------------------------------------------------------------------------------------
@@ -305,6 +317,62 @@ def save_edit(job: EditJob, result: EditResult, out_dir: str | Path, *,
     path = save_samples(out, result.images, result.labels)
     written += [path, save_edit_sheet(path.with_suffix(".png"), _sheet_columns(job, result), text=text)]
     return written
+
+
+def settings_record(job: EditJob, command: str = "") -> dict[str, Any]:
+    """What a finished edit records beside its output: the command line, the settings a person reads first
+    (task and its options, sampler, grid, scales, seed, precision, labels, checkpoints) and the job's full
+    fingerprint (which a rerun compares to tell "nothing to do" from "other settings")."""
+    from guided_diffusion import __version__
+
+    settings = job.settings
+    return {
+        "command": command,
+        "version": __version__,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "task": {"name": job.task.name, **dataclasses.asdict(job.task)},
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "step_grid": settings.step_grid,
+        "solver_options": settings.solver_options,
+        "classifier_scale": job.classifier_scale,
+        "cfg_scale": job.cfg_scale,
+        "seed": job.seed,
+        "num_images": job.num_images,
+        "class_labels": list(job.class_labels) if job.class_labels is not None else None,
+        "bf16": job.bf16,
+        "use_fp16": job.model.use_fp16,
+        "model_path": job.model_path,
+        "classifier_path": job.classifier_path,
+        "job": job.fingerprint(),
+    }
+
+
+class EditFolder(SampleFolder):
+    """An edit's output folder, as sampling's (`sampling.resume.SampleFolder`): its lock naming the live
+    process, the finished batches kept in `<output>.partial/` as they complete (so a stopped run resumes),
+    "nothing to do" when the finished output of this very job is there; `write_outputs` writes the
+    settings record (`<output>.json`), the outputs with the settings in the sheet's text chunks
+    (`save_edit`), and drops the partial batches. The output npz (written last) means "finished"."""
+
+    def __init__(self, directory: str | Path, job: EditJob, *, command: str = ""):
+        super().__init__(directory, job, command=command)
+        self.edit = job
+        self.lock = FolderLock(self.directory, purpose="editing run", advice="choose another --out_dir")
+
+    def _other_interrupted_runs(self) -> list[int]:
+        return []  # an edit's size is its input's: another input is another job, told apart by the fingerprint
+
+    def write_outputs(self, result: EditResult) -> list[Path]:
+        record = settings_record(self.edit, self.command)
+        summary = {key: value for key, value in record.items() if key != "job"}
+        save_record(self.record_path, record)
+        text = {"Software": f"guided-diffusion {record['version']}", "Comment": self.command,
+                "guided-diffusion settings": json.dumps(summary, sort_keys=True, default=str)}
+        written = save_edit(self.edit, result, self.directory, text=text)
+        if self.store is not None:
+            self.store.discard()
+        return [self.record_path, *written]
 
 
 def psnr_summary(values: np.ndarray) -> tuple[float, float]:
