@@ -91,7 +91,6 @@ class DiffusionLike(Protocol):
     def predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor: ...
     def predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor: ...
     def predict_xstart_from_xprev(self, x_t: torch.Tensor, t: torch.Tensor, xprev: torch.Tensor) -> torch.Tensor: ...
-    def model_timesteps(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]: ...
     def timestep_table(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -163,10 +162,11 @@ class Denoiser:
 class DiffusionDenoiser(Denoiser):
     """A model plus the (respaced) `GaussianDiffusion` it samples with, run exactly as the original does.
 
-    On the grid the model sees timesteps through the diffusion's own mapping (original timesteps,
-    rescaled when the diffusion says so), learned-variance channels are dropped, and eps/x0 conversions
-    use the diffusion's helpers, so the arithmetic matches `p_mean_variance` / `condition_score` of the
-    original. Between grid points the model runs at the fractional timestep of the level.
+    On the grid the model and `cond_fn` see the timestep the diffusion's own mapping gives (original
+    timesteps, rescaled when the diffusion says so), learned-variance channels are dropped, and eps/x0
+    conversions use the diffusion's helpers, so the arithmetic matches `p_mean_variance` /
+    `condition_score` of the original. Between grid points the model runs at the fractional timestep of
+    the level.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], diffusion: DiffusionLike):
@@ -188,20 +188,31 @@ class DiffusionDenoiser(Denoiser):
         return torch.full((batch,), level.index, dtype=torch.long, device=device)
 
     def model_time(self, level: Level, batch: int, device: torch.device) -> torch.Tensor:
-        t = self.timestep(level)
-        if self.diffusion.rescale_timesteps:
-            t = t * 1000.0 / getattr(self.diffusion, "original_num_steps", self.diffusion.num_timesteps)
-        return torch.full((batch,), t, dtype=torch.float32, device=device)
+        diffusion = self.diffusion
+        total = getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
+        if level.index is not None:
+            # What the diffusion's own mapping hands the model for grid index k (the original timestep, long
+            # where every step of the map is whole), made on the device directly: looking it up in a device
+            # tensor by a device index costs a host sync per call on a GPU.
+            t = torch.full((batch,), self.timestep(level), dtype=torch.long if self._integral_map() else torch.float32,
+                           device=device)
+            return t.float() * (1000.0 / total) if diffusion.rescale_timesteps else t
+        value = self.timestep(level)
+        if diffusion.rescale_timesteps:
+            value = value * 1000.0 / total
+        return torch.full((batch,), value, dtype=torch.float32, device=device)
+
+    def _integral_map(self) -> bool:
+        if not hasattr(self, "_integral"):
+            timestep_map = getattr(self.diffusion, "timestep_map", None)
+            self._integral = timestep_map is None or all(float(t).is_integer() for t in timestep_map)
+        return self._integral
 
     # -- predictions -----------------------------------------------------------------------------------
 
     def predict(self, x: torch.Tensor, level: Level, model_kwargs: ModelKwargs) -> tuple[torch.Tensor, torch.Tensor]:
         diffusion = self.diffusion
-        if level.index is None:
-            out = self.model(x, self.model_time(level, x.shape[0], x.device), **model_kwargs)
-        else:
-            t = self._index(level, x.shape[0], x.device)
-            out = diffusion.model_timesteps(self.model)(x, t, **model_kwargs)
+        out = self.model(x, self.model_time(level, x.shape[0], x.device), **model_kwargs)
         if diffusion.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE):
             out = out[:, : x.shape[1]]
         if diffusion.model_mean_type == ModelMeanType.EPSILON:
@@ -212,13 +223,6 @@ class DiffusionDenoiser(Denoiser):
             raise ValueError("a model that predicts x_{t-1} can only be sampled on its own steps")
         x0 = diffusion.predict_xstart_from_xprev(x, self._index(level, x.shape[0], x.device), out)
         return x0, self.eps_from_x0(x, level, x0)
-
-    def cond_gradient(self, cond_fn: CondFn, x: torch.Tensor, level: Level, model_kwargs: ModelKwargs) -> torch.Tensor:
-        if level.index is None:
-            return super().cond_gradient(cond_fn, x, level, model_kwargs)
-        # As in the original condition_score, cond_fn sees the original (unspaced, possibly rescaled) t.
-        t = self._index(level, x.shape[0], x.device)
-        return self.diffusion.model_timesteps(cond_fn)(x, t, **model_kwargs).float()
 
     def x0_from_eps(self, x: torch.Tensor, level: Level, eps: torch.Tensor) -> torch.Tensor:
         if level.index is None:

@@ -228,11 +228,6 @@ class GaussianDiffusion:
     predict_xstart_from_xprev = _predict_xstart_from_xprev
     predict_eps_from_xstart = _predict_eps_from_xstart
 
-    def model_timesteps(self, fn):
-        """`fn(x, t, **kwargs)` called with this process's step indices t as the model sees them
-        (rescaled when `rescale_timesteps`); a respaced process also maps them to original timesteps."""
-        return lambda x, t, **kwargs: fn(x, self._scale_timesteps(t), **kwargs)
-
     def timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(original timesteps, alphas_cumprod) of the finest schedule this process knows, ascending."""
         return np.arange(self.num_timesteps, dtype=np.float64), np.asarray(self.alphas_cumprod, dtype=np.float64)

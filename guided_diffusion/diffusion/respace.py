@@ -115,9 +115,6 @@ class SpacedDiffusion(GaussianDiffusion):
     def _scale_timesteps(self, t):
         return t  # the wrapper scales
 
-    def model_timesteps(self, fn):
-        return self._wrap_model(fn)
-
     def timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.timestep_map, dtype=np.float64), np.asarray(self.alphas_cumprod, dtype=np.float64)
 
