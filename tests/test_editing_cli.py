@@ -105,7 +105,8 @@ def test_weights_that_do_not_fit_their_config_stop_before_log_txt_exists(checkpo
     argv = _base(c, "img2img", out)
     assert _run([*argv[:2], str(broken / "model.pt"), *argv[3:], "--seed", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "num_channels" in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --model_path {broken / 'model.pt'} does not fit the config saved with it: checkpoint "
+                          "has num_channels 32: use num_channels 32; fix its config.json") and len(err.splitlines()) == 1, err
     assert not out.exists()
 
 

@@ -26,7 +26,7 @@ from guided_diffusion.data.files import ClassMap
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.editing import job as edit
 from guided_diffusion.editing.io import load_images, load_mask
-from guided_diffusion.editing.run import EditFolder, load_networks, psnr_summary, run_edit
+from guided_diffusion.editing.run import EditFolder, check_networks, psnr_summary, run_edit
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
 from guided_diffusion.runtime.errors import SettingError, UserError
@@ -147,11 +147,11 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
     device = distributed.dev()
     try:
         job = _job(args, typed, task_of(args, typed), device)
+        check_networks(job)  # weights that do not fit their config stop here, before anything is written
     except SettingError as exc:
         raise _flag_error(exc) from None
     if job.bf16:
         warn_if_bf16_is_slow(device)
-    networks = load_networks(job, device)  # weights that do not fit stop here, before anything is written
     out_dir = Path(args.out_dir or default_out_dir())
     chosen = False
     if job.task.stochastic:
@@ -170,7 +170,7 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
             logs.log(f"resuming: {folder.resumed_count()} of {job.num_images} images already in {folder.store.directory}")
         logs.log(f"{job.describe()}: {job.num_images} images on {distributed.get_world_size()} rank(s)...")
         try:
-            result = run_edit(job, networks=networks, folder=folder, progress=args.progress)
+            result = run_edit(job, device=device, folder=folder, progress=args.progress)
         except NonFiniteSampleError as exc:
             kept = f"; finished batches stay in {folder.store.directory}" if folder.store is not None else ""
             raise UserError(f"editing stopped: {exc} (try a smaller --classifier_scale, --cfg_scale or --dps_scale)"

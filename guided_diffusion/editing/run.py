@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from guided_diffusion.config import ClassifierConfig, ModelConfig
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
 from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import model_kwargs_of
@@ -37,6 +38,7 @@ from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.editing.sdedit import sdedit
 from guided_diffusion.editing.sheet import save_edit_sheet
 from guided_diffusion.runtime import distributed
+from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.locks import FolderLock
 from guided_diffusion.runtime.rng import SampleNoise
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
@@ -45,9 +47,10 @@ from guided_diffusion.sampling.output import save_record, save_samples
 from guided_diffusion.sampling.ranks import BatchStore, gather_in_order
 from guided_diffusion.sampling.resume import SampleFolder
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.weights.checkpoints import check_released_flags, diagnose_mismatch, inspect_checkpoint
 
 __all__ = [
-    "EditFolder", "EditNetworks", "EditResult", "load_networks", "measurement_images", "networks_from_modules", "psnr_summary",
+    "EditFolder", "EditNetworks", "EditResult", "check_networks", "load_networks", "measurement_images", "networks_from_modules", "psnr_summary",
     "run_edit", "save_edit", "settings_record",
 ]
 
@@ -66,6 +69,28 @@ class EditNetworks:
     diffusion: Any
     classifier: torch.nn.Module | None
     device: torch.device
+
+
+def check_networks(job: EditJob) -> None:
+    """Raise SettingError (model_path or classifier_path) unless each checkpoint's tensors fit the config it
+    came with, naming the settings that differ; on the "meta" device: nothing is loaded or allocated."""
+    checks: list[tuple[str, str, ModelConfig | ClassifierConfig | None, str]] = [
+        ("model_path", job.model_path, job.model, "diffusion"),
+        ("classifier_path", job.classifier_path, job.classifier if job.guided else None, "classifier")]
+    for setting, path, config, kind in checks:
+        if config is None or not path:
+            continue
+        info = inspect_checkpoint(path, expected=kind)
+        assert info.state is not None  # a network checkpoint always has its tensors
+        with torch.device("meta"):
+            network = config.build()
+        problems = diagnose_mismatch(info.state, network) + check_released_flags(str(path), config.to_dict())
+        if problems:
+            # The settings came from the config saved with the weights, not from flags: say so.
+            text = "; ".join(problems).replace("the flags give", "the config gives").replace(
+                "the flags build", "the config builds").replace("--", "")
+            raise SettingError(setting, f"{setting} {path} does not fit the config saved with it: {text}; fix its "
+                                        "config.json, or use the checkpoint that config describes")
 
 
 def load_networks(job: EditJob, device: torch.device) -> EditNetworks:
