@@ -120,3 +120,13 @@ def test_nothing_under_editing_sees_the_command_line():
         assert "Namespace" not in path.read_text(), path.name
     edit_cli = root.parent / "cli" / "edit.py"
     assert len(edit_cli.read_text().splitlines()) < 300
+
+
+def test_networks_already_in_memory_edit_as_the_loaded_ones(checkpoints):  # noqa: F811
+    from guided_diffusion.editing.run import networks_from_modules
+    from guided_diffusion.sampling.networks import load_network
+
+    job = _job(checkpoints, Img2Img(strength=0.5), seed=7, batch_size=2)
+    model = load_network(job.model, job.model_path, torch.device("cpu"))
+    in_memory = run_edit(job, networks=networks_from_modules(job, model))
+    assert np.array_equal(in_memory.images, run_edit(job, device=torch.device("cpu")).images)

@@ -167,8 +167,8 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
         if chosen:
             logs.log(f"seed: {job.seed} (pass --seed {job.seed} to make the same edits again)")
         if folder.store is not None and folder.resumed_count():
-            logs.log(f"resuming: {folder.resumed_count()} of {job.num_images} images already in {folder.store.directory}")
-        logs.log(f"{job.describe()}: {job.num_images} images on {distributed.get_world_size()} rank(s)...")
+            logs.log(f"resuming: {folder.resumed_count()} of {job.num_samples} images already in {folder.store.directory}")
+        logs.log(f"{job.describe()}: {job.num_samples} images on {distributed.get_world_size()} rank(s)...")
         try:
             result = run_edit(job, device=device, folder=folder, progress=args.progress)
         except NonFiniteSampleError as exc:
@@ -180,7 +180,7 @@ def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callabl
             if result.psnr is not None:
                 mean, worst = psnr_summary(result.psnr)
                 print(f"round trip (DDIM, {job.levels} steps): PSNR {mean:.2f} dB mean, {worst:.2f} dB worst over "
-                      f"{job.num_images} images")
+                      f"{job.num_samples} images")
         distributed.barrier()
         return 0
 

@@ -13,7 +13,6 @@ way, and its finished batches can be kept and resumed (`fingerprint`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import warnings
@@ -373,12 +372,8 @@ class EditJob:
         return self.model.image_size
 
     @property
-    def num_images(self) -> int:
-        return len(self.inputs)
-
-    @property
     def num_samples(self) -> int:
-        """The images the job makes (one per input), under sampling's name for it (resumable runs count it)."""
+        """The images the job makes, one per input (sampling's name for the count, which resumable runs read)."""
         return len(self.inputs)
 
     @property
@@ -421,7 +416,7 @@ class EditJob:
         if not self.with_labels:
             return None
         if self.class_labels is not None:
-            return np.array([self.class_labels[i % len(self.class_labels)] for i in range(self.num_images)], dtype=np.int64)
+            return np.array([self.class_labels[i % len(self.class_labels)] for i in range(self.num_samples)], dtype=np.int64)
         return self.inputs.labels
 
     def output_labels(self) -> np.ndarray | None:
@@ -440,7 +435,7 @@ class EditJob:
         """invert: latents.npz; the others: the sample format's samples_NxHxWx3.npz."""
         if isinstance(self.task, Invert):
             return "latents.npz"
-        return f"samples_{self.num_images}x{self.image_size}x{self.image_size}x3.npz"
+        return f"samples_{self.num_samples}x{self.image_size}x{self.image_size}x3.npz"
 
     def describe(self) -> str:
         """What the run does and costs, in one line for the log."""
@@ -482,10 +477,6 @@ class EditJob:
         for name in ("seed", "batch_size", "classifier_scale", "cfg_scale", "class_labels", "bf16"):
             values[name] = getattr(self, name)
         return dict(json.loads(json.dumps(values, default=str)))
-
-    def fingerprint_digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
-
 
 def _file_identity(path: str) -> list[Any] | None:
     if not path:

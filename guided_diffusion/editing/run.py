@@ -287,7 +287,7 @@ def run_edit(
     if networks is None:
         networks = load_networks(job, device if device is not None else distributed.dev())
     edit = _Edit(job, networks)
-    gathered = gather_in_order(job.num_images, job.batch_size, edit.batch, progress=progress,
+    gathered = gather_in_order(job.num_samples, job.batch_size, edit.batch, progress=progress,
                                store=folder.store if folder is not None else store, split_over_ranks=split_over_ranks,
                                label=job.task.name)
     if gathered is None:
@@ -363,7 +363,7 @@ def settings_record(job: EditJob, command: str = "") -> dict[str, Any]:
         "classifier_scale": job.classifier_scale,
         "cfg_scale": job.cfg_scale,
         "seed": job.seed,
-        "num_images": job.num_images,
+        "num_images": job.num_samples,
         "class_labels": list(job.class_labels) if job.class_labels is not None else None,
         "bf16": job.bf16,
         "use_fp16": job.model.use_fp16,
