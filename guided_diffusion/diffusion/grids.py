@@ -89,7 +89,8 @@ def timestep_of_alphas_cumprod(
     lam_table = _log_snr(table_alphas_cumprod)[::-1]  # ascending log-SNR
     t_table = np.asarray(table_timesteps, dtype=np.float64)[::-1]
     # Beyond the table's ends the nearest trained step is used (np.interp clamps).
-    return np.interp(_log_snr(alphas_cumprod), lam_table, t_table)
+    timesteps: np.ndarray = np.interp(_log_snr(alphas_cumprod), lam_table, t_table)
+    return timesteps
 
 
 def _ve_sigma(abar: float) -> float:
@@ -221,7 +222,8 @@ def guidance_multipliers(grid_alphas_cumprod: np.ndarray) -> np.ndarray:
     prev = np.concatenate([[1.0], abar[:-1]])
     alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
     alpha_prev, sigma_prev = np.sqrt(prev), np.sqrt(1 - prev)
-    return np.abs(alpha_prev * sigma**2 / alpha - sigma_prev * sigma)
+    multipliers: np.ndarray = np.abs(alpha_prev * sigma**2 / alpha - sigma_prev * sigma)
+    return multipliers
 
 
 def saturated_first_step(grid_alphas_cumprod: np.ndarray) -> float | None:

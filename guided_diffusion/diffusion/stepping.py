@@ -60,7 +60,8 @@ class NoiseSource(Protocol):
 
 def progress_bar(items: Iterable[_Item], enabled: bool, desc: str, total: int | None = None) -> Iterable[_Item]:
     """`items`, with a progress bar when `enabled`."""
-    return tqdm(items, desc=desc, leave=False, disable=not enabled, total=total)
+    bar: Iterable[_Item] = tqdm(items, desc=desc, leave=False, disable=not enabled, total=total)
+    return bar
 
 
 def guidance_weight(cond_fn: Callable[..., torch.Tensor] | None, original_t: float) -> float:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,7 +158,7 @@ class Pipeline:
         job_fields = {k: options.pop(k) for k in list(options) if k in _JOB_FIELDS}
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS_ARGS}
         return sampling_job(
-            model=self.model_config, diffusion=self.diffusion_config.replace(timestep_respacing=""),
+            model=self.model_config, diffusion=dataclasses.replace(self.diffusion_config, timestep_respacing=""),
             num_samples=n, steps=steps if isinstance(steps, int) else None, timestep_respacing=respacing,
             classifier=self.classifier_config if self.classifier is not None else None,
             classifier_scale=scale if self.classifier is not None else 0.0,
@@ -222,9 +223,12 @@ def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16
     network_config, diffusion_config = resolved.network(), resolved.diffusion()
     path = fetch(preset, progress=progress) if checkpoint is None and preset is not None else checkpoint
     assert path is not None  # a checkpoint file, or a preset's fetched one
-    use_fp16_flag = "classifier_use_fp16" if isinstance(network_config, ClassifierConfig) else "use_fp16"
-    requested = getattr(network_config, use_fp16_flag) if fp16 is None else fp16
-    network_config = network_config.replace(**{use_fp16_flag: fp16_runs_on(device, requested, bf16=bf16)})
+    if isinstance(network_config, ClassifierConfig):
+        requested = network_config.classifier_use_fp16 if fp16 is None else fp16
+        network_config = dataclasses.replace(network_config, classifier_use_fp16=fp16_runs_on(device, requested, bf16=bf16))
+    else:
+        requested = network_config.use_fp16 if fp16 is None else fp16
+        network_config = dataclasses.replace(network_config, use_fp16=fp16_runs_on(device, requested, bf16=bf16))
     network = load_network(network_config, path, device, channels_last=channels_last)
     return network, network_config, diffusion_config, preset, str(path)
 

@@ -89,7 +89,8 @@ class GuidedModel:
         y = y if self.class_cond else None
         with autocast_for(self.model, x.device, self.autocast_dtype):
             if self.cfg_scale == 1.0 or not self._guides_at(t):
-                return self.model(x, t, y=y, **kwargs).float()
+                plain: torch.Tensor = self.model(x, t, y=y, **kwargs).float()
+                return plain
             assert y is not None and self.null_label is not None  # check_cfg: guidance needs labels and a null label
             null = torch.full_like(y, self.null_label)
             doubled = {name: torch.cat([value, value]) for name, value in kwargs.items()}

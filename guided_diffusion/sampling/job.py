@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,9 @@ class SamplingJob:
     def build_diffusion(self) -> Any:
         """The diffusion given to the sampler: respaced for `timestep_respacing`, else the trained process
         (with settings.steps the samplers build their own grid from it)."""
+        build: Callable[[], Any] = self.diffusion.build  # DiffusionConfig.build is not annotated
         try:
-            return self.diffusion.build()
+            return build()
         except UserError:
             raise  # already names the setting at fault
         except ValueError as exc:
@@ -192,7 +193,8 @@ class SamplingJob:
                 values[field.name] = getattr(self, field.name)
         for name in ("model_path", "classifier_path"):
             values[name] = _file_identity(getattr(self, name))
-        return json.loads(json.dumps(values, default=_jsonable))
+        plain: dict[str, Any] = json.loads(json.dumps(values, default=_jsonable))
+        return plain
 
     def fingerprint_digest(self) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
@@ -222,7 +224,7 @@ def sampling_job(
     Raises SettingError naming the option at fault.
     """
     if timestep_respacing is not None:
-        diffusion = diffusion.replace(timestep_respacing=timestep_respacing)
+        diffusion = dataclasses.replace(diffusion, timestep_respacing=timestep_respacing)
     if steps is not None and diffusion.timestep_respacing:
         raise SettingError("steps", f"steps={steps} and timestep_respacing={diffusion.timestep_respacing!r} both "
                        "choose the steps; give only one")
