@@ -59,6 +59,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     extra.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
                        help="channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)")
     add_bf16_flag(extra, "run the networks under bfloat16 autocast instead of --use_fp16's fp16 weights")
+    if command == "super_res_sample":  # each base image once, unless --num_samples says otherwise
+        parser._option_string_actions["--num_samples"].help = ("samples to draw (default: one per --base_samples "
+                                                               "image; more cycle over them)")
     if command == "image_nll":
         extra.add_argument("--random_flip", type=str2bool, default=False,
                            help="randomly flip the evaluated images (the original always did)")
