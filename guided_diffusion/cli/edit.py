@@ -121,15 +121,16 @@ def _job(args: argparse.Namespace, typed: set[str], task: edit.EditTask, device:
             classifier_use_fp16=fp16_runs_on(device, classifier.classifier_use_fp16, bf16=args.bf16))
     inputs = _inputs(args, model.image_size // edit.input_downsampling(task), model.image_size,
                      edit.needs_mask(task) or bool(getattr(args, "mask", "")))
-    settings = SamplerSettings(sampler=getattr(args, "sampler", None) or "ddim", steps=args.steps,
-                               progress=progress_enabled(args.progress) and sys.stderr.isatty(), **solver_flags.solver_options(args))
+    step_bars = progress_enabled(args.progress) and sys.stderr.isatty()  # outside a terminal: the per-image lines only
+    settings = SamplerSettings(sampler=getattr(args, "sampler", None) or "ddim", steps=args.steps, progress=step_bars,
+                               **solver_flags.solver_options(args))
     guided = bool(getattr(args, "classifier_path", "")) or "classifier_scale" in typed
     seed = 0 if task.stochastic and args.seed is None else args.seed
     return edit.EditJob(task=task, inputs=inputs, model=model, diffusion=diffusion, settings=settings, seed=seed,
-                   batch_size=args.batch_size, classifier=classifier,
-                   classifier_scale=args.classifier_scale if guided else 0.0, cfg_scale=args.cfg_scale,
-                   class_labels=_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
-                   classifier_path=getattr(args, "classifier_path", ""))
+                        batch_size=args.batch_size, classifier=classifier,
+                        classifier_scale=args.classifier_scale if guided else 0.0, cfg_scale=args.cfg_scale,
+                        class_labels=_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
+                        classifier_path=getattr(args, "classifier_path", ""))
 
 
 def _edit(command: str, parser: OneLineParser, argv: list[str], task_of: Callable[[argparse.Namespace, set[str]], edit.EditTask]) -> int:
@@ -277,6 +278,6 @@ def restore(argv: list[str]) -> int:
 
     def task(args: argparse.Namespace, typed: set[str]) -> edit.EditTask:
         return edit.Restore(task=args.task, simulate=args.simulate,
-                       **_given(args, typed, "factor", "blur_sigma", "blur_size", "dps_scale"))
+                            **_given(args, typed, "factor", "blur_sigma", "blur_size", "dps_scale"))
 
     return _edit("restore", parser, argv, task)
