@@ -41,7 +41,9 @@ def test_tiny_check_measures_every_path(gpu_check, tmp_path, capsys):
     assert paths["bf16 + compile"]["psnr_vs_original_db"] == pytest.approx(paths["bf16"]["psnr_vs_original_db"], abs=0.5)
     for name in ("original fp16", "fp16", "bf16"):
         assert paths[name]["largest_batch"]["fits"] == 2 and paths[name]["largest_batch"]["capped"]
-    assert set(data["sections_s"]) == {"build networks", "speed", "host syncs", "largest batch", "compile"}
+    sections = set(data["sections_s"])
+    assert {"build networks", "speed", "host syncs", "largest batch"} <= sections
+    assert any(name.startswith("compile") for name in sections)
     printed = capsys.readouterr().out
     assert "| path | images/s |" in printed and all(f"| {name} |" in printed for name in gpu_check.PATHS)
 
