@@ -115,10 +115,10 @@ def _inputs(args: argparse.Namespace, size: int, mask_size: int, with_mask: bool
 def _job(args: argparse.Namespace, typed: set[str], task: edit.EditTask, device: torch.device) -> edit.EditJob:
     """The flags as an EditJob (seed 0 for now when one is to be chosen: nothing depends on it yet)."""
     model, diffusion, classifier = edit.checkpoint_configs(args.model_path, getattr(args, "classifier_path", ""))
-    model = model.replace(use_fp16=fp16_runs_on(device, model.use_fp16, bf16=args.bf16))
+    model = dataclasses.replace(model, use_fp16=fp16_runs_on(device, model.use_fp16, bf16=args.bf16))
     if classifier is not None:
-        classifier = classifier.replace(
-            classifier_use_fp16=fp16_runs_on(device, classifier.classifier_use_fp16, bf16=args.bf16))
+        classifier = dataclasses.replace(
+            classifier, classifier_use_fp16=fp16_runs_on(device, classifier.classifier_use_fp16, bf16=args.bf16))
     inputs = _inputs(args, model.image_size // edit.input_downsampling(task), model.image_size,
                      edit.needs_mask(task) or bool(getattr(args, "mask", "")))
     step_bars = progress_enabled(args.progress) and sys.stderr.isatty()  # outside a terminal: the per-image lines only
