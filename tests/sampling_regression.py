@@ -3,7 +3,7 @@
 The cases: two tiny random-weight ADM models (cosine and linear schedule, learned sigma, 50 steps; the
 cosine one class-conditional), a tiny random-weight noisy classifier (scale 2 guidance), samplers `ddpm`
 on the full grid and on a 10-step respacing, `ddim` on `ddim25` with eta 0 and 0.7, each guided and
-unguided, each drawn through `sampling.generate.draw` (per-sample seeds) and through the compatibility
+unguided, each drawn through `sampling.draw.draw` (per-sample seeds) and through the compatibility
 loops `GaussianDiffusion.p_sample_loop` / `ddim_sample_loop` (global generator).
 
 Regenerate (only when an intended change of the samples is agreed; the file is the regression baseline):
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from helpers import randomise_zero_layers
 
-from guided_diffusion.sampling.generate import SamplerSettings, draw
+from guided_diffusion.sampling.draw import draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.script_util import (
     create_classifier,
     create_model_and_diffusion,

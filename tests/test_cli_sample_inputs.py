@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     CLASSIFIER,
     COND,
@@ -249,3 +250,13 @@ def test_config_saved_as_a_run_directorys_classifier_section_is_used(ckpt, tmp_p
     assert run("classifier_sample", UNCOND, out, "--model_path", str(ckpt["uncond"]), "--classifier_path",
                str(run_dir / "classifier.pt"), *FAST, "--classifier_scale", "1") == 0
     assert "classifier_depth" in (out / "log.txt").read_text()
+
+
+def test_device_is_a_flag_and_a_missing_device_is_one_line(ckpt, tmp_path, capsys):
+    assert run("image_sample", COND, tmp_path / "cpu", "--model_path", str(ckpt["cond"]), *FAST, "--device", "cpu") == 0
+    if not torch.cuda.is_available():
+        assert run("image_sample", COND, tmp_path / "o", "--model_path", str(ckpt["cond"]), *FAST, "--device", "cuda") == 2
+        one_line_error(capsys, "--device", "cpu")
+        assert not (tmp_path / "o").exists()
+    assert run("image_sample", COND, tmp_path / "o", "--model_path", str(ckpt["cond"]), *FAST, "--device", "tpu9") == 2
+    one_line_error(capsys, "--device")

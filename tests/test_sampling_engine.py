@@ -13,9 +13,10 @@ from helpers import CountingModel, randomise_zero_layers, tiny_adm
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
 from guided_diffusion.diffusion.grids import GRIDS
 from guided_diffusion.runtime.errors import SettingError
-from guided_diffusion.sampling.generate import SamplerSettings, draw
+from guided_diffusion.sampling.draw import draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS, ddim
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.script_util import create_classifier
 
 CPU = torch.device("cpu")

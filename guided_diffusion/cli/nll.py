@@ -12,7 +12,7 @@ import torch
 
 from guided_diffusion.cli.parsing import progress_enabled
 from guided_diffusion.cli.sample_flags import build_parser
-from guided_diffusion.cli.sample_job import check_out_dir, flag_error, precision, resolve_flags
+from guided_diffusion.cli.sample_job import check_out_dir, flag_error, precision, resolve_flags, sampling_device
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.data.files import list_image_files
@@ -46,7 +46,7 @@ def image_nll(argv: list[str]) -> int:
     paths = list_image_files(args.data_dir)
     progress = progress_enabled(args.progress)
     distributed.setup_dist()
-    device = distributed.dev()
+    device = sampling_device(args.device)
     try:
         model_config = ModelConfig.from_flags(flags).replace(use_fp16=precision(flags, device)["use_fp16"])
         model_config.validate()

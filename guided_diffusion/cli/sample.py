@@ -18,10 +18,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from guided_diffusion.cli import nll
 from guided_diffusion.cli import presets as preset_commands
 from guided_diffusion.cli.sample_flags import build_parser
-from guided_diffusion.cli.sample_job import Inputs, check_inputs, check_out_dir, job_from_flags, resolve_flags
+from guided_diffusion.cli.sample_job import (
+    Inputs,
+    check_inputs,
+    check_out_dir,
+    job_from_flags,
+    resolve_flags,
+    sampling_device,
+)
 from guided_diffusion.config.presets import Preset
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
@@ -80,6 +89,7 @@ class Prepared:
     to_fetch: dict[str, Preset]
     args: argparse.Namespace
     from_checkpoint: list[str]
+    device: torch.device
 
 
 def prepare_job(command: str, argv: list[str], parser: argparse.ArgumentParser | None = None) -> Prepared:
@@ -95,7 +105,7 @@ def prepare_job(command: str, argv: list[str], parser: argparse.ArgumentParser |
     check_out_dir(args.out_dir)
     inputs = check_inputs(command, resolution.flags)
     distributed.setup_dist()
-    device = distributed.dev()
+    device = sampling_device(args.device)
     job = job_from_flags(command, resolution.flags, typed, device, seed=args.seed if args.seed is not None else 0,
                          inputs=inputs)
     for flag, config, kind in (("model_path", job.model, "superres" if job.is_upsampler else "diffusion"),
@@ -107,7 +117,7 @@ def prepare_job(command: str, argv: list[str], parser: argparse.ArgumentParser |
                 raise UserError(f"--{flag}: {exc}") from None
     if job.bf16 and distributed.is_main_process():
         warn_if_bf16_is_slow(device)
-    return Prepared(job, inputs, resolution.to_fetch, args, resolution.from_checkpoint)
+    return Prepared(job, inputs, resolution.to_fetch, args, resolution.from_checkpoint, device)
 
 
 def fetch_checkpoints(job: SamplingJob, to_fetch: dict[str, Preset], progress: bool) -> SamplingJob:
@@ -142,7 +152,7 @@ def _sample(command: str, argv: list[str]) -> int:
                 return 0
             logs.configure(dir=str(out_dir))
             _log_start(job, prepared.from_checkpoint, chosen, folder)
-            run(job, low_res=inputs.base[0] if inputs.base is not None else None,
+            run(job, device=prepared.device, low_res=inputs.base[0] if inputs.base is not None else None,
                 init_noise=inputs.init_noise[0] if inputs.init_noise is not None else None, folder=folder,
                 progress=args.progress)
             if distributed.is_main_process():

@@ -56,6 +56,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                             "(default: a random seed, printed)")
     extra.add_argument("--out_dir", default=None, help="output directory (default: $OPENAI_LOGDIR, else a fresh temp dir)")
     add_progress_flag(extra)
+    extra.add_argument("--device", default="auto",
+                       help="auto (this rank's GPU when CUDA is available, else Apple's MPS, else the CPU), cpu, cuda, "
+                            "cuda:N or mps")
     extra.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
                        help="channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)")
     add_bf16_flag(extra, "run the networks under bfloat16 autocast instead of --use_fp16's fp16 weights")

@@ -36,7 +36,7 @@ from guided_diffusion.sampling.job import (
 )
 
 __all__ = ["Resolution", "resolve_flags", "Inputs", "check_inputs", "check_out_dir", "job_from_flags", "flag_error",
-           "precision"]
+           "precision", "sampling_device"]
 
 # Job options whose flag is not simply --<option>.
 _FLAG_OF_SETTING = {"low_res": "--base_samples", "low_res_digest": "--base_samples", "init_noise": "--init_noise",
@@ -169,6 +169,14 @@ def check_inputs(command: str, flags: Mapping[str, Any]) -> Inputs:
             raise UserError(f"--init_noise: {exc}; pass the latents.npz written by `guided-diffusion invert`") from None
         inputs.init_noise = latents.numpy(), labels
     return inputs
+
+
+def sampling_device(name: str) -> torch.device:
+    """The --device to compute on (`runtime.distributed.resolve_device`); a name this machine lacks is one line."""
+    try:
+        return distributed.resolve_device(name)
+    except SettingError as exc:
+        raise UserError(flag_message(exc)) from None
 
 
 def flag_error(command: str, exc: SettingError) -> UserError:

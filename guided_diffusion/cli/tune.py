@@ -18,7 +18,6 @@ from guided_diffusion.cli import flag_message
 from guided_diffusion.cli.sample import fetch_checkpoints, prepare_job
 from guided_diffusion.cli.sample_flags import build_parser
 from guided_diffusion.diffusion.grids import grid_file_document
-from guided_diffusion.runtime import distributed
 from guided_diffusion.runtime.atomic import atomic_write_bytes, directory_write_problem
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import mix_seed, random_labels
@@ -64,7 +63,7 @@ def tune_steps(argv: list[str]) -> int:
                              ("max_trials", args.max_trials, 1)):
         if value < low:
             raise UserError(f"--{name} must be at least {low}, got {value}")
-    device = distributed.dev()
+    device = prepared.device
     seed = args.seed if args.seed is not None else 0
     job = prepared.job
     if args.reference_steps <= args.steps:
