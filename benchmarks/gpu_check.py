@@ -60,7 +60,7 @@ from guided_diffusion.weights.checkpoints import preset_network_config
 
 MODEL, CLASSIFIER = "256x256_diffusion", "256x256_classifier"
 BASELINE = "original fp16"
-PATHS = (BASELINE, "fp16", "bf16", "bf16 + compile")
+PATHS = (BASELINE, "fp16", "fp16 NCHW", "bf16", "bf16 NCHW", "bf16 + compile", "bf16 NCHW + compile")
 # Tiny mode: the released layouts (learned sigma, scale-shift norm, resblock up/down, attention pooling,
 # the 64-channel heads' slicing) at a size a CPU samples in well under a second.
 TINY_MODEL = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="4",
@@ -210,8 +210,11 @@ def build_paths(args: argparse.Namespace, device: torch.device, report: Report) 
     if clf_fp16:
         clf.convert_to_fp16()
         clf_fast.convert_to_fp16()
+    unet_nchw16, clf_nchw = copy.deepcopy(unet_fast16), copy.deepcopy(clf_fast)  # SDPA, the original's layout
     unet_fast16 = optimize_model(unet_fast16, channels_last=True)
     clf_fast = optimize_model(clf_fast, channels_last=True)
+    unet_bf16_nchw = prepare_for_bf16(copy.deepcopy(unet_nchw16).float(), channels_last=False)
+    clf_bf16_nchw = prepare_for_bf16(copy.deepcopy(clf_nchw).float(), channels_last=False)
     report.data["settings"]["networks_built_s"] = round(time.monotonic() - start, 1)
     report.data["settings"]["parameters"] = {"unet": sum(p.numel() for p in unet16.parameters()),
                                              "classifier": sum(p.numel() for p in clf.parameters())}
@@ -226,20 +229,26 @@ def build_paths(args: argparse.Namespace, device: torch.device, report: Report) 
     )
     bf16 = torch.bfloat16
 
-    def compiled() -> Path_:
+    def compiled(nchw: bool = False) -> Path_:
         backend = "eager" if args.tiny else "inductor"  # tiny mode traces only: the same calls in seconds
         wrap = StepMarked if device.type == "cuda" else (lambda m: m)
-        unet = wrap(optimize_model(unet_bf16, compile=True, compile_mode="reduce-overhead", compile_backend=backend))
-        classifier = wrap(optimize_model(clf_bf16, compile=True, compile_mode="reduce-overhead", compile_backend=backend))
+        unet_in, clf_in = (unet_bf16_nchw, clf_bf16_nchw) if nchw else (unet_bf16, clf_bf16)
+        unet = wrap(optimize_model(unet_in, compile=True, compile_mode="reduce-overhead", compile_backend=backend))
+        classifier = wrap(optimize_model(clf_in, compile=True, compile_mode="reduce-overhead", compile_backend=backend))
         return Path_(fast, GuidedModel(unet, class_cond=True, autocast_dtype=bf16),
                      classifier_cond_fn(classifier, scale, autocast_dtype=bf16), "sdpa")
 
     return {
         BASELINE: lambda: Path_(plain, unet16, classifier_cond_fn(clf, scale), "math"),
         "fp16": lambda: Path_(fast, GuidedModel(unet_fast16, class_cond=True), classifier_cond_fn(clf_fast, scale), "sdpa"),
+        "fp16 NCHW": lambda: Path_(fast, GuidedModel(unet_nchw16, class_cond=True), classifier_cond_fn(clf_nchw, scale),
+                                   "sdpa"),
         "bf16": lambda: Path_(fast, GuidedModel(unet_bf16, class_cond=True, autocast_dtype=bf16),
                               classifier_cond_fn(clf_bf16, scale, autocast_dtype=bf16), "sdpa"),
+        "bf16 NCHW": lambda: Path_(fast, GuidedModel(unet_bf16_nchw, class_cond=True, autocast_dtype=bf16),
+                                   classifier_cond_fn(clf_bf16_nchw, scale, autocast_dtype=bf16), "sdpa"),
         "bf16 + compile": compiled,
+        "bf16 NCHW + compile": lambda: compiled(nchw=True),
     }
 
 
@@ -348,6 +357,7 @@ def largest_batch(path: Path_, size: int, device: torch.device, start: int, cap:
     """Largest batch whose guided step fits: doubling from `start` to the first failure or `cap`, then up
     to three bisection probes between the last fit and the first failure."""
     fits, fails, peak = 0, None, None
+    limits: list[str] = []  # errors other than out-of-memory that ended a probe (e.g. a kernel's index range)
 
     def probe(batch: int) -> bool:
         nonlocal peak
@@ -356,9 +366,9 @@ def largest_batch(path: Path_, size: int, device: torch.device, start: int, cap:
         try:
             guided_step(path, noise, labels)
             synchronize(device)
-        except Exception as exc:  # an OOM is the answer; anything else is reported as it is
+        except Exception as exc:  # an OOM is the answer; another error at a batch that large is a limit too
             if not is_oom(exc):
-                raise
+                limits.append(f"{type(exc).__name__} at batch {batch}: {exc}".splitlines()[0][:160])
             del noise, labels
             reset_peak(device)
             return False
@@ -386,7 +396,8 @@ def largest_batch(path: Path_, size: int, device: torch.device, start: int, cap:
         fits = lo
     reset_peak(device)
     return {"fits": fits, "first_failure": fails, "capped": fails is None and fits * 2 > cap,
-            "peak_gib": peak, "probe": "one guided DDIM step (UNet forward + classifier forward and backward)"}
+            "peak_gib": peak, "probe": "one guided DDIM step (UNet forward + classifier forward and backward)",
+            **({"limits": limits} if limits else {})}
 
 
 def psnr_db(images: torch.Tensor, reference: torch.Tensor) -> float:
@@ -405,7 +416,7 @@ def run_check(args: argparse.Namespace, device: torch.device, report: Report) ->
     size = int(report.data["settings"]["image_size"])
     noise, labels = inputs(args.batch, size, device, seed=args.seed)
     wanted = [name for name in PATHS if name in args.paths]
-    eager = [name for name in wanted if name != "bf16 + compile"]
+    eager = [name for name in wanted if not name.endswith("+ compile")]
 
     # Speed: one warm-up run each, then rounds of one run per path, interleaved.
     paths: dict[str, Path_] = {}
@@ -437,9 +448,10 @@ def run_check(args: argparse.Namespace, device: torch.device, report: Report) ->
             report.save()
 
     # Last, as it may take minutes: torch.compile with CUDA graphs, in whatever budget is left.
-    if "bf16 + compile" in wanted:
-        with report.section("compile"):
-            compiled_path(args, device, report, factories, outputs, noise, labels, deadline)
+    for name in wanted:
+        if name.endswith("+ compile"):
+            with report.section(f"compile ({name})"):
+                compiled_path(name, args, device, report, factories, outputs, noise, labels, deadline)
 
 
 def timed_runs(args: argparse.Namespace, device: torch.device, report: Report, factories: dict[str, Callable[[], Path_]],
@@ -483,11 +495,10 @@ def timed_runs(args: argparse.Namespace, device: torch.device, report: Report, f
     return times
 
 
-def compiled_path(args: argparse.Namespace, device: torch.device, report: Report,
+def compiled_path(name: str, args: argparse.Namespace, device: torch.device, report: Report,
                   factories: dict[str, Callable[[], Path_]], outputs: dict[str, torch.Tensor], noise: torch.Tensor,
                   labels: torch.Tensor, deadline: float) -> None:
     """bf16 + torch.compile (CUDA graphs): compile in a first run, then `args.repeats` timed runs."""
-    name = "bf16 + compile"
     entry = report.path(name)
     if not args.tiny and time.monotonic() + args.compile_estimate > deadline:
         entry["skipped"] = f"budget: compiling needs about {args.compile_estimate:.0f} s"

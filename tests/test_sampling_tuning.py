@@ -9,7 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSIFIER, UNCOND, make_checkpoints, one_line_error, randomise_zero_layers, read_samples, run, tiny_adm
+from helpers import (
+    CLASSIFIER,
+    UNCOND,
+    make_checkpoints,
+    one_line_error,
+    randomise_zero_layers,
+    read_samples,
+    run,
+    tiny_adm,
+)
 
 from guided_diffusion.diffusion.grids import grid_file_document, make_grid, read_grid_file
 from guided_diffusion.runtime.errors import SettingError

@@ -41,9 +41,11 @@ def prepare_for_bf16(model: torch.nn.Module, *, channels_last: bool | None = Non
     attention softmax accumulate in float32 inside their kernels. Gradients through the network (the
     classifier's guidance gradient) are bfloat16 inside and float32 at the float32 input.
 
-    channels_last: NHWC layout. None = where it helps: on GPUs (tensor cores), and on a CPU for networks
-    that only run forward (the UNet: 1.06x on this project's AVX512-BF16 CPU); not for a classifier on a
-    CPU, whose guidance gradient runs GroupNorm's backward, 7x slower in NHWC there (torch 2.13).
+    channels_last: NHWC layout. None = where it helps: on a CPU for networks that only run forward (the
+    UNet: 1.06x on this project's AVX512-BF16 CPU); not for a classifier on a CPU, whose guidance gradient
+    runs GroupNorm's backward, 7x slower in NHWC there (torch 2.13); and not on a GPU, where the 256x256
+    ADM-G guided DDIM-25 ran at 0.90x the original in NHWC against 1.31x in NCHW (H200, torch 2.11,
+    benchmarks/gpu_check.py: GroupNorm dominates and is slower in NHWC).
     Call it with the model on the device it will sample on, before `optimize_model(compile=True)`.
     """
     network = unwrap(model)
@@ -54,7 +56,7 @@ def prepare_for_bf16(model: torch.nn.Module, *, channels_last: bool | None = Non
     if channels_last is None:
         device = next(network.parameters()).device
         is_classifier = hasattr(network, "pool")  # EncoderUNetModel: guidance differentiates it
-        channels_last = device.type != "cpu" or not is_classifier
+        channels_last = device.type == "cpu" and not is_classifier
     if channels_last:
         network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     return model
