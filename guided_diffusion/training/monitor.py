@@ -274,16 +274,15 @@ class TrainingMonitor:
         if not self.options.eval_interval or self.rank != 0:
             return
         from guided_diffusion.evaluation.features import feature_extractor_from_spec
+        from guided_diffusion.evaluation.weights import InceptionWeightsUnavailable
 
         with isolated_rng():
             try:
                 self._extractor = feature_extractor_from_spec(self.options.eval_features, device=device,
                                                               batch_size=self.options.eval_batch_size, progress=False,
                                                               inception_weights=self.options.inception_weights or None)
-            except UserError as exc:
-                if self.options.eval_features.strip() == "inception" and not self.options.inception_weights:
-                    raise MissingInceptionWeights("eval_features", f"eval_features 'inception' needs the Inception weights: {exc}") from None
-                raise
+            except InceptionWeightsUnavailable as exc:  # neither cached nor downloadable (a given file is not looked up)
+                raise MissingInceptionWeights("eval_features", f"eval_features 'inception' needs the Inception weights: {exc}") from None
             self._reference = self._load_or_compute_reference()
 
     def _reference_meta(self, files: int) -> str:

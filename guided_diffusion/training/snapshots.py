@@ -25,7 +25,7 @@ import torch
 
 from guided_diffusion.runtime.atomic import atomic_torch_save, file_digest
 from guided_diffusion.runtime.errors import SettingError, UserError
-from guided_diffusion.weights.checkpoints import load_state_dict, read_tensor_file
+from guided_diffusion.weights.checkpoints import load_state_dict, mark_intact, read_tensor_file
 
 STATE_FORMAT = 1
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
@@ -132,8 +132,10 @@ def verify_checkpoint(directory: Path, step: int, check_digests: bool = True) ->
             return None, f"{name} is missing"
         if file.stat().st_size != expected["size"]:
             return None, f"{name} has {file.stat().st_size} bytes, {expected['size']} were written"
-        if check_digests and file_digest(file)[1] != expected["sha256"]:
-            return None, f"{name} does not match its recorded sha256 (corrupt)"
+        if check_digests:
+            if file_digest(file)[1] != expected["sha256"]:
+                return None, f"{name} does not match its recorded sha256 (corrupt)"
+            mark_intact(file, expected["sha256"])  # so loading it next does not hash it a second time
     return record, ""
 
 
