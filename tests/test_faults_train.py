@@ -331,11 +331,11 @@ def test_second_ctrl_c_aborts_in_one_line_with_130(monkeypatch, capsys):
     finally:
         stop.restore()
 
-    def interrupted(args, kind, outcome):
-        outcome.run_dir = Path(args.log_dir) if args.log_dir else None
+    def interrupted(job, *, outcome, **kwargs):
+        outcome.run_dir = Path(job.options.log_dir) if job.options.log_dir else None
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "train_from_flags", interrupted)
+    monkeypatch.setattr(run, "run_training", interrupted)
     assert main(["image_train", "--data_dir", "unused", "--log_dir", "the run"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without a final save" in err[0], err

@@ -18,7 +18,7 @@ from guided_diffusion.config.flags import (
 )
 from guided_diffusion.runtime import logs
 from guided_diffusion.runtime.errors import SettingError, UserError
-from guided_diffusion.training.watch_flags import add_watch_flags, explicit_flags
+from guided_diffusion.training.watch_flags import add_watch_flags
 
 # Flags added by this package to every training subcommand, with defaults that keep the original's
 # behaviour (apart from fixes), and their help text.
@@ -124,6 +124,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+# The kind of network each command trains (`training.job.resolve_training_job`).
+_KIND_OF_COMMAND = {"image_train": "diffusion", "super_res_train": "superres", "classifier_train": "classifier"}
 # Settings whose flag is not `--<setting>`.
 _FLAG_OF_SETTING = {"use_bf16": "--bf16"}
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -157,17 +159,21 @@ def _say(text: str) -> None:
     logs.log_to_files(text)
 
 
-def _run(name: str, kind: str, argv: list[str]) -> int:
-    args = build_parser(name).parse_args(argv)
-    args.explicit_flags = explicit_flags(argv)  # --init_from: which flags override the checkpoint's
+def _run(name: str, argv: list[str]) -> int:
+    """Parse the flags, build the job (`training.job.resolve_training_job`), run it and say how it ended."""
+    parser = build_parser(name)
+    args = parser.parse_args(argv)
+    from guided_diffusion.config.resolve import typed_flags
+    from guided_diffusion.training.job import resolve_training_job
     from guided_diffusion.training.monitor import MissingInceptionWeights
-    from guided_diffusion.training.run import TrainingOutcome, train_from_flags
+    from guided_diffusion.training.run import TrainingOutcome, run_training
     from guided_diffusion.training.rundir import tolerant_console
 
     outcome = TrainingOutcome()
     with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
         try:
-            train_from_flags(args, kind, outcome)
+            job = resolve_training_job(_KIND_OF_COMMAND[name], vars(args), typed_flags(parser, argv))
+            run_training(job, progress=args.progress, keep_logger=True, outcome=outcome)
         except MissingInceptionWeights as exc:
             raise UserError(f"{flag_message(exc)}: give a downloaded copy with --inception_weights PATH, or use "
                             "--eval_features classifier:PATH with one of your classifier checkpoints") from None
@@ -200,14 +206,14 @@ def _run(name: str, kind: str, argv: list[str]) -> int:
 
 def image_train(argv: list[str]) -> int:
     """Train a diffusion model on a folder of images."""
-    return _run("image_train", "image", argv)
+    return _run("image_train", argv)
 
 
 def super_res_train(argv: list[str]) -> int:
     """Train a super-resolution diffusion model (low-res input: area-downsampled training images)."""
-    return _run("super_res_train", "superres", argv)
+    return _run("super_res_train", argv)
 
 
 def classifier_train(argv: list[str]) -> int:
     """Train a (noisy) classifier for classifier guidance."""
-    return _run("classifier_train", "classifier", argv)
+    return _run("classifier_train", argv)

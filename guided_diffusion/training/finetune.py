@@ -1,105 +1,118 @@
-"""`--init_from PRESET_OR_PATH`: a new run that starts from the weights of a released or local
-checkpoint (weights only: the optimizer, step count and EMAs start fresh, the EMAs from these weights).
+"""`init_from`: a new run that starts from the weights of a released or local checkpoint (weights only:
+the optimizer, step count and EMAs start fresh, the EMAs from these weights).
 
-The architecture comes from the checkpoint (config.json beside it, safetensors metadata, or the released
-preset's flags), so architecture flags need not be repeated; an explicitly given architecture flag that
-disagrees is an error. `--num_classes` (and `--class_cond`, `--class_dropout_prob`) may differ: then the
-label embedding, the only layer whose shape depends on them, is initialised afresh and every other
-weight is copied.
+`FineTuneSource.locate` names the checkpoint; `FineTuneSource.settings` resolves the run's network and
+diffusion settings through the one resolver (`config.resolve`: defaults < preset < saved config < typed
+settings), so the architecture comes from the checkpoint (the config saved beside it, or a released
+checkpoint's preset flags) and need not be repeated. A typed architecture setting that disagrees with
+the checkpoint is refused, except the label settings (`LABEL_SETTINGS`): with another number of classes
+(or `class_cond`, `class_dropout_prob`) the label embedding, the only layer whose shape depends on them,
+is initialised afresh and every other weight is copied (`load_initial_weights`).
 """
 from __future__ import annotations
 
-from argparse import Namespace
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from guided_diffusion.config.presets import Preset
+from guided_diffusion.config.presets import PRESETS, Preset, preset_for_file
+from guided_diffusion.config.resolve import ARCHITECTURE, Resolved, resolve_network
 from guided_diffusion.runtime import logs
 from guided_diffusion.runtime.errors import SettingError, UserError
 
-__all__ = ["LABEL_EMBEDDING", "LABEL_FLAGS", "InitWeights", "load_initial_weights", "resolve_init_from"]
+__all__ = ["LABEL_EMBEDDING", "LABEL_SETTINGS", "FineTuneSource", "InitWeights", "load_initial_weights"]
 
 LABEL_EMBEDDING = "label_emb.weight"
-# Flags a fine-tuning run may change: the label layout, and settings that do not change any weight's shape.
-LABEL_FLAGS = ("num_classes", "class_cond", "class_dropout_prob")
-_FREE_FLAGS = LABEL_FLAGS + ("dropout", "use_fp16", "use_checkpoint")
+# Settings a fine-tuning run may change although the weights' config records them: the label layout.
+LABEL_SETTINGS = frozenset({"num_classes", "class_cond", "class_dropout_prob"})
+# The kind of network each kind of released checkpoint holds (`config.resolve.KINDS`).
+_PRESET_KINDS = {"diffusion": "diffusion", "upsampler": "superres", "classifier": "classifier"}
+_WHAT = {"diffusion": "a diffusion model", "superres": "a super-resolution model"}
+_PRESET_WHAT = {"diffusion": "a diffusion model", "upsampler": "an upsampler", "classifier": "a classifier"}
+
+
+@dataclass(frozen=True)
+class FineTuneSource:
+    """The checkpoint a fine-tuning run starts from: `spec` as given (a path or a released preset's name),
+    `preset` when the weights are a released checkpoint's, and `local` the file the user named (None: the
+    preset's own file, fetched into the cache when the weights are first read)."""
+
+    spec: str
+    preset: Preset | None = None
+    local: Path | None = None
+
+    @classmethod
+    def locate(cls, spec: str, kind: str) -> FineTuneSource:
+        """The source `spec` names for a network of `kind` ("diffusion" or "superres"). A local file is read
+        and its kind checked now (a damaged file, pickled code or another kind of network is a one-line
+        SettingError naming init_from); a preset name is checked against the table, not downloaded."""
+        if kind not in _WHAT:
+            raise SettingError("init_from", f"init_from starts {' or '.join(_WHAT.values())} from a checkpoint, not a {kind}")
+        path = Path(spec).expanduser()
+        if path.is_file():
+            from guided_diffusion.weights.checkpoints import inspect_checkpoint
+
+            try:
+                inspect_checkpoint(path, expected=kind)
+            except UserError as exc:
+                raise SettingError("init_from", f"init_from {spec}: {exc}") from None
+            released = preset_for_file(path)
+            return cls(spec, released if released is not None and _PRESET_KINDS[released.kind] == kind else None, path)
+        preset = PRESETS.get(spec.removesuffix(".pt"))
+        if preset is None:
+            raise SettingError("init_from", f"init_from {spec!r} is neither a checkpoint file nor a released preset name")
+        if _PRESET_KINDS[preset.kind] != kind:
+            raise SettingError("init_from", f"init_from {spec}: that preset is {_PRESET_WHAT[preset.kind]}, not {_WHAT[kind]}")
+        return cls(spec, preset, None)
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint file (a preset's place in the cache, whether or not downloaded yet)."""
+        if self.local is not None:
+            return self.local
+        from guided_diffusion.weights.fetch import checkpoint_path
+
+        assert self.preset is not None  # `locate` gives a preset whenever there is no local file
+        return checkpoint_path(self.preset)
+
+    def settings(self, kind: str, values: Mapping[str, Any], typed: Collection[str] = ()) -> Resolved:
+        """The run's settings of a network of `kind` from `values` (every setting the caller has; `typed`
+        the ones the user gave), with the checkpoint's config filling in (`config.resolve.resolve_network`).
+        A typed architecture setting other than the label settings must agree with the checkpoint."""
+        own = resolve_network(kind, values, preset=self.preset, checkpoint=self.path)
+        if self.preset is None and not own.filled_from("checkpoint"):
+            raise SettingError("init_from", f"init_from {self.spec} has no saved config (config.json beside it, or "
+                                            "safetensors metadata) and is not a released checkpoint's file: fine-tuning "
+                                            "takes the architecture from it")
+        for name in sorted((set(typed) & ARCHITECTURE[kind] & set(values)) - LABEL_SETTINGS):
+            if own.sources[name] != "default" and values[name] != own.values[name]:
+                raise SettingError(name, f"{name} {values[name]} disagrees with {self.path.name}'s {own.values[name]}: "
+                                         f"with init_from the architecture comes from the checkpoint (leave {name} unset)")
+        return resolve_network(kind, values, typed, preset=self.preset, checkpoint=self.path)
+
+    def read_weights(self) -> InitWeights:
+        """The checkpoint's weights (a preset's file is downloaded first when missing)."""
+        from guided_diffusion.weights.checkpoints import load_state_dict
+
+        if self.local is not None:
+            path = self.local
+        else:
+            from guided_diffusion.weights.fetch import fetch
+
+            assert self.preset is not None
+            path = fetch(self.preset)
+        return InitWeights(source=str(path), state=load_state_dict(path))
 
 
 @dataclass
 class InitWeights:
-    """The checkpoint a run starts from."""
+    """The weights a run starts from, and the file they came from."""
 
     source: str
     state: dict[str, torch.Tensor]
-
-
-def _checkpoint_file(spec: str) -> tuple[Path, Preset | None]:
-    """(local file, preset or None) for a path or a released preset's name (downloaded when missing)."""
-    from guided_diffusion.config.presets import PRESETS
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path, None
-    name = spec.removesuffix(".pt")
-    if name in PRESETS:
-        from guided_diffusion.weights.fetch import fetch
-
-        preset = PRESETS[name]
-        return fetch(preset), preset
-    raise SettingError("init_from", f"init_from {spec!r} is neither a checkpoint file nor a released preset name")
-
-
-def resolve_init_from(args: Namespace, kind: str) -> InitWeights | None:
-    """For `--init_from`: read the checkpoint, put its architecture (and diffusion settings, when it
-    records them) into `args` so the run builds that network, and return its weights. None without
-    the flag. Flags named in `args.explicit_flags` win for label and training settings; explicit
-    architecture flags must agree with the checkpoint."""
-    spec = getattr(args, "init_from", "") or ""
-    if not spec:
-        return None
-    from guided_diffusion.config import (
-        ClassifierConfig,
-        DiffusionConfig,
-        SuperResConfig,
-    )
-    from guided_diffusion.weights.checkpoints import (
-        config_for_checkpoint,
-        load_state_dict,
-        read_config_json,
-    )
-
-    path, preset = _checkpoint_file(spec)
-    state = load_state_dict(path)
-    network = config_for_checkpoint(path, state)
-    wanted = SuperResConfig if kind == "superres" else None
-    if isinstance(network, ClassifierConfig) or (wanted is not None and not isinstance(network, wanted)) or (
-        wanted is None and isinstance(network, SuperResConfig)
-    ):
-        what = {"superres": "super-resolution model", "image": "diffusion model"}.get(kind, kind)
-        raise SettingError("init_from", f"init_from {spec}: that checkpoint is a {type(network).__name__}, not a {what}")
-    explicit = set(getattr(args, "explicit_flags", set()) or set())
-    for key, value in network.to_dict().items():
-        if key in _FREE_FLAGS and key in explicit:
-            continue
-        if key in explicit and hasattr(args, key) and getattr(args, key) != value:
-            raise SettingError(key, f"{key} {getattr(args, key)} disagrees with {path.name}'s {value}: with init_from the "
-                                    f"architecture comes from the checkpoint (leave {key} unset)")
-        setattr(args, key, value)
-    saved = read_config_json(path)
-    diffusion = None
-    if saved is not None and saved.get("diffusion"):
-        diffusion = DiffusionConfig.from_dict(saved["diffusion"])
-    elif preset is not None:
-        diffusion = DiffusionConfig.from_dict(preset.flags)
-    if diffusion is not None:
-        for key, value in diffusion.to_dict().items():
-            if key == "timestep_respacing" or (key in explicit and key != "learn_sigma"):
-                continue
-            setattr(args, key, value)
-    logs.log(f"init_from {spec}: a new run from the weights of {path} (architecture from the checkpoint; optimizer fresh)")
-    return InitWeights(source=str(path), state=state)
 
 
 def load_initial_weights(model: torch.nn.Module, init: InitWeights) -> list[str]:

@@ -8,6 +8,7 @@ at the end; SIGINT/SIGTERM finish the current step, save and stop.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -27,7 +28,7 @@ from guided_diffusion.data.stream import ImageStream
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.atomic import remove_stale_temp_files
 from guided_diffusion.runtime.autocast import autocast
-from guided_diffusion.runtime.errors import UserError
+from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.logs import ProgressReporter
 from guided_diffusion.runtime.rng import capture_rng_state, per_example_draws, restore_rng_state
 from guided_diffusion.training import snapshots
@@ -75,9 +76,10 @@ class TrainBatch:
         )
 
 
-@dataclass
-class LoopOptions:
-    """Settings of a training run (flag names of the original where they exist)."""
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's settings a run chooses (the original's flag names where they exist): batch, optimizer,
+    EMA rates, how often to log and save, when to stop, reduced precision and clipping."""
 
     batch_size: int = 1
     microbatch: int = -1
@@ -88,14 +90,45 @@ class LoopOptions:
     save_interval: int = 10000
     lr_anneal_steps: int = 0
     iterations: int = 0
-    use_fp16: bool = False
     use_bf16: bool = False
     fp16_scale_growth: float = 1e-3
-    initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE
     min_lg_loss_scale: float = 0.0
     grad_clip: float = 0.0
     sum_microbatch_grads: bool = False
     keep_last: int = 0
+
+    def check(self) -> None:
+        """Raise a SettingError naming the first setting no run can have (the EMA rates are checked by
+        the job, since classifiers keep none)."""
+        for name in ("log_interval", "save_interval"):
+            if getattr(self, name) <= 0:
+                raise SettingError(name, f"{name} must be positive (got {getattr(self, name)})")
+        if self.keep_last < 0:
+            raise SettingError("keep_last", f"keep_last must be 0 (keep all) or positive (got {self.keep_last})")
+        if self.grad_clip < 0:
+            raise SettingError("grad_clip", f"grad_clip must be 0 (off) or positive (got {self.grad_clip})")
+        if self.batch_size < 1:
+            raise SettingError("batch_size", f"batch_size must be at least 1 (got {self.batch_size})")
+        if not math.isfinite(self.fp16_scale_growth) or self.fp16_scale_growth < 0:
+            raise SettingError("fp16_scale_growth", f"fp16_scale_growth must be a finite number >= 0 (got {self.fp16_scale_growth})")
+        if self.iterations < 0:
+            raise SettingError("iterations", "iterations must be 0 (stop at lr_anneal_steps, or never) or a positive step "
+                                             f"count (got {self.iterations})")
+        if self.lr_anneal_steps < 0:
+            raise SettingError("lr_anneal_steps", f"lr_anneal_steps must be 0 (off) or positive (got {self.lr_anneal_steps})")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise SettingError(name, f"{name} must be a finite number >= 0 (got {value})")
+
+
+@dataclass(frozen=True)
+class LoopOptions(LoopSettings):
+    """Everything the loop reads: the run's `LoopSettings` and what the run assembly derives from the
+    network (precision, labels, the upsampler's input size) and from its caller (progress, signals, seed)."""
+
+    use_fp16: bool = False
+    initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE
     class_cond: bool = False
     class_dropout_prob: float = 0.0
     num_classes: int = 1000

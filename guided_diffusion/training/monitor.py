@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ _REFERENCE_ROWS = 10_000  # reference features kept for precision/recall, as the
 _EVAL_STREAM = 0xE7A1  # the metrics' samples use other noise than the grids
 
 
-@dataclass
+@dataclass(frozen=True)
 class WatchOptions:
     """What to watch during a run (flags of `guided_diffusion.training.watch_flags`)."""
 
@@ -61,11 +61,6 @@ class WatchOptions:
     eval_batch_size: int = 64
     inception_weights: str = ""  # a local copy of the Inception weights ("" = the cache, downloaded once)
     max_time: float = 0.0  # hours; 0 = no budget
-
-    @classmethod
-    def from_flags(cls, args: Any) -> WatchOptions:
-        values = vars(args) if not isinstance(args, dict) else args
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def validate(self) -> None:
         """Raise a SettingError naming the setting at fault."""

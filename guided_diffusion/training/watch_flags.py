@@ -7,7 +7,7 @@ import time
 
 from guided_diffusion.config.flags import add_dict_to_argparser
 
-__all__ = ["PROCESS_START", "WATCH_FLAGS", "add_watch_flags", "explicit_flags"]
+__all__ = ["PROCESS_START", "WATCH_FLAGS", "add_watch_flags"]
 
 # When the training command started (this module is imported while its flags are parsed): --max_time
 # counts from here, as a scheduler's wall-time limit does.
@@ -51,11 +51,3 @@ def add_watch_flags(parser: argparse.ArgumentParser, subcommand: str) -> None:
     for action in group._group_actions:
         action.help = WATCH_FLAGS[action.dest][1]
 
-
-def explicit_flags(argv: list[str]) -> set[str]:
-    """Names of the --flags given on the command line (`--name value` or `--name=value`)."""
-    names = set()
-    for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            names.add(token[2:].split("=", 1)[0].replace("-", "_"))
-    return names
