@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guided_diffusion.demo.report import metrics_table
+from guided_diffusion.demo.result import StudyResult
 from guided_diffusion.demo.settings import StudySettings, default_settings, quick_settings
-from guided_diffusion.demo.study import StudyResult, run_study
+from guided_diffusion.demo.study import run_study
 
 __all__ = ["run_demo", "run_study", "StudyResult", "StudySettings", "default_settings", "quick_settings"]
 

@@ -1,5 +1,5 @@
 """Drawing the study's samples: a fixed set of per-sample seeds, every class equally often, with or
-without classifier guidance, through the same job and runner as `classifier_sample` and the Python API."""
+without classifier guidance, through the same job and `sampling.run.run` as `classifier_sample` and the Python API."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import torch
 
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig
 from guided_diffusion.sampling.job import sampling_job
-from guided_diffusion.sampling.runner import draw_samples, guidance_for
+from guided_diffusion.sampling.networks import Networks
+from guided_diffusion.sampling.run import run
 
 __all__ = ["balanced_labels", "sample_images"]
 
@@ -38,7 +39,6 @@ def sample_images(
         progress=progress, batch_size=batch_size, classifier=classifier_config, classifier_scale=scale,
         class_labels=tuple(int(c) for c in labels),
     )
-    model_fn, cond_fn = guidance_for(job, model, classifier)
-    result = draw_samples(job, model_fn, cond_fn, next(model.parameters()).device, split_over_ranks=False)
+    result = run(job, networks=Networks(model, classifier), split_over_ranks=False, progress=progress)
     assert result is not None  # not split over ranks: this process draws every sample
     return result[0]

@@ -6,17 +6,14 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from guided_diffusion.demo.metrics import SettingMetrics
+from guided_diffusion.demo.result import StudyResult
+from guided_diffusion.demo.settings import StudySettings
 from guided_diffusion.runtime.atomic import atomic_write_path
-
-if TYPE_CHECKING:
-    from guided_diffusion.demo.settings import StudySettings
-    from guided_diffusion.demo.study import StudyResult
 
 __all__ = ["setting_name", "write_grid", "write_plot", "write_metrics", "write_report", "metrics_table", "findings"]
 

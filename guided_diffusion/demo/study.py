@@ -6,7 +6,6 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from guided_diffusion.demo.generate import balanced_labels, sample_images
 from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.demo.metrics import Reference, SettingMetrics, score_samples
 from guided_diffusion.demo.report import setting_name, write_grid, write_metrics, write_plot, write_report
+from guided_diffusion.demo.result import StudyResult
 from guided_diffusion.demo.settings import StudySettings
 from guided_diffusion.demo.train import TrainedNetwork, train_network
 from guided_diffusion.runtime.errors import SettingError
@@ -24,26 +24,10 @@ from guided_diffusion.runtime.logs import ProgressReporter
 from guided_diffusion.runtime.rng import mix_seed
 from guided_diffusion.sampling.output import save_npz
 
-__all__ = ["StudyResult", "run_study", "classifier_sample_command"]
+__all__ = ["run_study", "classifier_sample_command"]
 
 # Stage tags keep the seeds of the stages independent of each other.
 _UNET, _GUIDE, _JUDGE = 1, 2, 3
-
-
-@dataclass
-class StudyResult:
-    """What a run produced."""
-
-    out_dir: Path
-    metrics: list[SettingMetrics]
-    seconds: float
-    judge_test_accuracy: float
-    guide_test_accuracy: dict[int, float]
-    command: str
-    num_test_images: int
-    checkpoints: dict[str, Path] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def classifier_sample_command(unet: TrainedNetwork, guide: TrainedNetwork, *, scale: float, sampler: str, respacing: str,

@@ -1,4 +1,5 @@
-"""Training the demo's three networks with the package's own training loop and checkpoint format.
+"""Training the demo's three networks: each is a `TrainingJob` run by `training.run.run_training`, as the
+training commands run theirs, on the digits held in memory.
 
 Each network gets its own run directory holding `config.json` and the loop's checkpoint set
 (`modelNNNNNN.pt`, `ema_RATE_NNNNNN.pt`, `optNNNNNN.pt`, `train_stateNNNNNN.pt`), so the weights load
@@ -13,15 +14,14 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, config_to_dict
-from guided_diffusion.runtime import logs
-from guided_diffusion.runtime.rng import seed_everything
+from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig
 from guided_diffusion.training import snapshots
-from guided_diffusion.training.loop import LoopOptions
-from guided_diffusion.training.trainers import build_trainer
-from guided_diffusion.weights.checkpoints import load_model, write_config_json
+from guided_diffusion.training.ema import parse_ema_rates
+from guided_diffusion.training.job import ClassifierOptions, TrainingJob, TrainingOptions
+from guided_diffusion.training.run import run_training
+from guided_diffusion.weights.checkpoints import load_model
 
-__all__ = ["TrainSpec", "TrainedNetwork", "train_network"]
+__all__ = ["TrainSpec", "TrainedNetwork", "train_network", "training_job"]
 
 # Files a previous demo run left in a run directory; removed first so the directory holds one run.
 _RUN_FILE_PATTERNS = ("model*.pt", "ema_*.pt", "opt*.pt", "train_state*.pt", "config.json", "log.txt", "progress.csv")
@@ -66,41 +66,38 @@ def train_network(
     progress: bool | None,
 ) -> TrainedNetwork:
     """Train a diffusion UNet (ModelConfig) or a classifier (ClassifierConfig) for `spec.steps` steps
-    from `seed`, save its checkpoint set in `run_dir`, and return it reloaded from that checkpoint
-    (the EMA weights for a diffusion model)."""
+    from `seed` on the batches of `data`, as a `TrainingJob` run by `run_training` into `run_dir`, and
+    return it reloaded from its checkpoint (the EMA weights for a diffusion model)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(run_dir)
-    write_config_json(run_dir, config_to_dict(network_config, diffusion_config))
-    is_classifier = isinstance(network_config, ClassifierConfig)
-    seed_everything(seed)  # initial weights, then the loop's timestep and noise draws
-    model = network_config.build()
-    diffusion = diffusion_config.build()
-    options = LoopOptions(
+    job = training_job(network_config, diffusion_config, spec, run_dir=run_dir, seed=seed)
+    # The demo prints its own summary and stops at once on Ctrl-C: log lines go to the run's files only.
+    run_training(job, data=data, progress=progress, console=False, stop_on_signals=False)
+    if job.options.ema_rate:
+        checkpoint = run_dir / snapshots.ema_name(parse_ema_rates(job.options.ema_rate)[0], spec.steps)
+    else:
+        checkpoint = run_dir / snapshots.model_name(spec.steps)
+    trained = load_model(checkpoint)
+    return TrainedNetwork(model=trained.eval(), checkpoint=checkpoint, config=network_config)
+
+
+def training_job(network_config: ModelConfig | ClassifierConfig, diffusion_config: DiffusionConfig, spec: TrainSpec, *,
+                 run_dir: Path, seed: int) -> TrainingJob:
+    """The job of one of the demo's networks: `spec.steps` steps, one checkpoint set at the end, the
+    learning rate annealed linearly to zero when asked, an EMA for a diffusion model that keeps one."""
+    classifier = isinstance(network_config, ClassifierConfig)
+    options = TrainingOptions(
+        log_dir=str(run_dir),
         batch_size=spec.batch_size,
         lr=spec.lr,
         weight_decay=spec.weight_decay,
-        ema_rate="" if is_classifier or spec.ema_rate is None else str(spec.ema_rate),
+        ema_rate="" if classifier or spec.ema_rate is None else str(spec.ema_rate),
         log_interval=max(1, spec.steps // 20),
         save_interval=spec.steps,
         iterations=spec.steps,
-        lr_anneal_steps=spec.steps if spec.anneal_lr and not is_classifier else 0,
-        class_cond=is_classifier,
-        num_classes=network_config.num_classes,
-        progress=progress,
+        lr_anneal_steps=spec.steps if spec.anneal_lr and not classifier else 0,  # a classifier anneals by its own option
         seed=seed,
     )
-    # Loop logs go to log.txt / progress.csv in the run directory; the terminal shows progress bars.
-    with logs.scoped_configure(dir=str(run_dir), format_strs=["log", "csv"]):
-        trainer = build_trainer(
-            network_config, model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir,
-            noised=spec.noised, anneal_lr=spec.anneal_lr,
-        )
-        trainer.prepare_run_dir()
-        trainer.run()
-    if is_classifier or spec.ema_rate is None:
-        checkpoint = run_dir / snapshots.model_name(spec.steps)
-    else:
-        checkpoint = run_dir / snapshots.ema_name(options.ema_rates()[0], spec.steps)
-    trained = load_model(checkpoint)
-    return TrainedNetwork(model=trained.eval(), checkpoint=checkpoint, config=network_config)
+    return TrainingJob(network=network_config, diffusion=diffusion_config, options=options,
+                       classifier_options=ClassifierOptions(noised=spec.noised, anneal_lr=spec.anneal_lr) if classifier else None)
