@@ -257,4 +257,4 @@ def test_demo_stopped_by_a_signal_prints_one_line(sig, code, tmp_path):
     _, err = proc.communicate(timeout=120)
     lines = err.strip().splitlines()
     assert proc.returncode == code, err
-    assert len(lines) == 1 and lines[0].startswith("demo stopped by") and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted by {sig.name}: ") and "Traceback" not in err, err
