@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from guided_diffusion.cli.parsing import progress_enabled
+from guided_diffusion.cli.resumable import check_out_dir
 from guided_diffusion.cli.sample_flags import build_parser
-from guided_diffusion.cli.sample_job import check_out_dir, flag_error, precision, resolve_flags, sampling_device
+from guided_diffusion.cli.sample_job import flag_error, precision, resolve_flags, sampling_device
 from guided_diffusion.config import DiffusionConfig, ModelConfig
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.data.files import list_image_files

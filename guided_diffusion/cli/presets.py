@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from guided_diffusion.cli.parsing import OneLineParser, add_progress_flag, progress_enabled
+from guided_diffusion.config.presets import Preset
 from guided_diffusion.runtime.errors import UserError
 
 __all__ = ["presets", "download"]
@@ -16,7 +17,7 @@ def _human_size(size: int | None) -> str:
     return f"{size / 1024**exponent:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][exponent]}"
 
 
-def _verified_state(preset) -> str:
+def _verified_state(preset: Preset) -> str:
     """Re-hash a cached checkpoint and re-check its layout: 'verified', or 'BAD: reason'."""
     from guided_diffusion.weights.fetch import checkpoint_path, ensure_preset
 

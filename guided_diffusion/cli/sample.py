@@ -4,33 +4,23 @@ Each parses its flags (`cli.sample_flags`), builds one `SamplingJob` (`cli.sampl
 `sampling.run.run`, the function the Python API and the demo call too, with the output folder claimed
 (`sampling.resume.SampleFolder`): finished batches are kept as they complete, SIGINT/SIGTERM keep them
 (one line with the command that resumes, exit 130/143), a full disk does the same (exit 1), a second run
-on a live folder is refused, and a finished run is "nothing to do" unless --overwrite.
+on a live folder is refused, and a finished run is "nothing to do" unless --overwrite (`cli.resumable`,
+shared with the editing commands).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
-import os
 import shlex
-import signal
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from guided_diffusion.cli import nll
 from guided_diffusion.cli import presets as preset_commands
+from guided_diffusion.cli.resumable import check_out_dir, default_out_dir, run_claimed
 from guided_diffusion.cli.sample_flags import build_parser
-from guided_diffusion.cli.sample_job import (
-    Inputs,
-    check_inputs,
-    check_out_dir,
-    job_from_flags,
-    resolve_flags,
-    sampling_device,
-)
+from guided_diffusion.cli.sample_job import Inputs, check_inputs, job_from_flags, resolve_flags, sampling_device
 from guided_diffusion.config.presets import Preset
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
@@ -40,16 +30,15 @@ from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.rng import choose_seed
 from guided_diffusion.sampling.job import SamplingJob
 from guided_diffusion.sampling.networks import check_fits
-from guided_diffusion.sampling.resume import SampleFolder, SamplingInterrupted, stop_on_signals
+from guided_diffusion.sampling.resume import SampleFolder
 from guided_diffusion.sampling.run import run
 
 __all__ = ["image_sample", "classifier_sample", "super_res_sample", "build_parser", "Prepared", "prepare_job",
-           "fetch_checkpoints", "resume_command"]
+           "fetch_checkpoints"]
 
 _build_parser = build_parser  # the name tests/helpers.py imports
 # cli.SUBCOMMANDS still names this module for these three; they live in cli/nll.py and cli/presets.py
 image_nll, presets, download = nll.image_nll, preset_commands.presets, preset_commands.download
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def image_sample(argv: list[str]) -> int:
@@ -65,18 +54,6 @@ def classifier_sample(argv: list[str]) -> int:
 def super_res_sample(argv: list[str]) -> int:
     """`guided-diffusion super_res_sample`: upsample `--base_samples`, keeping their order and labels."""
     return _sample("super_res_sample", argv)
-
-
-def resume_command(command: str, argv: list[str], seed: int) -> str:
-    """The command line that continues this run: its own flags with its seed and --resume."""
-    words = [w for w in argv if w != "--overwrite"]
-    if "--seed" not in words and not any(w.startswith("--seed=") for w in words):
-        words += ["--seed", str(seed)]
-    if "--resume" not in words:
-        words.append("--resume")
-    world = distributed.get_world_size()
-    launcher = ["guided-diffusion"] if world == 1 else ["torchrun", "--nproc_per_node", str(world), "-m", "guided_diffusion"]
-    return shlex.join([*launcher, command, *words])
 
 
 @dataclasses.dataclass
@@ -134,57 +111,32 @@ def _sample(command: str, argv: list[str]) -> int:
     prepared = prepare_job(command, argv)
     args, inputs = prepared.args, prepared.inputs
     job = fetch_checkpoints(prepared.job, prepared.to_fetch, prepared.job.settings.progress)
-    out_dir = Path(args.out_dir or _default_out_dir())
+    out_dir = Path(args.out_dir or default_out_dir())
     given_seed = args.seed
     if given_seed is None and args.resume:
         given_seed = distributed.decide_on_rank0(lambda: SampleFolder.interrupted_seed(out_dir, job))
     seed, chosen = choose_seed(given_seed)
     job = dataclasses.replace(job, seed=seed)
     folder = SampleFolder(out_dir, job, command=shlex.join(["guided-diffusion", command, *argv]))
-    claimed = False
-    with stop_on_signals() as received:
+
+    def draw() -> int:
+        logs.configure(dir=str(out_dir))
+        _log_start(job, prepared.from_checkpoint, chosen, folder)
         try:
-            nothing_to_do = distributed.decide_on_rank0(lambda: folder.claim(resume=args.resume, overwrite=args.overwrite))
-            claimed = True
-            if nothing_to_do is not None:
-                if distributed.is_main_process():
-                    print(nothing_to_do)
-                return 0
-            logs.configure(dir=str(out_dir))
-            _log_start(job, prepared.from_checkpoint, chosen, folder)
             run(job, device=prepared.device, low_res=inputs.base[0] if inputs.base is not None else None,
                 init_noise=inputs.init_noise[0] if inputs.init_noise is not None else None, folder=folder,
                 progress=args.progress)
-            if distributed.is_main_process():
-                logs.log(f"saved {folder.npz_path} (grid {folder.grid_path.name}, settings {folder.record_path.name})")
-            distributed.barrier()
-            logs.log("sampling complete")
-            return 0
         except NonFiniteSampleError as exc:
             kept = f"; the {folder.resumed_count()} finished samples stay in {folder.store.directory}" if folder.store else ""
             raise UserError(f"sampling stopped: {exc} (try a smaller --classifier_scale/--cfg_scale, or "
                             f"--dynamic_threshold 0.995){kept}") from None
-        except SamplingInterrupted as stop:
-            return _stopped(command, argv, folder, job.seed, f"interrupted by {signal.Signals(stop.signum).name}", 128 + stop.signum)
-        except OSError as exc:
-            if exc.errno not in _DISK_FULL:
-                raise
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return _stopped(command, argv, folder, job.seed, f"error: disk full{where} ({exc.strerror})", 1, free_space=True)
-        except Exception:
-            signum = received()
-            if signum is None:
-                raise
-            # a collective broken by a stopped peer
-            return _stopped(command, argv, folder, job.seed, f"interrupted by {signal.Signals(signum).name}", 128 + signum)
-        finally:
-            if claimed and distributed.is_main_process():
-                folder.release()
+        if distributed.is_main_process():
+            logs.log(f"saved {folder.npz_path} (grid {folder.grid_path.name}, settings {folder.record_path.name})")
+        distributed.barrier()
+        logs.log("sampling complete")
+        return 0
 
-
-def _default_out_dir() -> str:
-    return os.environ.get("OPENAI_LOGDIR") or distributed.decide_on_rank0(
-        lambda: tempfile.mkdtemp(prefix="guided-diffusion-"))
+    return run_claimed(command, argv, folder, draw, seed=seed, resume=args.resume, overwrite=args.overwrite)
 
 
 def _log_start(job: SamplingJob, from_checkpoint: list[str], chosen: bool, folder: SampleFolder) -> None:
@@ -198,20 +150,3 @@ def _log_start(job: SamplingJob, from_checkpoint: list[str], chosen: bool, folde
     levels = job.settings.steps or job.build_diffusion().num_timesteps  # with --steps: the un-respaced diffusion
     logs.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({levels} levels, "
              f"{job.settings.evaluations(levels)} model evaluations)...")
-
-
-def _stopped(command: str, argv: list[str], folder: SampleFolder, seed: int, what: str, code: int, *,
-             free_space: bool = False) -> int:
-    """One line on rank 0 (what was kept, the command that continues), and the exit code."""
-    if distributed.is_main_process():
-        store = folder.store
-        if store is None:
-            text = f"{what} before sampling started; nothing to keep"
-        else:
-            then = "free some space, then resume" if free_space else "resume"
-            text = (f"{what}: kept {store.count()} of {folder.job.num_samples} samples in {store.directory}; "
-                    f"{then} with: {resume_command(command, argv, seed)}")
-        print(text, file=sys.stderr)
-        logs.log_to_files(text)
-    sys.stderr.flush()
-    return code

@@ -8,7 +8,6 @@ flags, and everything is checked before anything is written.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,6 @@ from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConf
 from guided_diffusion.config.presets import Preset, get_preset
 from guided_diffusion.config.resolve import resolve_network
 from guided_diffusion.runtime import distributed
-from guided_diffusion.runtime.atomic import directory_write_problem
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.sampling.job import (
     SamplingJob,
@@ -35,7 +33,7 @@ from guided_diffusion.sampling.job import (
     sampling_job,
 )
 
-__all__ = ["Resolution", "resolve_flags", "Inputs", "check_inputs", "check_out_dir", "job_from_flags", "flag_error",
+__all__ = ["Resolution", "resolve_flags", "Inputs", "check_inputs", "job_from_flags", "flag_error",
            "precision", "sampling_device"]
 
 # Job options whose flag is not simply --<option>.
@@ -130,15 +128,6 @@ class Inputs:
                  init_noise: tuple[np.ndarray, np.ndarray | None] | None = None):
         self.base = base
         self.init_noise = init_noise
-
-
-def check_out_dir(out_dir: str | None) -> None:
-    target = out_dir or os.environ.get("OPENAI_LOGDIR")
-    if target:
-        problem = directory_write_problem(target)
-        if problem is not None:
-            flag = "--out_dir" if out_dir else "OPENAI_LOGDIR"
-            raise UserError(f"{flag} {target}: {problem}; choose another output directory")
 
 
 def check_inputs(command: str, flags: Mapping[str, Any]) -> Inputs:
