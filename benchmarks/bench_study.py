@@ -35,7 +35,7 @@ from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import SAMPLERS
-from guided_diffusion.sampling.tuning import pixel_rms, tune_grid
+from guided_diffusion.sampling.tuning import pixel_rms, tune_grid, tuning_reference
 from guided_diffusion.weights.checkpoints import load_model, read_config_json
 
 NFES = (4, 6, 8, 10, 12, 15, 20)
@@ -109,13 +109,26 @@ def run(args: argparse.Namespace) -> dict:
                      **study.score(study.reference, False), "seconds": round(time.perf_counter() - t0, 1)}
     print(f"reference: {reference_row}", flush=True)
 
+    done = {}  # rows of an earlier, stopped run of the same study (--rows), by setting
+    rows_path = Path(args.rows)
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["sampler"], row["grid"], row["levels"])] = row
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+
     def record(sampler: str, grid: str, nfe_levels: int, settings: SamplerSettings, deterministic: bool) -> None:
+        if (sampler, grid, nfe_levels) in done:
+            rows.append(done[(sampler, grid, nfe_levels)])
+            return
         start = time.perf_counter()
         images = study.draw(settings)
         row = {"sampler": sampler, "grid": grid, "levels": nfe_levels, "nfe": settings.evaluations(nfe_levels),
                **study.score(images, deterministic), "seconds": round(time.perf_counter() - start, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        with open(rows_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
     deterministic = [s for s in args.solvers.split(",")]
     nfes = [int(v) for v in args.nfe.split(",")]
@@ -126,15 +139,19 @@ def run(args: argparse.Namespace) -> dict:
                 levels = levels_for(nfe, sampler)
                 record(sampler, grid, levels, SamplerSettings(sampler=sampler, steps=levels, step_grid=kind,
                                                               sigma_min=float(sigma_min) if sigma_min else None), True)
+    reference = None  # the tuning reference, shared by every tuned grid of this study
     for sampler in [s for s in args.tune.split(",") if s]:
         for nfe in nfes:
             levels = levels_for(nfe, sampler)
             path = Path(args.grids_dir) / f"{sampler}_{levels}.json"
             if not path.exists():
+                if reference is None:
+                    reference = tuning_reference(study.model, study.diffusion, image_shape=(3, 8, 8),
+                                                 cond_fn=study.cond_fn, labels=lambda idx: np.asarray(idx) % 10,
+                                                 warmup=args.warmup, seed=args.seed)
                 start = time.perf_counter()
                 result = tune_grid(study.model, study.diffusion, sampler=sampler, levels=levels, image_shape=(3, 8, 8),
-                                   cond_fn=study.cond_fn, labels=lambda idx: np.asarray(idx) % 10,
-                                   warmup=args.warmup, seed=args.seed, max_trials=args.max_trials)
+                                   reference=reference, max_trials=args.max_trials)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(grid_file_document(
                     result.sigmas, sampler=sampler, classifier_scale=args.scale, warmup=args.warmup,
@@ -218,6 +235,8 @@ def main() -> None:
     parser.add_argument("--grids_dir", default="benchmarks/results/grids")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/study.json")
+    parser.add_argument("--rows", default="benchmarks/results/study_rows.jsonl",
+                        help="each row as it is measured; a rerun skips the settings already there")
     parser.add_argument("--plot", default="docs/images/study_distance.png")
     parser.add_argument("--replot", action="store_true", help="only redraw the plot and tables from --out")
     args = parser.parse_args()

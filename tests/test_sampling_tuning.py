@@ -24,7 +24,7 @@ from guided_diffusion.diffusion.grids import grid_file_document, make_grid, read
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
-from guided_diffusion.sampling.tuning import _dynamic_programme, tune_grid
+from guided_diffusion.sampling.tuning import _dynamic_programme, tune_grid, tuning_reference
 from guided_diffusion.script_util import create_classifier
 
 GUIDED = f"{UNCOND} {CLASSIFIER}"
@@ -66,6 +66,12 @@ def test_tuning_starts_at_the_top_level_and_never_ends_worse_than_it_began(guide
     assert result.distance <= result.start_distance and result.history == sorted(result.history, reverse=True)
     assert 1 <= result.trials <= 12
     assert result.evaluations == 30 * 6 + result.trials * 4 * 6
+    # A reference computed once serves every sampler and step count, with the same result.
+    shared = tuning_reference(model_fn, diffusion, image_shape=(3, 8, 8), cond_fn=classifier_cond_fn(classifier, 3.0),
+                              labels=lambda idx: np.array(idx) % 10, warmup=6, reference_levels=30)
+    again = tune_grid(model_fn, diffusion, sampler="dpm++2m", levels=4, image_shape=(3, 8, 8), reference=shared,
+                      max_trials=12)
+    assert np.array_equal(again.sigmas, result.sigmas) and again.distance == pytest.approx(result.distance)
 
 
 def test_tuning_refuses_what_it_cannot_tune(guided_model):

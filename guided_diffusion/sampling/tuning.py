@@ -33,7 +33,7 @@ from guided_diffusion.runtime.rng import SampleNoise, mix_seed
 from guided_diffusion.sampling.generate import SamplerSettings, grid_denoiser
 from guided_diffusion.sampling.samplers import SAMPLERS
 
-__all__ = ["TuningResult", "tune_grid", "WARMUP_STREAM", "pixel_rms"]
+__all__ = ["TuningResult", "TuningReference", "tuning_reference", "tune_grid", "WARMUP_STREAM", "pixel_rms"]
 
 WARMUP_STREAM = 0x7475_6E65  # mixed into the seed of warm-up noise ("tune"), apart from every sampling stream
 
@@ -80,6 +80,108 @@ def _dynamic_programme(cost: np.ndarray, final_cost: np.ndarray, levels: int) ->
     return path[::-1]
 
 
+@dataclass
+class TuningReference:
+    """The fine reference a grid is tuned against: warm-up noise, the reference's final images, and the
+    cost of one DDIM step between any two fine levels (shared by every sampler and step count tuned for
+    the same model, guidance and settings)."""
+
+    fine_sigmas: np.ndarray  # ascending
+    batches: list[list[int]]
+    starts: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    model_kwargs: list[dict[str, torch.Tensor]]
+    warm_seed: int
+    cost: np.ndarray
+    final_cost: np.ndarray
+    settings: SamplerSettings
+    cond_fn: CondFn | None
+    evaluations: int
+
+    @property
+    def warmup(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def tuning_reference(
+    model: Callable[..., torch.Tensor],
+    diffusion: Any,
+    *,
+    image_shape: tuple[int, ...],
+    cond_fn: CondFn | None = None,
+    labels: Callable[[list[int]], np.ndarray | None] = lambda indices: None,
+    settings: SamplerSettings | None = None,
+    warmup: int = 256,
+    seed: int = 0,
+    reference_levels: int = 250,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = lambda text: None,
+) -> TuningReference:
+    """Steps 1 and 2 of the module docstring: the reference trajectory and the one-step costs."""
+    if warmup < 1:
+        raise SettingError("warmup", f"warmup must be at least 1, got {warmup}")
+    base = settings or SamplerSettings()
+    device = torch.device(device)
+    table_steps, table = diffusion.timestep_table()
+    fine = make_grid("karras", reference_levels, table, sigma_max=base.sigma_max)
+    fine_denoiser = grid_denoiser(model, diffusion, fine)
+    cond = base.steered(cond_fn, diffusion)
+    common = dict(clip_denoised=base.clip_denoised, threshold=base.sampler_kwargs()["threshold"])
+    indices = list(range(warmup))
+    warm_seed = mix_seed(seed, WARMUP_STREAM)
+    batches = [indices[s:s + batch_size] for s in range(0, warmup, batch_size)]
+    model_kwargs = []
+    for batch in batches:
+        found = labels(batch)
+        model_kwargs.append({} if found is None else
+                            {"y": torch.as_tensor(np.asarray(found), dtype=torch.long, device=device)})
+
+    log(f"reference: ddim on {reference_levels} karras levels, {warmup} warm-up samples")
+    states: list[list[torch.Tensor]] = []
+    predictions: list[list[torch.Tensor]] = []
+    starts: list[torch.Tensor] = []
+    for batch, kwargs in zip(batches, model_kwargs):
+        noise = SampleNoise(warm_seed, batch)
+        x = noise.randn((len(batch), *image_shape), device=device)
+        starts.append(x)
+        walk, preds = [x], []
+        for info in SAMPLERS["ddim"].steps(fine_denoiser, x, noise=noise, cond_fn=cond, model_kwargs=kwargs, **common):
+            preds.append(info["x0"])
+            walk.append(info["x"])
+        states.append(walk)  # walk[m]: the state at fine level n-1-m; the last is the clean image
+        predictions.append(preds)
+    n = reference_levels
+    targets = [walk[-1] for walk in states]
+
+    # GITS: one DDIM step from each reference state to every lower level, against the reference there
+    level = [fine_denoiser.level(k) for k in range(n)]
+    alphas = torch.tensor([lv.alpha for lv in level], dtype=torch.float32, device=device)
+    sigmas = torch.tensor([lv.sigma for lv in level], dtype=torch.float32, device=device)
+    sums = np.zeros((n, n))
+    final = np.zeros(n)
+    for b in range(len(batches)):
+        by_level = torch.stack(states[b][n - 1::-1])  # [j]: the reference state at fine level j
+        for i in range(1, n):
+            m = n - 1 - i
+            x0 = predictions[b][m]
+            eps = fine_denoiser.eps_from_x0(states[b][m], level[i], x0)
+            shape = (i, *([1] * x0.ndim))
+            steps = alphas[:i].view(shape) * x0 + sigmas[:i].view(shape) * eps  # one DDIM step to each j < i
+            sums[i, :i] += (steps - by_level[:i]).pow(2).flatten(1).sum(1).double().cpu().numpy()
+        for i in range(n):
+            x0 = predictions[b][n - 1 - i]
+            final[i] += float((x0.clamp(-1, 1) - targets[b].clamp(-1, 1)).pow(2).sum())
+    scale = 127.5**2 / (warmup * int(np.prod(image_shape)))
+    lower = np.tril(np.ones((n, n), dtype=bool), k=-1)
+    cost = np.full((n, n), np.inf)
+    cost[lower] = np.sqrt(sums[lower] * scale)
+    return TuningReference(
+        fine_sigmas=np.sqrt((1.0 - fine.alphas_cumprod) / fine.alphas_cumprod), batches=batches, starts=starts,
+        targets=targets, model_kwargs=model_kwargs, warm_seed=warm_seed, cost=cost, final_cost=np.sqrt(final * scale),
+        settings=base, cond_fn=cond, evaluations=reference_levels * warmup)
+
+
 def tune_grid(
     model: Callable[..., torch.Tensor],
     diffusion: Any,
@@ -97,85 +199,37 @@ def tune_grid(
     min_gain: float = 0.005,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    reference: TuningReference | None = None,
     log: Callable[[str], None] = lambda text: None,
 ) -> TuningResult:
     """Tune a `levels`-level grid for `sampler` on `model` (trained with `diffusion`), guided by `cond_fn`.
 
     `settings` carries the rest of the sampling choices (clipping, threshold, guidance interval and
     schedule, sampler options, sigma_max of the grid's top). `labels(indices)` gives the classes of
-    warm-up samples. Raises SettingError naming `steps`, `sampler` or `warmup` for requests it cannot tune.
+    warm-up samples. `reference` (from `tuning_reference` with the same arguments) saves recomputing the
+    reference when several samplers or step counts are tuned. Raises SettingError naming `steps`,
+    `sampler` or `warmup` for requests it cannot tune.
     """
     if sampler not in SAMPLERS:
         raise SettingError("sampler", f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     if SAMPLERS[sampler].spec.stochastic:
         raise SettingError("sampler", f"{sampler} draws noise: a grid is tuned against the ODE's solution, "
                            "so tune a deterministic sampler")
-    if not 2 <= levels < reference_levels:
-        raise SettingError("steps", f"steps must be in 2..{reference_levels - 1} to tune, got {levels}")
-    if warmup < 1:
-        raise SettingError("warmup", f"warmup must be at least 1, got {warmup}")
-    base = settings or SamplerSettings(sampler=sampler)
+    if reference is None:
+        if not 2 <= levels < reference_levels:
+            raise SettingError("steps", f"steps must be in 2..{reference_levels - 1} to tune, got {levels}")
+        reference = tuning_reference(model, diffusion, image_shape=image_shape, cond_fn=cond_fn, labels=labels,
+                                     settings=settings, warmup=warmup, seed=seed, reference_levels=reference_levels,
+                                     batch_size=batch_size, device=device, log=log)
+    elif not 2 <= levels < len(reference.fine_sigmas):
+        raise SettingError("steps", f"steps must be in 2..{len(reference.fine_sigmas) - 1} to tune, got {levels}")
+    base = reference.settings
     options: Mapping[str, Any] = base.solver_options if base.sampler == sampler else {}
-    device = torch.device(device)
-    table_steps, table = diffusion.timestep_table()
-    fine = make_grid("karras", reference_levels, table, sigma_max=base.sigma_max)
-    fine_sigmas = np.sqrt((1.0 - fine.alphas_cumprod) / fine.alphas_cumprod)  # ascending
-    fine_denoiser = grid_denoiser(model, diffusion, fine)
-    cond = base.steered(cond_fn, diffusion)
     common = dict(clip_denoised=base.clip_denoised, threshold=base.sampler_kwargs()["threshold"])
-
-    indices = list(range(warmup))
-    warm_seed = mix_seed(seed, WARMUP_STREAM)
-    batches = [indices[s:s + batch_size] for s in range(0, warmup, batch_size)]
-
-    def kwargs_for(batch: list[int]) -> dict[str, torch.Tensor]:
-        found = labels(batch)
-        return {} if found is None else {"y": torch.as_tensor(np.asarray(found), dtype=torch.long, device=device)}
-
-    # 1. the reference trajectory on the fine grid (states at every level, top first)
-    log(f"reference: ddim on {reference_levels} karras levels, {warmup} warm-up samples")
-    states: list[list[torch.Tensor]] = []
-    predictions: list[list[torch.Tensor]] = []
-    starts: list[torch.Tensor] = []
-    for batch in batches:
-        noise = SampleNoise(warm_seed, batch)
-        x = noise.randn((len(batch), *image_shape), device=device)
-        starts.append(x)
-        walk, preds = [x], []
-        for info in SAMPLERS["ddim"].steps(fine_denoiser, x, noise=noise, cond_fn=cond, model_kwargs=kwargs_for(batch),
-                                           **common):
-            preds.append(info["x0"])
-            walk.append(info["x"])
-        states.append(walk)  # walk[m]: the state at fine level n-1-m; the last is the clean image
-        predictions.append(preds)
-    n = reference_levels
-    target = [walk[-1] for walk in states]
-
-    # 2. GITS: one DDIM step from each reference state to every lower level, against the reference
+    table_steps, table = diffusion.timestep_table()
+    fine_sigmas = reference.fine_sigmas
     log("dynamic programming over the fine levels")
-    level = [fine_denoiser.level(k) for k in range(n)]
-    alphas = torch.tensor([lv.alpha for lv in level], dtype=torch.float32, device=device)
-    sigmas = torch.tensor([lv.sigma for lv in level], dtype=torch.float32, device=device)
-    cost = np.full((n, n), np.inf)
-    sums = np.zeros((n, n))
-    final_cost = np.zeros(n)
-    for b in range(len(batches)):
-        by_level = torch.stack(states[b][n - 1::-1])  # [j]: the reference state at fine level j
-        for i in range(1, n):
-            m = n - 1 - i
-            x0 = predictions[b][m]
-            eps = fine_denoiser.eps_from_x0(states[b][m], level[i], x0)
-            shape = (i, *([1] * x0.ndim))
-            steps = alphas[:i].view(shape) * x0 + sigmas[:i].view(shape) * eps  # one DDIM step to each j < i
-            sums[i, :i] += (steps - by_level[:i]).pow(2).flatten(1).sum(1).double().cpu().numpy()
-        for i in range(n):
-            x0 = predictions[b][n - 1 - i]
-            final_cost[i] += float((x0.clamp(-1, 1) - target[b].clamp(-1, 1)).pow(2).sum())
-    scale = 127.5**2 / (warmup * int(np.prod(image_shape)))
-    lower = np.tril(np.ones((n, n), dtype=bool), k=-1)
-    cost[lower] = np.sqrt(sums[lower] * scale)
-    final_cost = np.sqrt(final_cost * scale)
-    programme = _dynamic_programme(cost, final_cost, levels)
+    programme = _dynamic_programme(reference.cost, reference.final_cost, levels)
 
     # 3. refinement on the sampler itself
     trials = 0
@@ -185,15 +239,16 @@ def tune_grid(
         trials += 1
         denoiser = grid_denoiser(model, diffusion, _grid(fine_sigmas[fine_indices], table_steps, table))
         total = 0.0
-        for b, batch in enumerate(batches):
-            out = SAMPLERS[sampler](denoiser, starts[b], noise=SampleNoise(warm_seed, batch), cond_fn=cond,
-                                    model_kwargs=kwargs_for(batch), **common, **options)
-            total += pixel_rms(out, target[b]) ** 2 * len(batch)
-        return float(np.sqrt(total / warmup))
+        for batch, start, target, kwargs in zip(reference.batches, reference.starts, reference.targets,
+                                                reference.model_kwargs):
+            out = SAMPLERS[sampler](denoiser, start, noise=SampleNoise(reference.warm_seed, batch),
+                                    cond_fn=reference.cond_fn, model_kwargs=kwargs, **common, **options)
+            total += pixel_rms(out, target) ** 2 * len(batch)
+        return float(np.sqrt(total / reference.warmup))
 
     current = sorted(programme, reverse=True)
     start_sigmas = fine_sigmas[current]
-    best = start = distance(current)
+    best = first = distance(current)
     history = [best]
     log(f"dynamic programme's grid: RMS {best:.2f} on the warm-up samples; refining")
     for stride in (8, 4, 2, 1):
@@ -213,6 +268,6 @@ def tune_grid(
                         best, current, improved = value, candidate, True
                         history.append(best)
         log(f"stride {stride}: RMS {best:.2f} after {trials} trial runs")
-    per_trial = SAMPLERS[sampler].evaluations(levels) * warmup
-    return TuningResult(sigmas=fine_sigmas[current], distance=best, start_sigmas=start_sigmas, start_distance=start,
-                        trials=trials, evaluations=reference_levels * warmup + trials * per_trial, history=history)
+    per_trial = SAMPLERS[sampler].evaluations(levels) * reference.warmup
+    return TuningResult(sigmas=fine_sigmas[current], distance=best, start_sigmas=start_sigmas, start_distance=first,
+                        trials=trials, evaluations=reference.evaluations + trials * per_trial, history=history)
