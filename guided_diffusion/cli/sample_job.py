@@ -211,6 +211,8 @@ def job_from_flags(command: str, flags: Mapping[str, Any], typed: set[str], devi
         classifier = ClassifierConfig.from_flags(flags).replace(classifier_use_fp16=fp16["classifier_use_fp16"])
     extra: dict[str, Any] = {}
     base, init_noise = inputs.base, inputs.init_noise
+    # per-step bars inside a batch only in a terminal: elsewhere the run's plain progress lines say enough
+    step_bars = progress_enabled(flags["progress"]) and sys.stderr.isatty()
     # an upsampler draws each base image once unless --num_samples says otherwise (cycling over them)
     num_samples = len(base[0]) if base is not None and "num_samples" not in typed else flags["num_samples"]
     if base is not None:
@@ -228,7 +230,7 @@ def job_from_flags(command: str, flags: Mapping[str, Any], typed: set[str], devi
         job = sampling_job(
             model=model, diffusion=DiffusionConfig.from_flags(flags), seed=seed, num_samples=num_samples,
             sampler=sampler, steps=flags["steps"], dynamic_threshold=flags["dynamic_threshold"],
-            clip_denoised=flags["clip_denoised"], progress=progress_enabled(flags["progress"]),
+            clip_denoised=flags["clip_denoised"], progress=step_bars,
             batch_size=flags["batch_size"], solver_options=solver_options(argparse.Namespace(**flags)),
             classifier=classifier, classifier_scale=flags["classifier_scale"] if classifier is not None else 0.0,
             cfg_scale=flags["cfg_scale"], class_labels=class_labels, bf16=flags["bf16"],
