@@ -27,10 +27,9 @@ from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
 from guided_diffusion.runtime.errors import UserError
-from guided_diffusion.runtime.rng import choose_seed
 from guided_diffusion.sampling.job import SamplingJob
 from guided_diffusion.sampling.networks import check_fits
-from guided_diffusion.sampling.resume import SampleFolder
+from guided_diffusion.sampling.resume import SampleFolder, choose_run_seed
 from guided_diffusion.sampling.run import run
 
 __all__ = ["image_sample", "classifier_sample", "super_res_sample", "build_parser", "Prepared", "prepare_job",
@@ -112,10 +111,7 @@ def _sample(command: str, argv: list[str]) -> int:
     args, inputs = prepared.args, prepared.inputs
     job = fetch_checkpoints(prepared.job, prepared.to_fetch, prepared.job.settings.progress)
     out_dir = Path(args.out_dir or default_out_dir())
-    given_seed = args.seed
-    if given_seed is None and args.resume:
-        given_seed = distributed.decide_on_rank0(lambda: SampleFolder.interrupted_seed(out_dir, job))
-    seed, chosen = choose_seed(given_seed)
+    seed, chosen = choose_run_seed(args.seed, resume=args.resume, directory=out_dir, job=job)
     job = dataclasses.replace(job, seed=seed)
     folder = SampleFolder(out_dir, job, command=shlex.join(["guided-diffusion", command, *argv]))
 

@@ -25,13 +25,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from guided_diffusion.runtime.atomic import atomic_write_bytes, remove_stale_temp_files
+from guided_diffusion.runtime.distributed import decide_on_rank0
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.locks import FolderLock
+from guided_diffusion.runtime.rng import choose_seed
 from guided_diffusion.sampling.job import SamplingJob
 from guided_diffusion.sampling.output import save_grid, save_npz, save_record, save_samples
 
 __all__ = [
-    "ResumableJob", "PartialRun", "ResumeError", "SampleFolder", "SamplingInterrupted", "stop_on_signals", "settings_record",
+    "ResumableJob", "PartialRun", "ResumeError", "SampleFolder", "choose_run_seed", "SamplingInterrupted", "stop_on_signals", "settings_record",
     "differences",
 ]
 
@@ -269,6 +271,14 @@ class SampleFolder:
 
     def release(self) -> None:
         self.lock.release()
+
+
+def choose_run_seed(given: int | None, *, resume: bool, directory: str | Path, job: ResumableJob) -> tuple[int, bool]:
+    """The run's base seed and whether it was chosen here (`runtime.rng.choose_seed`): `given`, else, when
+    resuming, the interrupted run's in `directory` (rank 0 reads it), else a fresh one."""
+    if given is None and resume:
+        given = decide_on_rank0(lambda: SampleFolder.interrupted_seed(directory, job))
+    return choose_seed(given)
 
 
 class SamplingInterrupted(BaseException):
