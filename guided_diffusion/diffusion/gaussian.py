@@ -8,7 +8,8 @@ float64 tensor is ever made (Apple's MPS devices have no float64).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,8 +27,14 @@ from guided_diffusion.runtime.rng import GeneratorNoise, Generators, randn
 # the original has them.
 __all__ = ["GaussianDiffusion", "ModelMeanType", "ModelVarType", "LossType", "_extract_into_tensor"]
 
+Model = Callable[..., torch.Tensor]  # model(x, t, **model_kwargs), and cond_fn(x, t, **model_kwargs)
+CondFn = Model | None
+Denoise = Callable[[torch.Tensor], torch.Tensor] | None
+Kwargs = dict[str, Any] | None
+Device = torch.device | str | None
 
-def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_shape) -> torch.Tensor:
+
+def _extract_into_tensor(arr: np.ndarray, timesteps: torch.Tensor, broadcast_shape: Sequence[int]) -> torch.Tensor:
     """arr[timesteps] as float32 on timesteps' device, broadcast to broadcast_shape (original helper).
 
     Uploaded at every call as the original does, but as float32 (the same values: the original casts
@@ -113,14 +120,14 @@ class GaussianDiffusion:
             self._device_arrays[device] = arrays
         return arrays
 
-    def _extract(self, name: str, t: torch.Tensor, shape) -> torch.Tensor:
+    def _extract(self, name: str, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """The float32 value of schedule array `name` at each t, broadcast to `shape`."""
         res = self._arrays_on(t.device)[name][t]
         return res.reshape(*res.shape, *([1] * (len(shape) - res.ndim))).expand(shape)
 
     # -- the forward process ------------------------------------------------------------------------
 
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
+    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0)."""
         mean = self._extract("sqrt_alphas_cumprod", t, x_start.shape) * x_start
         variance = self._extract("one_minus_alphas_cumprod", t, x_start.shape)
@@ -137,7 +144,8 @@ class GaussianDiffusion:
             + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start.shape) * noise
         )
 
-    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor,
+                                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         assert x_start.shape == x_t.shape
         posterior_mean = (
@@ -150,7 +158,8 @@ class GaussianDiffusion:
 
     # -- the reverse process ------------------------------------------------------------------------
 
-    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None) -> dict[str, torch.Tensor]:
+    def p_mean_variance(self, model: Model, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
+                        denoised_fn: Denoise = None, model_kwargs: Kwargs = None) -> dict[str, torch.Tensor]:
         """Run the model and return p(x_{t-1} | x_t): `mean`, `variance`, `log_variance`, `pred_xstart`."""
         if model_kwargs is None:
             model_kwargs = {}
@@ -178,7 +187,8 @@ class GaussianDiffusion:
         assert model_mean.shape == model_log_variance.shape == pred_xstart.shape == x.shape
         return {"mean": model_mean, "variance": model_variance, "log_variance": model_log_variance, "pred_xstart": pred_xstart}
 
-    def _reverse_variance(self, model_output, x, t):
+    def _reverse_variance(self, model_output: torch.Tensor, x: torch.Tensor,
+                          t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Split a learned-variance output; return (variance, log_variance, mean-part of the output)."""
         B, C = x.shape[:2]
         if self.model_var_type in (ModelVarType.LEARNED, ModelVarType.LEARNED_RANGE):
@@ -199,21 +209,21 @@ class GaussianDiffusion:
             names = ("posterior_variance", "posterior_log_variance_clipped")
         return self._extract(names[0], t, x.shape), self._extract(names[1], t, x.shape), model_output
 
-    def _predict_xstart_from_eps(self, x_t, t, eps):
+    def _predict_xstart_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         assert x_t.shape == eps.shape
         return (
             self._extract("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t
             - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t.shape) * eps
         )
 
-    def _predict_xstart_from_xprev(self, x_t, t, xprev):
+    def _predict_xstart_from_xprev(self, x_t: torch.Tensor, t: torch.Tensor, xprev: torch.Tensor) -> torch.Tensor:
         assert x_t.shape == xprev.shape
         return (
             self._extract("recip_posterior_mean_coef1", t, x_t.shape) * xprev
             - self._extract("posterior_mean_coef2_over_coef1", t, x_t.shape) * x_t
         )
 
-    def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
+    def _predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
         return (
             self._extract("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t - pred_xstart
         ) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t.shape)
@@ -234,13 +244,15 @@ class GaussianDiffusion:
 
     # -- classifier guidance ------------------------------------------------------------------------
 
-    def condition_mean(self, cond_fn, p_mean_var, x, t, model_kwargs=None) -> torch.Tensor:
+    def condition_mean(self, cond_fn: Model, p_mean_var: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor,
+                       model_kwargs: Kwargs = None) -> torch.Tensor:
         """Sohl-Dickstein et al.: shift the mean by Sigma * grad log p(y | x_t). cond_fn(x, t, **model_kwargs)
         returns that gradient, already multiplied by the guidance scale."""
         gradient = cond_fn(x, self._scale_timesteps(t), **(model_kwargs or {}))
         return p_mean_var["mean"].float() + p_mean_var["variance"] * gradient.float()
 
-    def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None) -> dict[str, torch.Tensor]:
+    def condition_score(self, cond_fn: Model, p_mean_var: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor,
+                        model_kwargs: Kwargs = None) -> dict[str, torch.Tensor]:
         """Song et al. score conditioning: eps' = eps - sqrt(1 - alpha_bar_t) grad log p(y | x_t), then
         x_0 and the mean are recomputed from eps' (x_0 is deliberately not re-clipped, as the original)."""
         alpha_bar = self._extract("alphas_cumprod", t, x.shape)
@@ -254,8 +266,9 @@ class GaussianDiffusion:
     # -- DDPM ---------------------------------------------------------------------------------------
 
     def p_sample(
-        self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None,
-        generator: Generators = None, noise: torch.Tensor | None = None,
+        self, model: Model, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True, denoised_fn: Denoise = None,
+        cond_fn: CondFn = None, model_kwargs: Kwargs = None, generator: Generators = None,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One ancestral step x_t -> x_{t-1}. Guidance moves the mean only; `pred_xstart` is the unguided
         prediction (as the original). `noise` or `generator` fixes the draw."""
@@ -268,8 +281,10 @@ class GaussianDiffusion:
         sample = out["mean"] + nonzero_mask * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                      model_kwargs=None, device=None, progress=False, generator: Generators = None) -> torch.Tensor:
+    def p_sample_loop(self, model: Model, shape: Sequence[int], noise: torch.Tensor | None = None,
+                      clip_denoised: bool = True, denoised_fn: Denoise = None, cond_fn: CondFn = None,
+                      model_kwargs: Kwargs = None, device: Device = None, progress: bool = False,
+                      generator: Generators = None) -> torch.Tensor:
         """Draw samples with the full ancestral sampler; returns the final x_0."""
         final: dict[str, torch.Tensor] = {}
         for step in self.p_sample_loop_progressive(
@@ -279,8 +294,9 @@ class GaussianDiffusion:
             final = step
         return final["sample"]
 
-    def p_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                                  model_kwargs=None, device=None, progress=False,
+    def p_sample_loop_progressive(self, model: Model, shape: Sequence[int], noise: torch.Tensor | None = None,
+                                  clip_denoised: bool = True, denoised_fn: Denoise = None, cond_fn: CondFn = None,
+                                  model_kwargs: Kwargs = None, device: Device = None, progress: bool = False,
                                   generator: Generators = None) -> Iterator[dict[str, torch.Tensor]]:
         """Yield p_sample's output at every step, from t = T-1 down to 0.
 
@@ -288,10 +304,12 @@ class GaussianDiffusion:
         yield from self._loop(ddpm_steps, model, shape, noise, device, progress, generator, clip_denoised=clip_denoised,
                               threshold=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, desc="DDPM")
 
-    def _loop(self, steps, model, shape, noise, device, progress, generator, **kwargs):
+    def _loop(self, steps: Callable[..., Iterator[dict[str, Any]]], model: Model, shape: Sequence[int],
+              noise: torch.Tensor | None, device: Device, progress: bool, generator: Generators,
+              **kwargs: Any) -> Iterator[dict[str, torch.Tensor]]:
         """Run sampler `steps` (ddpm_steps / ddim_steps) on this process, yielding the original's dicts."""
         if device is None:
-            device = next(model.parameters()).device
+            device = next(cast(torch.nn.Module, model).parameters()).device  # as the original: a module's device
         assert isinstance(shape, (tuple, list))
         img = noise if noise is not None else randn(shape, generator, device=device)
         for out in steps(DiffusionDenoiser(model, self), img, noise=GeneratorNoise(generator), progress=progress,
@@ -301,8 +319,9 @@ class GaussianDiffusion:
     # -- DDIM ---------------------------------------------------------------------------------------
 
     def ddim_sample(
-        self, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None, model_kwargs=None, eta=0.0,
-        generator: Generators = None, noise: torch.Tensor | None = None,
+        self, model: Model, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True, denoised_fn: Denoise = None,
+        cond_fn: CondFn = None, model_kwargs: Kwargs = None, eta: float = 0.0, generator: Generators = None,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One DDIM step (Song et al. 2021, eq. 12); guidance shifts the score (eps)."""
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
@@ -320,7 +339,9 @@ class GaussianDiffusion:
             mean_pred = mean_pred + nonzero_mask * sigma * noise
         return {"sample": mean_pred, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None, eta=0.0) -> dict[str, torch.Tensor]:
+    def ddim_reverse_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = True,
+                            denoised_fn: Denoise = None, model_kwargs: Kwargs = None,
+                            eta: float = 0.0) -> dict[str, torch.Tensor]:
         """One deterministic DDIM inversion step x_t -> x_{t+1} (as the original: x is taken to be at level t)."""
         assert eta == 0.0, "Reverse ODE only for deterministic path"
         out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
@@ -331,8 +352,9 @@ class GaussianDiffusion:
         mean_pred = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
         return {"sample": mean_pred, "pred_xstart": out["pred_xstart"]}
 
-    def ddim_reverse_sample_loop(self, model, x, clip_denoised=False, denoised_fn=None, model_kwargs=None,
-                                 device=None, progress=False) -> torch.Tensor:
+    def ddim_reverse_sample_loop(self, model: Model, x: torch.Tensor, clip_denoised: bool = False,
+                                 denoised_fn: Denoise = None, model_kwargs: Kwargs = None, device: Device = None,
+                                 progress: bool = False) -> torch.Tensor:
         """Invert the deterministic DDIM sampler: map data x_0 to the x_{T-1} from which
         `ddim_sample_loop(noise=...)` (eta = 0) returns approximately x_0 again.
 
@@ -340,7 +362,7 @@ class GaussianDiffusion:
         t = 0, to alpha_bar_t using eps(x, t), without refinement).
         """
         if device is None:
-            device = next(model.parameters()).device
+            device = next(cast(torch.nn.Module, model).parameters()).device  # as the original: a module's device
 
         def process_x0(x0: torch.Tensor) -> torch.Tensor:
             x0 = denoised_fn(x0) if denoised_fn is not None else x0
@@ -350,8 +372,10 @@ class GaussianDiffusion:
         return ddim_invert(DiffusionDenoiser(model, self), x.to(device), model_kwargs=model_kwargs, progress=progress,
                            denoised_fn=transform)
 
-    def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                         model_kwargs=None, device=None, progress=False, eta=0.0, generator: Generators = None) -> torch.Tensor:
+    def ddim_sample_loop(self, model: Model, shape: Sequence[int], noise: torch.Tensor | None = None,
+                         clip_denoised: bool = True, denoised_fn: Denoise = None, cond_fn: CondFn = None,
+                         model_kwargs: Kwargs = None, device: Device = None, progress: bool = False, eta: float = 0.0,
+                         generator: Generators = None) -> torch.Tensor:
         """Draw samples with DDIM; returns the final x_0."""
         final: dict[str, torch.Tensor] = {}
         for step in self.ddim_sample_loop_progressive(
@@ -361,8 +385,10 @@ class GaussianDiffusion:
             final = step
         return final["sample"]
 
-    def ddim_sample_loop_progressive(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-                                     model_kwargs=None, device=None, progress=False, eta=0.0,
+    def ddim_sample_loop_progressive(self, model: Model, shape: Sequence[int], noise: torch.Tensor | None = None,
+                                     clip_denoised: bool = True, denoised_fn: Denoise = None, cond_fn: CondFn = None,
+                                     model_kwargs: Kwargs = None, device: Device = None, progress: bool = False,
+                                     eta: float = 0.0,
                                      generator: Generators = None) -> Iterator[dict[str, torch.Tensor]]:
         """Yield ddim_sample's output at every step, from t = T-1 down to 0.
 
@@ -372,7 +398,8 @@ class GaussianDiffusion:
 
     # -- the variational bound ----------------------------------------------------------------------
 
-    def _vb_terms_bpd(self, model, x_start, x_t, t, clip_denoised=True, model_kwargs=None) -> dict[str, torch.Tensor]:
+    def _vb_terms_bpd(self, model: Model, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                      clip_denoised: bool = True, model_kwargs: Kwargs = None) -> dict[str, torch.Tensor]:
         """One term of the bound in bits: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), or the decoder NLL at t = 0."""
         true_mean, _, true_log_variance_clipped = self.q_posterior_mean_variance(x_start=x_start, x_t=x_t, t=t)
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
@@ -383,7 +410,8 @@ class GaussianDiffusion:
         output = torch.where((t == 0), decoder_nll, kl)
         return {"output": output, "pred_xstart": out["pred_xstart"]}
 
-    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None) -> dict[str, torch.Tensor]:
+    def training_losses(self, model: Model, x_start: torch.Tensor, t: torch.Tensor, model_kwargs: Kwargs = None,
+                        noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-example training losses at timesteps t: `loss`, and `mse`/`vb` for the MSE losses."""
         if model_kwargs is None:
             model_kwargs = {}
@@ -424,9 +452,10 @@ class GaussianDiffusion:
         t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
         qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
         kl_prior = normal_kl(mean1=qt_mean, logvar1=qt_log_variance, mean2=0.0, logvar2=0.0)
-        return mean_flat(kl_prior) / np.log(2.0)
+        return mean_flat(kl_prior) / float(np.log(2.0))
 
-    def calc_bpd_loop(self, model, x_start, clip_denoised=True, model_kwargs=None, progress=False) -> dict[str, torch.Tensor]:
+    def calc_bpd_loop(self, model: Model, x_start: torch.Tensor, clip_denoised: bool = True, model_kwargs: Kwargs = None,
+                      progress: bool = False) -> dict[str, torch.Tensor]:
         """The whole variational bound in bits per dim, term by term (T model evaluations)."""
         device = x_start.device
         batch_size = x_start.shape[0]

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor | float, logvar1: torch.Tensor | float, mean2: torch.Tensor | float,
+              logvar2: torch.Tensor | float) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise; arguments broadcast, and
     scalars are allowed for all but one."""
     tensor = next((obj for obj in (mean1, logvar1, mean2, logvar2) if isinstance(obj, torch.Tensor)), None)

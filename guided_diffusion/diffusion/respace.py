@@ -2,12 +2,13 @@
 marginals q(x_t | x_0) of the kept steps are unchanged (Nichol & Dhariwal 2021, sec. 4)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from guided_diffusion.diffusion.gaussian import GaussianDiffusion
+from guided_diffusion.diffusion.gaussian import GaussianDiffusion, Model
 from guided_diffusion.runtime.errors import SettingError
 
 
@@ -49,14 +50,15 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
 class _WrappedModel:
     """Calls the model with original timesteps when the sampler counts in respaced indices."""
 
-    def __init__(self, model, timestep_map, rescale_timesteps: bool, original_num_steps: int):
+    def __init__(self, model: Callable[..., torch.Tensor], timestep_map: Sequence[float], rescale_timesteps: bool,
+                 original_num_steps: int):
         self.model = model
         self.timestep_map = timestep_map
         self.rescale_timesteps = rescale_timesteps
         self.original_num_steps = original_num_steps
         self._maps: dict[torch.device, torch.Tensor] = {}
 
-    def __call__(self, x, ts, **kwargs):
+    def __call__(self, x: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         map_tensor = self._maps.get(ts.device)
         if map_tensor is None:
             # A grid of fractional timesteps (GridDiffusion) hands the model float t.
@@ -73,7 +75,7 @@ class SpacedDiffusion(GaussianDiffusion):
     """A diffusion over a subset of a base process's steps. Methods count in the respaced indices;
     the model and `cond_fn` always receive original timesteps."""
 
-    def __init__(self, use_timesteps: Iterable[int], **kwargs):
+    def __init__(self, use_timesteps: Iterable[int], **kwargs: Any):
         # float: a GridDiffusion's levels may fall between trained steps (ints here)
         self.use_timesteps: set[float] = set(use_timesteps)
         self.timestep_map: list[float] = []
@@ -87,22 +89,22 @@ class SpacedDiffusion(GaussianDiffusion):
                 last_alpha_cumprod = alpha_cumprod
                 self.timestep_map.append(i)
         kwargs["betas"] = np.array(new_betas)
-        self._wrapped: tuple | None = None
+        self._wrapped: tuple[Callable[..., torch.Tensor], _WrappedModel] | None = None
         super().__init__(**kwargs)
 
-    def p_mean_variance(self, model, *args, **kwargs):
+    def p_mean_variance(self, model: Model, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         return super().p_mean_variance(self._wrap_model(model), *args, **kwargs)
 
-    def training_losses(self, model, *args, **kwargs):
+    def training_losses(self, model: Model, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         return super().training_losses(self._wrap_model(model), *args, **kwargs)
 
-    def condition_mean(self, cond_fn, *args, **kwargs):
+    def condition_mean(self, cond_fn: Model, *args: Any, **kwargs: Any) -> torch.Tensor:
         return super().condition_mean(self._wrap_model(cond_fn), *args, **kwargs)
 
-    def condition_score(self, cond_fn, *args, **kwargs):
+    def condition_score(self, cond_fn: Model, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         return super().condition_score(self._wrap_model(cond_fn), *args, **kwargs)
 
-    def _wrap_model(self, model):
+    def _wrap_model(self, model: Model) -> Model:
         if isinstance(model, _WrappedModel):
             return model
         # Reuse the wrapper (and its device map) while the same model is passed step after step.
@@ -112,7 +114,7 @@ class SpacedDiffusion(GaussianDiffusion):
         self._wrapped = (model, wrapped)
         return wrapped
 
-    def _scale_timesteps(self, t):
+    def _scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return t  # the wrapper scales
 
     def timestep_table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +131,8 @@ class GridDiffusion(SpacedDiffusion):
     `base_timesteps`/`base_alphas_cumprod` keep the base schedule, for evaluations between grid points.
     """
 
-    def __init__(self, timesteps, alphas_cumprod, *, base_timesteps, base_alphas_cumprod, original_num_steps: int,
-                 **kwargs):
+    def __init__(self, timesteps: Sequence[float] | np.ndarray, alphas_cumprod: np.ndarray, *, base_timesteps: np.ndarray,
+                 base_alphas_cumprod: np.ndarray, original_num_steps: int, **kwargs: Any):
         abar = np.asarray(alphas_cumprod, dtype=np.float64)
         if len(abar) < 2 or not (np.diff(abar) < 0).all():
             raise ValueError("a grid needs at least 2 levels with strictly increasing noise")
