@@ -41,9 +41,9 @@ from guided_diffusion.editing import (
 from guided_diffusion.editing.io import to_model_input, to_uint8_images
 from guided_diffusion.runtime.atomic import atomic_write_path
 from guided_diffusion.runtime.rng import SampleNoise
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.weights.checkpoints import load_model, read_config_json
 
 

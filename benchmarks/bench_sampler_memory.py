@@ -21,7 +21,7 @@ CHILD = r"""
 import json, resource, sys
 import numpy as np, torch
 from guided_diffusion.sampling.samplers import SAMPLERS
-from guided_diffusion.sampling.generate import SamplerSettings
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.runtime.rng import SampleNoise
 name, steps, samples, models = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -21,8 +21,9 @@ from common import released_network
 
 from guided_diffusion.config import DiffusionConfig
 from guided_diffusion.config.presets import PRESETS
-from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw, to_numpy_uint8
+from guided_diffusion.sampling.draw import class_labels_for, draw, to_numpy_uint8
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.settings import SamplerSettings
 
 
 def timed(fn) -> tuple[float, float]:

@@ -31,10 +31,10 @@ from guided_diffusion.demo.judge import JudgeFeatures
 from guided_diffusion.demo.metrics import Reference, score_samples
 from guided_diffusion.diffusion.grids import GRIDS, grid_file_document
 from guided_diffusion.runtime.rng import SampleNoise
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.output import to_uint8
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.sampling.tuning import pixel_rms, tune_grid, tuning_reference
 from guided_diffusion.weights.checkpoints import load_model, read_config_json
 

@@ -13,8 +13,8 @@ from helpers import tiny_adm
 from guided_diffusion.editing.measurement import sum_cond_fns
 from guided_diffusion.editing.repaint import repaint
 from guided_diffusion.runtime.errors import SettingError
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, SteeredGuidance, classifier_cond_fn, entropy_scale
+from guided_diffusion.sampling.settings import SamplerSettings
 
 
 class LinearClassifier(torch.nn.Module):

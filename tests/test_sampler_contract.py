@@ -13,10 +13,10 @@ import torch
 from helpers import randomise_zero_layers, tiny_adm
 
 from guided_diffusion.runtime.rng import SampleNoise
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.registry import GUIDANCE_FORMS
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.script_util import create_classifier
 
 CLASSES = 3
@@ -119,9 +119,9 @@ def test_every_registered_sampler_declares_what_differs():
     assert {name for name, s in SAMPLERS.items() if s.spec.stochastic} == {"ddpm", "dpm++2m_sde", "dpm++3m_sde"}
 
 
-def test_loaded_networks_do_not_require_grad(tmp_path):
+def test_loaded_networks_do_not_require_grad_and_bf16_casts_them_once(tmp_path):
     from guided_diffusion.config import ModelConfig
-    from guided_diffusion.sampling.runner import load_network
+    from guided_diffusion.sampling.networks import load_network
     from guided_diffusion.weights.checkpoints import save_checkpoint
 
     config = ModelConfig(image_size=8, num_channels=32, num_res_blocks=1, attention_resolutions="4",
@@ -131,3 +131,7 @@ def test_loaded_networks_do_not_require_grad(tmp_path):
     network = load_network(config, path, torch.device("cpu"))
     assert not any(p.requires_grad for p in network.parameters())
     assert np.isfinite(sum(float(p.sum()) for p in network.parameters()))
+    # --bf16: the torso's weights are cast once when loaded (the fast path), not per call by autocast.
+    prepared = load_network(config, path, torch.device("cpu"), bf16=True)
+    assert prepared.input_blocks[0][0].weight.dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in prepared.parameters())

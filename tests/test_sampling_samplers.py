@@ -10,9 +10,10 @@ from helpers import TINY_ADM, CountingModel, load_fixture, randomise_zero_layers
 from guided_diffusion.diffusion.denoiser import DiffusionDenoiser
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise, random_labels, sample_seed
-from guided_diffusion.sampling.generate import SamplerSettings, class_labels_for, draw
+from guided_diffusion.sampling.draw import class_labels_for, draw
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn, dynamic_threshold
 from guided_diffusion.sampling.samplers import ddim, ddpm, dpmpp_2m
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.script_util import create_classifier, create_model_and_diffusion, model_and_diffusion_defaults
 
 

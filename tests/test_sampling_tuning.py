@@ -22,8 +22,8 @@ from helpers import (
 
 from guided_diffusion.diffusion.grids import grid_file_document, make_grid, read_grid_file
 from guided_diffusion.runtime.errors import SettingError
-from guided_diffusion.sampling.generate import SamplerSettings
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
+from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.sampling.tuning import _dynamic_programme, tune_grid, tuning_reference
 from guided_diffusion.script_util import create_classifier
 

@@ -73,7 +73,7 @@ def image_nll(argv: list[str]) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed + distributed.get_rank())
     logs.log("creating model and diffusion...")
-    model = load_network(model_config, model_path, device, channels_last=args.channels_last)
+    model = load_network(model_config, model_path, device, channels_last=args.channels_last, bf16=args.bf16)
     model_fn = GuidedModel(model, class_cond=model_config.class_cond,
                            autocast_dtype=torch.bfloat16 if args.bf16 else None)
     if class_map is not None:

@@ -95,7 +95,7 @@ def check_networks(job: EditJob) -> None:
 
 def load_networks(job: EditJob, device: torch.device) -> EditNetworks:
     """Build and load the job's networks on `device` (the classifier only when it guides)."""
-    network = load_network(job.model, job.model_path, device)
+    network = load_network(job.model, job.model_path, device, bf16=job.bf16)
     autocast_dtype = torch.bfloat16 if job.bf16 else None
     model = GuidedModel(network, class_cond=job.model.class_cond, cfg_scale=job.cfg_scale,
                         null_label=job.model.null_label, autocast_dtype=autocast_dtype,
@@ -103,7 +103,7 @@ def load_networks(job: EditJob, device: torch.device) -> EditNetworks:
     classifier = None
     if job.guided:
         assert job.classifier is not None  # guided says so
-        classifier = load_network(job.classifier, job.classifier_path, device)
+        classifier = load_network(job.classifier, job.classifier_path, device, bf16=job.bf16)
     return EditNetworks(model=model, diffusion=job.trained_diffusion(), classifier=classifier, device=device)
 
 

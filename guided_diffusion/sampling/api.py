@@ -229,7 +229,7 @@ def _load_network(source: str, flags: dict[str, Any], device: torch.device, fp16
     else:
         requested = network_config.use_fp16 if fp16 is None else fp16
         network_config = dataclasses.replace(network_config, use_fp16=fp16_runs_on(device, requested, bf16=bf16))
-    network = load_network(network_config, path, device, channels_last=channels_last)
+    network = load_network(network_config, path, device, channels_last=channels_last, bf16=bf16)
     return network, network_config, diffusion_config, preset, str(path)
 
 

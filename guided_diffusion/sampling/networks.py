@@ -18,7 +18,7 @@ import torch
 from guided_diffusion.config import ClassifierConfig, ModelConfig
 from guided_diffusion.diffusion.denoiser import CondFn
 from guided_diffusion.runtime.errors import UserError
-from guided_diffusion.runtime.performance import optimize_model
+from guided_diffusion.runtime.performance import optimize_model, prepare_for_bf16
 from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.job import SamplingJob
 from guided_diffusion.weights.checkpoints import (
@@ -53,25 +53,30 @@ def check_fits(config: ModelConfig | ClassifierConfig, path: str | os.PathLike[s
 
 
 def load_network(config: Any, path: str | os.PathLike[str], device: torch.device, *, channels_last: bool = False,
-                 flags: Mapping[str, Any] | None = None) -> torch.nn.Module:
+                 flags: Mapping[str, Any] | None = None, bf16: bool = False) -> torch.nn.Module:
     """`config.build()` with the weights at `path` (a one-line error naming mismatching flags), on
-    `device`, in fp16 when the config says so (`use_fp16` / `classifier_use_fp16`), in eval mode."""
+    `device`, in fp16 when the config says so (`use_fp16` / `classifier_use_fp16`), in eval mode. With
+    `bf16` the torso is cast to bfloat16 once (`runtime.performance.prepare_for_bf16`, which picks the
+    faster memory layout unless `channels_last` asks for NHWC)."""
     network: torch.nn.Module = config.build()
     load_model(Path(path), model=network, flags=flags if flags is not None else config.to_dict())
     network.to(device)
     if getattr(config, "use_fp16", False) or getattr(config, "classifier_use_fp16", False):
         network.convert_to_fp16()  # type: ignore[operator]  # the UNet and the classifier both have it
     network.requires_grad_(False)  # inference: no forward pass may record a graph through the weights
+    if bf16:
+        return prepare_for_bf16(network.eval(), channels_last=True if channels_last else None)
     optimized: torch.nn.Module = optimize_model(network.eval(), channels_last=channels_last)
     return optimized
 
 
 def load_networks(job: SamplingJob, device: torch.device) -> Networks:
     """The job's model from `job.model_path` and, when it guides, its classifier from `job.classifier_path`."""
-    model = load_network(job.model, job.model_path, device, channels_last=job.channels_last)
+    model = load_network(job.model, job.model_path, device, channels_last=job.channels_last, bf16=job.bf16)
     classifier = None
     if job.guided:
-        classifier = load_network(job.classifier, job.classifier_path, device, channels_last=job.channels_last)
+        classifier = load_network(job.classifier, job.classifier_path, device, channels_last=job.channels_last,
+                                  bf16=job.bf16)
     return Networks(model, classifier)
 
 

@@ -30,8 +30,8 @@ from guided_diffusion.diffusion.denoiser import CondFn
 from guided_diffusion.diffusion.grids import StepGrid, make_grid, timestep_of_alphas_cumprod
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.runtime.rng import SampleNoise, mix_seed
-from guided_diffusion.sampling.generate import SamplerSettings, grid_denoiser
 from guided_diffusion.sampling.samplers import SAMPLERS
+from guided_diffusion.sampling.settings import SamplerSettings, grid_denoiser
 
 __all__ = ["TuningResult", "TuningReference", "tuning_reference", "tune_grid", "WARMUP_STREAM", "pixel_rms"]
 
