@@ -219,9 +219,10 @@ def test_restore_simulates_its_measurement_from_clean_images(checkpoints, tmp_pa
 
 
 
-def _readme_editing_section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text[text.index("## Editing and restoring images"):text.index("\n## Training")]
+def _editing_guide() -> str:
+    """The editing guide (docs/editing.md, linked from the README): its first bash block is the command
+    walk-through, its first python block the EditJob example."""
+    return (REPO / "docs" / "editing.md").read_text()
 
 
 def _npz(path):
@@ -232,12 +233,13 @@ def _npz(path):
 @pytest.mark.parametrize("steps", [pytest.param(None, marks=pytest.mark.slow, id="as-written"), pytest.param(4, id="4-steps")])
 def test_make_inputs_writes_the_inputs_and_every_readme_editing_command_runs(checkpoints, tmp_path, monkeypatch,  # noqa: F811
                                                                             capsys, steps):
-    """The README's editing block, line by line, on the tiny networks standing in for the demo's (the same
-    8x8 digits): as written (slow: 50 steps), or with --steps 4 added so the flags are checked quickly."""
+    """The editing guide's command block (docs/editing.md), line by line, on the tiny networks standing in for
+    the demo's (the same 8x8 digits): as written (slow: 50 steps), or with --steps 4 added so the flags are
+    checked quickly."""
     pytest.importorskip("sklearn")
     c = checkpoints
     monkeypatch.chdir(tmp_path)
-    block = _readme_editing_section().split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    block = _editing_guide().split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
     commands = [line for line in commands if line]
     assert commands[0].startswith("guided-diffusion demo") and commands[1].startswith("guided-diffusion make_inputs")
@@ -260,7 +262,7 @@ def test_make_inputs_writes_the_inputs_and_every_readme_editing_command_runs(che
     for out in ("inverted", "edited", "inpainted", "sr", "sharp", "sr_sim"):
         assert (tmp_path / out / "samples_64x8x8x3.npz").is_file(), out
     assert read_samples(tmp_path / "edited")[1].tolist() == [8] * 64
-    code = _readme_editing_section().split("```python\n", 1)[1].split("```", 1)[0]  # the EditJob example
+    code = _editing_guide().split("```python\n", 1)[1].split("```", 1)[0]  # the EditJob example
     assert "run_edit(job)" in code
     exec(code.replace("steps=50", f"steps={steps}") if steps else code, {"M": c["unet"], "C": c["guide"]})
     edited, labels = _npz(tmp_path / "edited" / "samples_64x8x8x3.npz")
