@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> dict:
                                                  cond_fn=study.cond_fn, labels=lambda idx: np.asarray(idx) % 10,
                                                  warmup=args.warmup, seed=args.seed)
                 start = time.perf_counter()
-                result = tune_grid(study.model, study.diffusion, sampler=sampler, levels=levels, image_shape=(3, 8, 8),
-                                   reference=reference, max_trials=args.max_trials)
+                result = tune_grid(study.model, study.diffusion, reference, sampler=sampler, levels=levels,
+                                   max_trials=args.max_trials)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(grid_file_document(
                     result.sigmas, sampler=sampler, classifier_scale=args.scale, warmup=args.warmup,

@@ -23,7 +23,7 @@ from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.rng import mix_seed, random_labels
 from guided_diffusion.sampling.networks import guidance_for, load_networks
 from guided_diffusion.sampling.samplers import SAMPLERS
-from guided_diffusion.sampling.tuning import WARMUP_STREAM, tune_grid
+from guided_diffusion.sampling.tuning import WARMUP_STREAM, tune_grid, tuning_reference
 
 __all__ = ["tune_steps"]
 
@@ -87,10 +87,12 @@ def tune_steps(argv: list[str]) -> int:
         return random_labels(label_seed, indices, job.model.num_classes)
 
     try:
-        result = tune_grid(model_fn, job.build_diffusion(), sampler=job.settings.sampler, levels=args.steps,
-                           image_shape=job.image_shape, cond_fn=cond_fn, labels=labels, settings=job.settings,
-                           warmup=args.warmup, seed=seed, reference_levels=args.reference_steps,
-                           max_trials=args.max_trials, device=device, log=say)
+        diffusion = job.build_diffusion()
+        reference = tuning_reference(model_fn, diffusion, image_shape=job.image_shape, cond_fn=cond_fn, labels=labels,
+                                     settings=job.settings, warmup=args.warmup, seed=seed,
+                                     reference_levels=args.reference_steps, device=device, log=say)
+        result = tune_grid(model_fn, diffusion, reference, sampler=job.settings.sampler, levels=args.steps,
+                           max_trials=args.max_trials, log=say)
     except SettingError as exc:
         raise UserError(flag_message(exc)) from None
     document = grid_file_document(

@@ -29,7 +29,7 @@ from guided_diffusion.runtime.rng import GeneratorNoise
 
 __all__ = [
     "NonFiniteSampleError", "NoiseSource", "Threshold", "Callback", "Denoised", "Step", "SamplerContext",
-    "Body", "drive", "progress_bar", "guidance_weight", "ddpm_body", "ddim_body", "ddpm_steps", "ddim_steps",
+    "Body", "CONTEXT_INPUTS", "drive", "progress_bar", "guidance_weight", "ddpm_body", "ddim_body", "ddpm_steps", "ddim_steps",
     "FINITE_CHECK_EVERY",
 ]
 
@@ -156,32 +156,30 @@ class SamplerContext:
 Body = Callable[..., Iterator[Step]]  # body(ctx, x, **options) -> Iterator[Step]
 
 
+# The keywords a SamplerContext takes: a sampler's inputs besides the denoiser, the start and its options.
+CONTEXT_INPUTS = ("noise", "cond_fn", "model_kwargs", "clip_denoised", "threshold")
+
+
 @torch.no_grad()
 def drive(
     name: str,
     body: Body,
-    denoiser: Denoiser,
+    ctx: SamplerContext,
     x: torch.Tensor,
     *,
-    noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
     progress: bool = False,
     check_every: int = FINITE_CHECK_EVERY,
     desc: str | None = None,
     **options: Any,
 ) -> Iterator[dict[str, Any]]:
-    """Run sampler `body` from `x` at the denoiser's noisiest grid point; yield {"k", "x", "x0",
+    """Run sampler `body` in `ctx` from `x` at the denoiser's noisiest grid point; yield {"k", "x", "x0",
     "evaluations"} after every step (evaluations: model evaluations made so far).
 
     Nothing records an autograd graph. A state that is not finite stops the run with
     `NonFiniteSampleError` naming the first such step; the check syncs with the host once every
     `check_every` steps and after the last one. `desc` labels the progress bar (default: `name`).
     """
-    ctx = SamplerContext(denoiser, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                         clip_denoised=clip_denoised, threshold=threshold)
+    denoiser = ctx.denoiser
     pending: list[tuple[int, torch.Tensor]] = []  # (step, all-finite flag) not yet read on the host
 
     def check() -> None:
@@ -250,11 +248,15 @@ def ddim_body(ctx: SamplerContext, x: torch.Tensor, *, eta: float = 0.0) -> Iter
         yield Step(here.index, x, x0)
 
 
-def ddpm_steps(denoiser: DiffusionDenoiser, x: torch.Tensor, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """The DDPM loop as `GaussianDiffusion.p_sample_loop_progressive` runs it (see `ddpm_body`)."""
-    return drive("ddpm", ddpm_body, denoiser, x, **kwargs)
+def ddpm_steps(denoiser: DiffusionDenoiser, x: torch.Tensor, *, progress: bool = False, desc: str | None = None,
+               **inputs: Any) -> Iterator[dict[str, Any]]:
+    """The DDPM loop as `GaussianDiffusion.p_sample_loop_progressive` runs it (see `ddpm_body`);
+    `inputs` are SamplerContext's (CONTEXT_INPUTS)."""
+    return drive("ddpm", ddpm_body, SamplerContext(denoiser, **inputs), x, progress=progress, desc=desc)
 
 
-def ddim_steps(denoiser: Denoiser, x: torch.Tensor, *, eta: float = 0.0, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """The DDIM loop as `GaussianDiffusion.ddim_sample_loop_progressive` runs it (see `ddim_body`)."""
-    return drive("ddim", ddim_body, denoiser, x, eta=eta, **kwargs)
+def ddim_steps(denoiser: Denoiser, x: torch.Tensor, *, eta: float = 0.0, progress: bool = False,
+               desc: str | None = None, **inputs: Any) -> Iterator[dict[str, Any]]:
+    """The DDIM loop as `GaussianDiffusion.ddim_sample_loop_progressive` runs it (see `ddim_body`);
+    `inputs` are SamplerContext's (CONTEXT_INPUTS)."""
+    return drive("ddim", ddim_body, SamplerContext(denoiser, **inputs), x, progress=progress, desc=desc, eta=eta)

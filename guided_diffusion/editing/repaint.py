@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
-from guided_diffusion.diffusion.stepping import Callback, NoiseSource, SamplerContext, Threshold
+from guided_diffusion.diffusion.denoiser import Denoiser
+from guided_diffusion.diffusion.stepping import Callback, SamplerContext
 from guided_diffusion.editing.measurement import paste_known
 
 __all__ = ["repaint", "repaint_schedule"]
@@ -61,26 +61,22 @@ def repaint(
     jump_length: int = 1,
     jump_n_sample: int = 1,
     eta: float = 1.0,
-    noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
     progress: bool = False,
     callback: Callback | None = None,
+    **inputs: Any,
 ) -> torch.Tensor:
     """Inpaint: fill the pixels where `mask` is 0 in `known` (float NCHW in [-1, 1]), starting from the
     noise `x` at the top grid point; returns clean images whose known pixels equal `known`.
 
     One model evaluation per downward move of `repaint_schedule` (about jump_n_sample times the grid),
     each the samplers' guided prediction (`stepping.SamplerContext.denoise`: the same score shift, guidance
-    interval and schedule). `noise` (e.g. a `SampleNoise`) supplies every fresh draw, so result i depends
-    on (seed, i) and input i.
+    interval and schedule). `inputs` are the samplers' (noise, cond_fn, model_kwargs, clip_denoised,
+    threshold: `stepping.CONTEXT_INPUTS`); `noise` (e.g. a `SampleNoise`) supplies every fresh draw, so
+    result i depends on (seed, i) and input i.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    ctx = SamplerContext(denoiser, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                         clip_denoised=clip_denoised, threshold=threshold)
+    ctx = SamplerContext(denoiser, **inputs)
     known = known.to(x.device, x.dtype)
     mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device)
     moves = list(itertools.pairwise(repaint_schedule(denoiser.num_steps, jump_length, jump_n_sample)))

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
+from guided_diffusion.diffusion.denoiser import Denoiser
 from guided_diffusion.diffusion.inversion import ddim_invert
-from guided_diffusion.diffusion.stepping import Callback, NoiseSource, Threshold
+from guided_diffusion.diffusion.stepping import NoiseSource
 from guided_diffusion.editing.grid import start_points
 from guided_diffusion.sampling.samplers import SAMPLERS
 
@@ -33,32 +33,26 @@ def sdedit(
     from_inversion: bool = False,
     inversion_refine: int = 6,
     noise: NoiseSource | None = None,
-    cond_fn: CondFn | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    clip_denoised: bool = True,
-    threshold: Threshold | None = None,
     progress: bool = False,
-    callback: Callback | None = None,
     **sampler_kwargs: Any,
 ) -> torch.Tensor:
     """Edit clean images `x` (float NCHW in [-1, 1]) with `SAMPLERS[sampler]` from strength `strength`.
 
     `noise` supplies the forward noise z (its first draw) and then the sampler's own noise, so with a
-    `SampleNoise` edit i depends only on (seed, i) and input i. `cond_fn`, `model_kwargs` and the rest are
-    handed to the sampler unchanged; the inversion (when asked for) uses the same `model_kwargs` and
-    `inversion_refine` fixed-point passes per step (see `ddim_invert`).
+    `SampleNoise` edit i depends only on (seed, i) and input i. `sampler_kwargs` (cond_fn, model_kwargs,
+    clip_denoised, threshold, callback and the sampler's options) go to the sampler unchanged; the
+    inversion (when asked for) uses the same `model_kwargs` and `inversion_refine` fixed-point passes per
+    step (see `ddim_invert`).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     points = start_points(strength, denoiser.num_steps)
     sub = denoiser.truncated(points)
     if from_inversion:
-        start = ddim_invert(sub, x, model_kwargs=model_kwargs, refine=inversion_refine, progress=progress)
+        start = ddim_invert(sub, x, model_kwargs=sampler_kwargs.get("model_kwargs"), refine=inversion_refine,
+                            progress=progress)
     else:
         z = noise.randn_like(x) if noise is not None else torch.randn_like(x)
         top = sub.level(points - 1)
         start = top.alpha * x + top.sigma * z
-    return SAMPLERS[sampler](
-        sub, start, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
-        threshold=threshold, progress=progress, callback=callback, **sampler_kwargs,
-    )
+    return SAMPLERS[sampler](sub, start, noise=noise, progress=progress, **sampler_kwargs)

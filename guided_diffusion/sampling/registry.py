@@ -22,7 +22,15 @@ from typing import Any
 import torch
 
 from guided_diffusion.diffusion.denoiser import CondFn, Denoiser
-from guided_diffusion.diffusion.stepping import Body, Callback, NoiseSource, Threshold, drive
+from guided_diffusion.diffusion.stepping import (
+    CONTEXT_INPUTS,
+    Body,
+    Callback,
+    NoiseSource,
+    SamplerContext,
+    Threshold,
+    drive,
+)
 from guided_diffusion.runtime.errors import SettingError
 
 __all__ = ["Option", "SamplerSpec", "Sampler", "GUIDANCE_FORMS"]
@@ -130,22 +138,13 @@ class Sampler:
             self.spec.check(resolved)
         return resolved
 
-    def steps(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        *,
-        noise: NoiseSource | None = None,
-        cond_fn: CondFn | None = None,
-        model_kwargs: Mapping[str, Any] | None = None,
-        clip_denoised: bool = True,
-        threshold: Threshold | None = None,
-        progress: bool = False,
-        **options: Any,
-    ) -> Iterator[dict[str, Any]]:
-        """The run step by step: {"k", "x", "x0", "evaluations"} after each step."""
-        return drive(self.name, self.spec.body, denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                     clip_denoised=clip_denoised, threshold=threshold, progress=progress, **self.resolve(options))
+    def steps(self, denoiser: Denoiser, x: torch.Tensor, *, progress: bool = False,
+              **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The run step by step, {"k", "x", "x0", "evaluations"} after each step; keywords as `__call__`'s
+        (without `callback`)."""
+        inputs = {name: kwargs.pop(name) for name in CONTEXT_INPUTS if name in kwargs}
+        return drive(self.name, self.spec.body, SamplerContext(denoiser, **inputs), x, progress=progress,
+                     **self.resolve(kwargs))
 
     def __call__(
         self,
@@ -162,8 +161,9 @@ class Sampler:
         **options: Any,
     ) -> torch.Tensor:
         """Walk `denoiser`'s grid from `x` at its noisiest point to clean data; returns x_0."""
-        for info in self.steps(denoiser, x, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
-                               clip_denoised=clip_denoised, threshold=threshold, progress=progress, **options):
+        ctx = SamplerContext(denoiser, noise=noise, cond_fn=cond_fn, model_kwargs=model_kwargs,
+                             clip_denoised=clip_denoised, threshold=threshold)
+        for info in drive(self.name, self.spec.body, ctx, x, progress=progress, **self.resolve(options)):
             x = info["x"]
             if callback is not None:
                 callback(info)

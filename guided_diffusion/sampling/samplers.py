@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -254,8 +255,21 @@ def dpmpp_3m_body(ctx: SamplerContext, x: torch.Tensor) -> Iterator[Step]:
         yield Step(_index(here), x, d.x0)
 
 
-def _sde_body(ctx: SamplerContext, x: torch.Tensor, *, order: int, s_noise: float) -> Iterator[Step]:
-    """The DPM-Solver++ SDE multistep update (see `dpmpp_2m_sde_body` / `dpmpp_3m_sde_body`) up to `order`."""
+def sde_multistep_body(ctx: SamplerContext, x: torch.Tensor, *, order: int, s_noise: float) -> Iterator[Step]:
+    """SDE-DPM-Solver++ (Lu et al. 2022, sec. 5 and appendix), multistep up to `order` (2M, 3M), the
+    stochastic counterpart of dpm++2m / dpm++3m. With h = lambda' - lambda, D the data prediction, G the
+    guidance and z ~ N(0, I):
+
+        x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D_i + [higher-order D terms]
+             + 2 sigma' int e^{-(lambda' - l)} G(l) dl + sigma' sqrt(1 - e^{-2h}) S_noise z,
+        2M: + alpha' phi_2(2h) (D_i - D_{i-1}) h / h_prev,       phi_2(u) = (e^{-u} - 1) / u + 1;
+        3M: r0 = h_1 / h, r1 = h_2 / h,  d1_0 = (D_i - D_{i-1}) / r0,  d1_1 = (D_{i-1} - D_{i-2}) / r1,
+            d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1),  d2 = (d1_0 - d1_1) / (r0 + r1),
+            + alpha' (phi_2 d1 - phi_3 d2),  phi_3 = phi_2 / (2h) - 1/2,
+
+    G interpolated through the same levels. Warm-up steps are lower order; the last step returns the
+    guided x0. Per-sample seeds come from `noise`.
+    """
     history: list[tuple[Denoised, float]] = []  # (prediction, h) of earlier levels, newest last
     for here, there in _pairs(ctx):
         d = ctx.denoise(x, here)
@@ -290,31 +304,6 @@ def _sde_body(ctx: SamplerContext, x: torch.Tensor, *, order: int, s_noise: floa
             x = x + sigma_next * math.sqrt(one_minus) * s_noise * ctx.randn_like(x)
             history = (history + [(d, h)])[-2:]
         yield Step(_index(here), x, d.x0)
-
-
-def dpmpp_2m_sde_body(ctx: SamplerContext, x: torch.Tensor, *, s_noise: float) -> Iterator[Step]:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5 and appendix), the stochastic counterpart of dpm++2m.
-
-    With h = lambda' - lambda, D the data prediction, G the guidance and z ~ N(0, I):
-        x' = (sigma' / sigma) e^{-h} x + alpha' (1 - e^{-2h}) D_i + alpha' phi_2(2h) (D_i - D_{i-1}) h / h_prev
-             + 2 sigma' int e^{-(lambda' - l)} G(l) dl + sigma' sqrt(1 - e^{-2h}) S_noise z,
-    phi_2(u) = (e^{-u} - 1) / u + 1, G linear through the last two levels; the first step is first order,
-    the last returns the guided x0. Per-sample seeds come from `noise`.
-    """
-    yield from _sde_body(ctx, x, order=2, s_noise=s_noise)
-
-
-def dpmpp_3m_sde_body(ctx: SamplerContext, x: torch.Tensor, *, s_noise: float) -> Iterator[Step]:
-    """Third-order multistep SDE-DPM-Solver++ (3M): as dpm++2m_sde with D extrapolated quadratically in
-    lambda from the last three evaluations (and G through them):
-
-        r0 = h_1 / h, r1 = h_2 / h,  d1_0 = (D_i - D_{i-1}) / r0,  d1_1 = (D_{i-1} - D_{i-2}) / r1,
-        d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1),  d2 = (d1_0 - d1_1) / (r0 + r1),
-        x' = [first-order SDE step] + alpha' (phi_2 d1 - phi_3 d2),  phi_3 = phi_2 / (2h) - 1/2.
-
-    Warm-up steps are first and second order; the last step returns the guided x0.
-    """
-    yield from _sde_body(ctx, x, order=3, s_noise=s_noise)
 
 
 # -- UniPC -------------------------------------------------------------------------------------------------
@@ -404,9 +393,10 @@ _SPECS = (
                 reference="Lu et al. 2022"),
     SamplerSpec("dpm++3m", dpmpp_3m_body, "third-order multistep DPM-Solver++", guidance="split",
                 reference="Lu et al. 2022"),
-    SamplerSpec("dpm++2m_sde", dpmpp_2m_sde_body, "SDE-DPM-Solver++(2M), stochastic", options=(_S_NOISE,),
+    SamplerSpec("dpm++2m_sde", partial(sde_multistep_body, order=2), "SDE-DPM-Solver++(2M), stochastic",
+                options=(_S_NOISE,),
                 stochastic=True, guidance="split", reference="Lu et al. 2022"),
-    SamplerSpec("dpm++3m_sde", dpmpp_3m_sde_body, "third-order multistep SDE-DPM-Solver++, stochastic",
+    SamplerSpec("dpm++3m_sde", partial(sde_multistep_body, order=3), "third-order multistep SDE-DPM-Solver++, stochastic",
                 options=(_S_NOISE,), stochastic=True, guidance="split", reference="Lu et al. 2022"),
     SamplerSpec("unipc", unipc_body, "UniPC (bh2) predictor-corrector, order 1-3",
                 options=(Option("order", 3, "unipc: order 1, 2 or 3", choices=(1, 2, 3)),), guidance="split",

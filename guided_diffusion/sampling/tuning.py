@@ -118,7 +118,13 @@ def tuning_reference(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = lambda text: None,
 ) -> TuningReference:
-    """Steps 1 and 2 of the module docstring: the reference trajectory and the one-step costs."""
+    """Steps 1 and 2 of the module docstring: the reference trajectory and the one-step costs.
+
+    `settings` carries the sampling choices besides the sampler (clipping, threshold, guidance interval
+    and schedule, sigma_max of the grid's top); `labels(indices)` gives the classes of warm-up samples.
+    Raises SettingError naming `warmup` or `steps` (the reference levels) for a request it cannot take."""
+    if reference_levels < 3:
+        raise SettingError("steps", f"the reference needs at least 3 levels, got {reference_levels}")
     if warmup < 1:
         raise SettingError("warmup", f"warmup must be at least 1, got {warmup}")
     base = settings or SamplerSettings()
@@ -185,43 +191,23 @@ def tuning_reference(
 def tune_grid(
     model: Callable[..., torch.Tensor],
     diffusion: Any,
+    reference: TuningReference,
     *,
     sampler: str,
     levels: int,
-    image_shape: tuple[int, ...],
-    cond_fn: CondFn | None = None,
-    labels: Callable[[list[int]], np.ndarray | None] = lambda indices: None,
-    settings: SamplerSettings | None = None,
-    warmup: int = 256,
-    seed: int = 0,
-    reference_levels: int = 250,
     max_trials: int = 200,
     min_gain: float = 0.005,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    reference: TuningReference | None = None,
     log: Callable[[str], None] = lambda text: None,
 ) -> TuningResult:
-    """Tune a `levels`-level grid for `sampler` on `model` (trained with `diffusion`), guided by `cond_fn`.
-
-    `settings` carries the rest of the sampling choices (clipping, threshold, guidance interval and
-    schedule, sampler options, sigma_max of the grid's top). `labels(indices)` gives the classes of
-    warm-up samples. `reference` (from `tuning_reference` with the same arguments) saves recomputing the
-    reference when several samplers or step counts are tuned. Raises SettingError naming `steps`,
-    `sampler` or `warmup` for requests it cannot tune.
-    """
+    """Tune a `levels`-level grid for `sampler` on `model` (trained with `diffusion`) against `reference`
+    (`tuning_reference` with the same model, guidance and settings; one reference serves every sampler and
+    step count). Raises SettingError naming `steps` or `sampler` for requests it cannot tune."""
     if sampler not in SAMPLERS:
         raise SettingError("sampler", f"sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     if SAMPLERS[sampler].spec.stochastic:
         raise SettingError("sampler", f"{sampler} draws noise: a grid is tuned against the ODE's solution, "
                            "so tune a deterministic sampler")
-    if reference is None:
-        if not 2 <= levels < reference_levels:
-            raise SettingError("steps", f"steps must be in 2..{reference_levels - 1} to tune, got {levels}")
-        reference = tuning_reference(model, diffusion, image_shape=image_shape, cond_fn=cond_fn, labels=labels,
-                                     settings=settings, warmup=warmup, seed=seed, reference_levels=reference_levels,
-                                     batch_size=batch_size, device=device, log=log)
-    elif not 2 <= levels < len(reference.fine_sigmas):
+    if not 2 <= levels < len(reference.fine_sigmas):
         raise SettingError("steps", f"steps must be in 2..{len(reference.fine_sigmas) - 1} to tune, got {levels}")
     base = reference.settings
     options: Mapping[str, Any] = base.solver_options if base.sampler == sampler else {}
