@@ -30,7 +30,7 @@ from guided_diffusion.training.monitor import WatchOptions
 
 COMMANDS = {"image_train": "diffusion", "super_res_train": "superres", "classifier_train": "classifier"}
 # Flags that say how to run a job rather than what it is, and the fine-tuning source (`job.init_from`).
-RUN_FLAGS = {"progress", "init_from"}
+RUN_FLAGS = {"progress", "device", "init_from"}
 SMALL_NET = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1", attention_resolutions="", learn_sigma=True)
 SMALL_FLAGS = ["--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1",
                "--attention_resolutions", "", "--learn_sigma", "True"]
@@ -190,3 +190,28 @@ def test_fine_tuning_refuses_a_checkpoint_of_another_kind(tmp_path, checkpoint):
     with pytest.raises(SettingError, match="is a diffusion model checkpoint, not a super-resolution model") as caught:
         resolve_training_job("superres", vars(parser.parse_args(["--init_from", str(checkpoint)])), {"init_from"})
     assert caught.value.setting == "init_from"
+
+
+# -- where and how precisely a run trains ------------------------------------------------------------------
+
+
+def test_device_and_bf16_on_this_machine(tmp_path, capsys, monkeypatch):
+    from guided_diffusion.runtime import autocast
+
+    data = make_blob_dataset(tmp_path / "data", count=4, size=8)
+    argv = ["image_train", "--data_dir", str(data), *SMALL_FLAGS, "--batch_size", "4", "--iterations", "1",
+            "--save_interval", "1", "--num_workers", "0", "--diffusion_steps", "50", "--progress", "False"]
+    assert main([*argv, "--log_dir", str(tmp_path / "cpu"), "--device", "cpu"]) == 0
+    assert "rank(s) on cpu;" in (tmp_path / "cpu" / "log.txt").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--log_dir", str(tmp_path / "none"), "--device", "quantum"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device 'quantum' is not a device name") and "\n" not in err
+    assert not (tmp_path / "none").exists()
+    # bf16 where it is only emulated: one warning, and the run still trains
+    monkeypatch.setattr(autocast, "bf16_slowness", lambda device: f"bf16 is emulated on {device}")
+    job = TrainingJob(network=ModelConfig(**SMALL_NET), diffusion=DiffusionConfig(learn_sigma=True, diffusion_steps=50),
+                      options=TrainingOptions(data_dir=str(data), log_dir=str(tmp_path / "bf16"), batch_size=4, iterations=1,
+                                              save_interval=1, num_workers=0, use_bf16=True))
+    with pytest.warns(RuntimeWarning, match="bf16 is emulated on cpu"):
+        assert run_training(job, device="cpu", progress=False, console=False).step == 1

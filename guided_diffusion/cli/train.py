@@ -37,6 +37,8 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "skip_bad_images": (False, "skip unreadable images (counted and logged) instead of stopping"),
     "tensorboard": (False, "also write TensorBoard logs (needs the tensorboard package)"),
     "channels_last": (False, "channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)"),
+    "device": ("", "where a single process trains: auto, cpu, cuda, cuda:N or mps (default: the GPU, else the CPU; "
+                   "under torchrun each rank takes its LOCAL_RANK's GPU)"),
 }
 
 
@@ -173,7 +175,7 @@ def _run(name: str, argv: list[str]) -> int:
     with tolerant_console():  # under `| tee log`, Ctrl-C kills tee first: the final save must still happen
         try:
             job = resolve_training_job(_KIND_OF_COMMAND[name], vars(args), typed_flags(parser, argv))
-            run_training(job, progress=args.progress, keep_logger=True, outcome=outcome)
+            run_training(job, device=args.device or None, progress=args.progress, keep_logger=True, outcome=outcome)
         except MissingInceptionWeights as exc:
             raise UserError(f"{flag_message(exc)}: give a downloaded copy with --inception_weights PATH, or use "
                             "--eval_features classifier:PATH with one of your classifier checkpoints") from None

@@ -196,11 +196,12 @@ class TrainerBase:
         options: LoopOptions,
         run_dir: str | os.PathLike | None = None,
         schedule_sampler: ScheduleSampler | None = None,
+        device: torch.device | None = None,
     ):
         self.options = options
         self.diffusion = diffusion
         self.data = data
-        self.device = distributed.dev()
+        self.device = device if device is not None else distributed.dev()  # default: this rank's GPU, else the CPU
         self.rank = distributed.get_rank()
         self.world_size = distributed.get_world_size()
         self.run_dir = Path(run_dir if run_dir is not None else logs.get_dir())

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from guided_diffusion.data.files import CLASS_MAP_NAME, ClassMap, choose_label_mode, list_image_files
 from guided_diffusion.data.stream import ImageStream, StreamSpec, resolve_class_map
 from guided_diffusion.runtime import distributed, logs
+from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
 from guided_diffusion.runtime.errors import SettingError, UserError
 from guided_diffusion.runtime.locks import FolderLock
 from guided_diffusion.runtime.performance import optimize_model
@@ -52,37 +55,43 @@ class TrainingOutcome:
 
 @dataclass(frozen=True)
 class _Caller:
-    """What the caller of `run_training` chose about data, output and stops."""
+    """What the caller of `run_training` chose about data, device, output and stops."""
 
     data: Iterator[Any] | None
+    device: torch.device
     progress: bool | None
     stop_on_signals: bool
 
 
-def run_training(job: TrainingJob, *, data: Iterator[Any] | None = None, progress: bool | None = True,
-                 console: bool = True, stop_on_signals: bool = True, keep_logger: bool = False,
-                 outcome: TrainingOutcome | None = None) -> TrainingOutcome:
+def run_training(job: TrainingJob, *, data: Iterator[Any] | None = None, device: torch.device | str | None = None,
+                 progress: bool | None = True, console: bool = True, stop_on_signals: bool = True,
+                 keep_logger: bool = False, outcome: TrainingOutcome | None = None) -> TrainingOutcome:
     """Run `job` and return how it ended (`outcome`, filled in as the run goes, when given).
 
     data: batches to train on instead of reading `job.options.data_dir` (the demo's digits in memory):
     `(images, {"y": labels})` pairs or `data.dataset.ImageBatch`es; the global generators then go on from
-    the initial weights' seeding, as they always have for such sources. progress: False silent, else a bar
-    in a terminal and plain lines outside one. console: False writes the log lines to the run directory's
-    log.txt and progress.csv only. stop_on_signals: SIGINT/SIGTERM finish the step, save and stop (False:
-    they interrupt as usual). keep_logger: leave the run's logger configured afterwards (the command line
-    adds its last words to log.txt); by default the caller's logger is restored.
+    the initial weights' seeding, as they always have for such sources. device: where a single process
+    trains (a name `runtime.distributed.resolve_device` reads, e.g. "cpu", "cuda:1", "mps", or a
+    torch.device); None: this rank's GPU, else the CPU. progress: False silent, else a bar in a terminal
+    and plain lines outside one. console: False writes the log lines to the run directory's log.txt and
+    progress.csv only. stop_on_signals: SIGINT/SIGTERM finish the step, save and stop (False: they
+    interrupt as usual). keep_logger: leave the run's logger configured afterwards (the command line adds
+    its last words to log.txt); by default the caller's logger is restored. With use_bf16 on a device
+    that only emulates bfloat16, a RuntimeWarning says so.
 
     Bad input raises SettingError/UserError before anything is written where the job's files allow; one
     found later (a checkpoint that does not fit, an image that cannot be read) removes what this run
     created in a run directory that was new or empty, so no stray log.txt stays behind."""
     outcome = outcome if outcome is not None else TrainingOutcome()
     outcome.max_time = job.watch.max_time
-    caller = _Caller(data=data, progress=progress, stop_on_signals=stop_on_signals)
     created_group = not distributed.is_initialized()
     distributed.setup_dist()
     outcome.rank, outcome.world_size = distributed.get_rank(), distributed.get_world_size()
     held: list[FolderLock] = []  # the run directory's lock, released however the run ends
     try:
+        caller = _Caller(data=data, device=_training_device(device), progress=progress, stop_on_signals=stop_on_signals)
+        if job.options.use_bf16 and outcome.rank == 0:
+            warn_if_bf16_is_slow(caller.device)
         init = _check_before_writing(job, data)
         requested, had_files = _fresh_run_dir(job)
         existed = requested is not None and requested.is_dir()
@@ -104,6 +113,16 @@ def run_training(job: TrainingJob, *, data: Iterator[Any] | None = None, progres
 
 
 # -- before anything is written ---------------------------------------------------------------------
+
+
+def _training_device(device: torch.device | str | None) -> torch.device:
+    """The device this process trains on (a name as `resolve_device` reads it; None: this rank's)."""
+    if device is None:
+        return distributed.dev()
+    if distributed.get_world_size() > 1:
+        raise SettingError("device", "device is for a single process: with several, each rank trains on the GPU of its "
+                                     "LOCAL_RANK; leave device unset")
+    return device if isinstance(device, torch.device) else distributed.resolve_device(device)
 
 
 def _check_before_writing(job: TrainingJob, data: Iterator[Any] | None) -> InitWeights | None:
@@ -211,7 +230,7 @@ def _run_in(job: TrainingJob, caller: _Caller, run_dir: Path, init: InitWeights 
     setting, value = job.options.resume_from
     point = snapshots.resolve_resume_point(value, run_dir, log=logs.log, setting=setting)
     seed = _run_seed(job.options.seed, point)
-    logs.log(f"seed {seed}; {distributed.get_world_size()} rank(s) on {distributed.dev()}; run directory {run_dir}")
+    logs.log(f"seed {seed}; {distributed.get_world_size()} rank(s) on {caller.device}; run directory {run_dir}")
     trainer, class_map = _build_trainer(job, caller, run_dir, seed, init if point is None else None)
     if point is not None:
         trainer.load_resume_point(point)
@@ -265,7 +284,8 @@ def _build_trainer(job: TrainingJob, caller: _Caller, run_dir: Path, seed: int,
     trainer = build_trainer(
         job.network, model=model, diffusion=diffusion, data=data, run_dir=run_dir,
         options=job.loop_options(seed=seed, progress=caller.progress, handle_signals=caller.stop_on_signals),
-        schedule_sampler=create_named_schedule_sampler(job.options.schedule_sampler, diffusion), **settings,
+        schedule_sampler=create_named_schedule_sampler(job.options.schedule_sampler, diffusion), device=caller.device,
+        **settings,
     )
     trainer.prepare_run_dir()
     return trainer, class_map

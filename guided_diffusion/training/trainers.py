@@ -29,11 +29,14 @@ def build_trainer(
     val_data: Iterator[Any] | None = None,
     eval_interval: int = 5,
     anneal_lr: bool = False,
+    device: torch.device | None = None,
 ) -> TrainerBase:
     """A `ClassifierTrainer` for a `ClassifierConfig` network, else a `DiffusionTrainer` (UNet or
-    super-resolution UNet). `noised`, `val_data`, `eval_interval` and `anneal_lr` are the classifier's
-    settings; a diffusion model anneals through `options.lr_anneal_steps` instead."""
-    common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir, schedule_sampler=schedule_sampler)
+    super-resolution UNet) on `device` (default: this rank's GPU, else the CPU). `noised`, `val_data`,
+    `eval_interval` and `anneal_lr` are the classifier's settings; a diffusion model anneals through
+    `options.lr_anneal_steps` instead."""
+    common = dict(model=model, diffusion=diffusion, data=data, options=options, run_dir=run_dir, schedule_sampler=schedule_sampler,
+                  device=device)
     if isinstance(network_config, ClassifierConfig):
         return ClassifierTrainer(noised=noised, val_data=val_data, eval_interval=eval_interval, anneal_lr=anneal_lr, **common)
     return DiffusionTrainer(**common)
