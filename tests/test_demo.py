@@ -44,13 +44,13 @@ TINY = REDUCED.replace(
 SETTING_KEYS = {"sampler", "scale", "accuracy", "fid", "precision", "recall"}
 
 
-def run_demo_cli(out_dir: Path, seed: int, settings: StudySettings) -> int:
+def run_demo_cli(out_dir: Path, seed: int, settings: StudySettings, *extra: str) -> int:
     """`guided-diffusion demo --quick` with the quick recipe replaced by `settings`."""
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(demo, "quick_settings", lambda: settings)
         try:
-            return cli.main(["demo", "--out_dir", str(out_dir), "--seed", str(seed), "--quick", "--progress", "False"])
+            return cli.main(["demo", "--out_dir", str(out_dir), "--seed", str(seed), "--quick", "--progress", "False", *extra])
         finally:
             torch.set_num_threads(threads)  # the demo pins its own thread count
 
@@ -238,3 +238,20 @@ def test_help_shows_the_defaults(capsys, monkeypatch):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "(default: demo_out)" in out and "(default: 0)" in out and "--overwrite" in out
+
+
+def test_device_cpu_gives_the_default_run_of_a_machine_without_gpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the default run trains on the GPU here")
+    assert run_demo_cli(tmp_path / "default", 5, TINY) == 0
+    assert run_demo_cli(tmp_path / "cpu", 5, TINY, "--device", "cpu") == 0
+    capsys.readouterr()
+    default, cpu = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("default", "cpu"))
+    assert cpu["settings"] == default["settings"]
+
+
+def test_an_unknown_device_is_one_line_and_writes_nothing(tmp_path, capsys):
+    assert cli.main(["demo", "--out_dir", str(tmp_path / "none"), "--device", "quantum"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device 'quantum' is not a device name") and "\n" not in err
+    assert not (tmp_path / "none").exists()

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace the files of a previous run in --out_dir (without it, a folder that is not empty is refused)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole run: the same seed gives the same metrics.json")
     parser.add_argument("--quick", action="store_true", help="shorter training and fewer samples (about a third of the time)")
+    parser.add_argument("--device", default="", help="where the networks train and sample: auto, cpu, cuda, cuda:N or mps "
+                                                      "(default: train on the GPU, else the CPU, and sample on the CPU)")
     add_progress_flag(parser)
     return parser
 
@@ -60,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from guided_diffusion.demo import run_demo
+    from guided_diffusion.runtime.distributed import resolve_device
+
+    device = resolve_device(args.device) if args.device else None
 
     torch.set_num_threads(THREADS)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        run_demo(out_dir, seed=args.seed, quick=args.quick, progress=args.progress, overwrite=args.overwrite)
+        run_demo(out_dir, seed=args.seed, quick=args.quick, progress=args.progress, overwrite=args.overwrite, device=device)
     except (KeyboardInterrupt, _Terminated) as stop:
         signum = stop.signum if isinstance(stop, _Terminated) else signal.SIGINT
         again = argv if args.overwrite else [*argv, "--overwrite"]

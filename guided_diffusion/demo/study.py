@@ -48,19 +48,20 @@ def classifier_sample_command(unet: TrainedNetwork, guide: TrainedNetwork, *, sc
 def _noisy_accuracy(guide: torch.nn.Module, diffusion, images: torch.Tensor, labels: torch.Tensor, t: int, seed: int) -> float:
     """The guidance classifier's accuracy on held-out images noised to timestep t."""
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=generator)
-    steps = torch.full((len(images),), t, dtype=torch.long)
+    noise = torch.randn(images.shape, generator=generator).to(images.device)  # the same noise on any device
+    steps = torch.full((len(images),), t, dtype=torch.long, device=images.device)
     with torch.no_grad():
         logits = guide(diffusion.q_sample(images, steps, noise=noise), steps)
-    return float((logits.argmax(1) == labels).float().mean())
+    return float((logits.argmax(1) == labels.to(logits.device)).float().mean())
 
 
 def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progress: bool | None = False,
-              echo: Callable[[str], None] = print, overwrite: bool = False) -> StudyResult:
+              echo: Callable[[str], None] = print, overwrite: bool = False, device: torch.device | None = None) -> StudyResult:
     """Run the whole study into `out_dir` and return its results (also written there). A previous
     run's files there are replaced only with `overwrite`: an `out_dir` that is not empty is refused
     otherwise, so no earlier checkpoints go silently. `progress`: False silent, else a bar in a
-    terminal and plain lines outside one (`runtime.logs.ProgressReporter`)."""
+    terminal and plain lines outside one (`runtime.logs.ProgressReporter`). `device`: where the networks
+    train, sample and score (None: they train on the GPU, else the CPU, and sample on the CPU)."""
     start = time.perf_counter()
     require_demo_extras()
     out_dir = Path(out_dir)
@@ -84,7 +85,7 @@ def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progre
         echo(f"training {name}: {params / 1e6:.2f}M parameters, {spec.steps} steps of {spec.batch_size} images")
         data = InMemoryBatches(train_images, train_labels, spec.batch_size, seed=mix_seed(seed, tag, 0), with_labels=with_labels)
         net = train_network(config, s.diffusion, data, spec, run_dir=out_dir / "checkpoints" / name,
-                            seed=mix_seed(seed, tag, 1), progress=progress)
+                            seed=mix_seed(seed, tag, 1), progress=progress, device=device)
         stage_seconds[name] = time.perf_counter() - begin
         return net
 
@@ -95,7 +96,7 @@ def run_study(out_dir: str | Path, *, seed: int, settings: StudySettings, progre
     judge = JudgeFeatures(judge_net.model)
     judge_accuracy = float(np.mean(judge.predict(test_images) == test_labels))
     diffusion = s.diffusion.build()
-    held_out = to_model_input(test_images)
+    held_out = to_model_input(test_images) if device is None else to_model_input(test_images).to(device)
     held_labels = torch.as_tensor(test_labels)
     guide_accuracy = {t: _noisy_accuracy(guide.model, diffusion, held_out, held_labels, t, mix_seed(seed, _GUIDE, 2))
                       for t in (0, 250, 500, 750)}

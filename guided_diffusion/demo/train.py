@@ -64,21 +64,25 @@ def train_network(
     run_dir: str | Path,
     seed: int,
     progress: bool | None,
+    device: torch.device | None = None,
 ) -> TrainedNetwork:
     """Train a diffusion UNet (ModelConfig) or a classifier (ClassifierConfig) for `spec.steps` steps
-    from `seed` on the batches of `data`, as a `TrainingJob` run by `run_training` into `run_dir`, and
-    return it reloaded from its checkpoint (the EMA weights for a diffusion model)."""
+    from `seed` on the batches of `data`, as a `TrainingJob` run by `run_training` into `run_dir` on
+    `device` (None: the GPU, else the CPU), and return it reloaded from its checkpoint (the EMA weights
+    for a diffusion model), on `device` when one is given, else on the CPU."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(run_dir)
     job = training_job(network_config, diffusion_config, spec, run_dir=run_dir, seed=seed)
     # The demo prints its own summary and stops at once on Ctrl-C: log lines go to the run's files only.
-    run_training(job, data=data, progress=progress, console=False, stop_on_signals=False)
+    run_training(job, data=data, device=device, progress=progress, console=False, stop_on_signals=False)
     if job.options.ema_rate:
         checkpoint = run_dir / snapshots.ema_name(parse_ema_rates(job.options.ema_rate)[0], spec.steps)
     else:
         checkpoint = run_dir / snapshots.model_name(spec.steps)
     trained = load_model(checkpoint)
+    if device is not None:
+        trained = trained.to(device)
     return TrainedNetwork(model=trained.eval(), checkpoint=checkpoint, config=network_config)
 
 
