@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from guided_diffusion.cli import nll
-from guided_diffusion.cli import presets as preset_commands
 from guided_diffusion.cli.resumable import check_out_dir, default_out_dir, run_claimed
 from guided_diffusion.cli.sample_flags import build_parser
 from guided_diffusion.cli.sample_job import Inputs, check_inputs, job_from_flags, resolve_flags, sampling_device
@@ -36,8 +34,6 @@ __all__ = ["image_sample", "classifier_sample", "super_res_sample", "build_parse
            "fetch_checkpoints"]
 
 _build_parser = build_parser  # the name tests/helpers.py imports
-# cli.SUBCOMMANDS still names this module for these three; they live in cli/nll.py and cli/presets.py
-image_nll, presets, download = nll.image_nll, preset_commands.presets, preset_commands.download
 
 
 def image_sample(argv: list[str]) -> int:

@@ -414,12 +414,9 @@ class TrainingMonitor:
 
     def draw(self, network: torch.nn.Module, indices: list[int], seed: int, device: torch.device) -> np.ndarray:
         """uint8 NHWC samples `indices` of noise run `seed`."""
-        from guided_diffusion.sampling.generate import (
-            SamplerSettings,
-            draw,
-            to_numpy_uint8,
-        )
+        from guided_diffusion.sampling.draw import draw, to_numpy_uint8
         from guided_diffusion.sampling.guidance import GuidedModel
+        from guided_diffusion.sampling.settings import SamplerSettings
 
         labels = self.labels_for(indices)
         kwargs = {"low_res": self.low_res_inputs(indices, device)} if self.low_res_source is not None else None
