@@ -5,8 +5,7 @@ schedule arrays at every step. Schedule math belongs in NumPy and Python floats;
 A TorchDispatchMode sees the output of every operation run through PyTorch while tiny random networks
 sample (through `load_pipeline`, as users do), edit (SDEdit, RePaint, DPS, DDIM inversion) and train for a
 step. This machine has no MPS device, so the check is stricter than MPS needs: a float64 tensor anywhere,
-host included, fails (host-side float64 belongs in NumPy). Where a file being rewritten by someone else
-still makes one, that case is marked xfail(strict=True) and a second test checks every other file.
+host included, fails (host-side float64 belongs in NumPy).
 """
 from __future__ import annotations
 
@@ -36,12 +35,6 @@ from guided_diffusion.training.loop import DiffusionTrainer, LoopOptions
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PACKAGE = Path(__file__).resolve().parents[1] / "guided_diffusion"
-
-# Files whose float64 tensors are being removed by their owners right now (issue 22 reports them).
-PENDING = {
-    "training/timestep_sampling.py": "training/timestep_sampling.py (issue 20 owner): u.double() on the device",
-}
-
 
 class Float64Recorder(TorchDispatchMode):
     """Records, for every operation whose output holds a float64 tensor, the operation and the innermost
@@ -180,30 +173,12 @@ def scenario(name: str, checkpoints: dict[str, Path], tmp_path: Path) -> Callabl
 
 SCENARIOS = ["sample ddim", "sample ddpm", "sample dpm++2m grid", "sample heun grid bf16", "sample cfg", "edit sdedit",
              "edit repaint and dps", "edit ddim inversion", "train diffusion step", "train classifier step"]
-# The cases that still make float64 in a PENDING file; the owner removes the marker with the fix.
-WAITING = {
-    "train diffusion step": "training/timestep_sampling.py", "train classifier step": "training/timestep_sampling.py",
-}
-
-
-def params() -> list[Any]:
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PENDING[WAITING[name]]))
-            if name in WAITING else name for name in SCENARIOS]
-
-
-@pytest.mark.parametrize("name", params())
-def test_no_float64_tensor_is_made(name, checkpoints, tmp_path):
-    hits = float64_made_by(scenario(name, checkpoints, tmp_path))
-    assert not hits, f"float64 tensors made by: {sorted(set(hits))}"
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_float64_only_where_a_rewrite_is_pending(name, checkpoints, tmp_path):
-    """Every file but the PENDING ones (the diffusion process, the networks, guidance, the samplers'
-    callers) makes no float64 tensor, in every case."""
+def test_no_float64_tensor_is_made(name, checkpoints, tmp_path):
     hits = float64_made_by(scenario(name, checkpoints, tmp_path))
-    elsewhere = sorted({(op, where) for op, where in hits if where.rsplit(":", 1)[0] not in PENDING})
-    assert not elsewhere, f"float64 tensors made by: {elsewhere}"
+    assert not hits, f"float64 tensors made by: {sorted(set(hits))}"
 
 
 def test_the_recorder_sees_a_float64_schedule_lookup():

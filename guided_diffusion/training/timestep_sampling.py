@@ -49,11 +49,14 @@ class ScheduleSampler(ABC):
     def sample_from_uniform(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps for given uniforms `u` in [0, 1) by inverting the CDF (lets each example draw
         its timestep from its own seed); returns (timesteps int64, weights float32) on u's device."""
-        p = torch.from_numpy(self.probabilities())
-        cdf = torch.cumsum(p, 0)
-        indices = torch.searchsorted(cdf, u.detach().double().cpu() * cdf[-1], right=True).clamp_(max=len(p) - 1)
+        # On the host in NumPy float64: no float64 tensor on the device (Apple's MPS has none).
+        p = np.asarray(self.probabilities(), dtype=np.float64)
+        cdf = np.cumsum(p)
+        draws = u.detach().cpu().numpy().astype(np.float64)
+        indices = np.minimum(np.searchsorted(cdf, draws * cdf[-1], side="right"), len(p) - 1)
         weights = 1.0 / (len(p) * p[indices])
-        return indices.long().to(u.device), weights.float().to(u.device)
+        return (torch.from_numpy(indices.astype(np.int64)).to(u.device),
+                torch.from_numpy(weights.astype(np.float32)).to(u.device))
 
     def state_dict(self) -> dict:
         return {}
