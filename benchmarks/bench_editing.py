@@ -1,4 +1,4 @@
-"""Editing and restoring on the demo's trained digits models: the figures of the README's editing section.
+"""Editing and restoring on the demo's trained digits models: the figures of docs/editing.md.
 
 Train the models once with `guided-diffusion demo --out_dir /tmp/demo_full`, then
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--jump_n_sample", type=int, default=5)
     parser.add_argument("--inpaint_dps_scale", type=float, default=0.5)
     parser.add_argument("--sr_dps_scale", type=float, default=4.0)
-    parser.add_argument("--figure", default="", help="write the README picture here (PNG; needs every part)")
+    parser.add_argument("--figure", default="", help="write the docs/editing.md picture here (PNG; needs every part)")
     parser.add_argument("--parts", default="inversion,editing,inpainting,super_res",
                         help="comma list of the parts to run (default: all four)")
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """`guided-diffusion make_inputs`: the example inputs of the editing commands, from the demo's held-out digits.
 
-Writes into --out_dir the files the README's editing commands take: digits.npz (held-out digits of
+Writes into --out_dir the files the editing commands of docs/editing.md take: digits.npz (held-out digits of
 scikit-learn's 8x8 set, never trained on by `guided-diffusion demo`, with their labels), top_half.png (a
 mask keeping the top half), small_4x4.npz (the digits box-downsampled by 2) and blurred.npz (blurred by a
 Gaussian of sigma 1). The same digits every time; files already holding them are left as they are.
@@ -44,5 +44,5 @@ def main(argv: list[str]) -> int:
     for name, what in EXAMPLE_FILES.items():
         state = "written" if name in written else "already there"
         print(f"{args.out_dir}/{name}: {what} ({state})")
-    print(f"{len(images)} held-out digits (8x8); edit them with the models of `guided-diffusion demo` (see README)")
+    print(f"{len(images)} held-out digits (8x8); edit them with the models of `guided-diffusion demo` (see docs/editing.md)")
     return 0

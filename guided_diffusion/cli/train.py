@@ -36,7 +36,7 @@ NEW_FLAGS: dict[str, tuple[object, str]] = {
     "num_workers": (-1, "data loader worker processes per rank (-1: automatic)"),
     "skip_bad_images": (False, "skip unreadable images (counted and logged) instead of stopping"),
     "tensorboard": (False, "also write TensorBoard logs (needs the tensorboard package)"),
-    "channels_last": (False, "channels-last (NHWC) memory layout for the convolutions (a GPU option; same results)"),
+    "channels_last": (False, "channels-last (NHWC) memory layout for the convolutions (same results; slower on the H200 measured)"),
     "device": ("", "where a single process trains: auto, cpu, cuda, cuda:N or mps (default: the GPU, else the CPU; "
                    "under torchrun each rank takes its LOCAL_RANK's GPU)"),
 }

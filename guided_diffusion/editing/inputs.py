@@ -84,7 +84,7 @@ def _holds(path: Path, arrays: list[np.ndarray]) -> bool:
 
 def write_example_inputs(out_dir: str | Path, images: np.ndarray, labels: np.ndarray | None, *,
                          overwrite: bool = False) -> dict[str, Path]:
-    """Write the inputs the README's editing commands take (`EXAMPLE_FILES`, from `example_inputs`) for
+    """Write the inputs the editing commands of docs/editing.md take (`EXAMPLE_FILES`, from `example_inputs`) for
     `images` (uint8 NHWC, square, even size) into `out_dir`, atomically; returns {name: path} of the files
     written. A file that already holds the same arrays is left as it is; one with other content is refused
     (SettingError naming `overwrite`) unless `overwrite`, before anything is written."""

@@ -257,7 +257,7 @@ def load_pipeline(
     are classifier settings: "--image_size 64 --classifier_depth 4"). Settings resolve as
     `config.resolve` says: defaults < preset < saved config < these flags. use_fp16: None follows the
     preset's flags on a GPU (fp32 on a CPU); bf16: run under bfloat16 autocast instead; channels_last:
-    NHWC memory layout for the convolutions (a GPU option; same results). A file of the wrong kind, or
+    NHWC memory layout for the convolutions (same results; slower on the H200 measured). A file of the wrong kind, or
     weights that do not fit the settings, is a one-line UserError naming the setting to change.
     """
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

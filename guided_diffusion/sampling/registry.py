@@ -100,7 +100,7 @@ class SamplerSpec:
     guidance: str = "score"
     needs_diffusion: bool = False
     check: Callable[[Mapping[str, Any]], None] | None = None
-    reference: str = ""  # the paper, for the README table
+    reference: str = ""  # the paper, for the samplers table of docs/sampling.md
 
     def __post_init__(self) -> None:
         if self.guidance not in GUIDANCE_FORMS:

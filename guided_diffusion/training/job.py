@@ -10,8 +10,8 @@ the weights (`config.json`, `TrainingJob.saved_config`).
     from guided_diffusion.config import DiffusionConfig, ModelConfig
     from guided_diffusion.training import TrainingJob, TrainingOptions, run_training
 
-    job = TrainingJob(network=ModelConfig(image_size=32, num_channels=64), diffusion=DiffusionConfig(),
-                      options=TrainingOptions(data_dir="images", log_dir="runs/a", iterations=1000, batch_size=16))
+    job = TrainingJob(network=ModelConfig(image_size=32, num_channels=64, channel_mult="1,2,2,2"),
+                      diffusion=DiffusionConfig(), options=TrainingOptions(data_dir="images", log_dir="runs/a", iterations=1000, batch_size=16))
     outcome = run_training(job)
 
 A command builds its job from its flags with `resolve_training_job`, which takes the network's settings
