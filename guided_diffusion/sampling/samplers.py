@@ -31,7 +31,7 @@ heun, ipndm, deis) step with eps - G, which stays bounded, and need no split.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -68,6 +68,16 @@ def _guidance_term(points: list[tuple[float, torch.Tensor | None]], h: float, ra
         return None
     values = [g if g is not None else torch.zeros_like(present[0]) for _, g in points]
     return combine(lagrange_weights([u for u, _ in points], h, rate), values)
+
+
+def _walk_to_clean(ctx: SamplerContext, x: torch.Tensor,
+                   update: Callable[[torch.Tensor, Level, Level, Denoised, float], torch.Tensor]) -> Iterator[Step]:
+    """The walk of the data-prediction solvers: one evaluation per level, `update(x, here, there, d, h)`
+    to the next level (h = lambda' - lambda), and at the last level the guided x0 itself (lambda' = inf)."""
+    for here, there in _pairs(ctx):
+        d = ctx.denoise(x, here)
+        x = d.x0 if there.is_clean else update(x, here, there, d, there.log_snr - here.log_snr)
+        yield Step(_index(here), x, d.x0)
 
 
 # -- first order ------------------------------------------------------------------------------------------
@@ -209,23 +219,22 @@ def dpmpp_2m_body(ctx: SamplerContext, x: torch.Tensor) -> Iterator[Step]:
     Unguided this is the published update. The step to clean data returns the guided x0. Deterministic.
     """
     previous: tuple[Denoised, float] | None = None  # (prediction, h) of the level before
-    for here, there in _pairs(ctx):
-        d = ctx.denoise(x, here)
-        if there.is_clean:
-            x = d.x0
-        else:
-            h = there.log_snr - here.log_snr
-            c = 0.0 if previous is None else 0.5 * h / previous[1]
-            data = d.data if previous is None else (1 + c) * d.data - c * previous[0].data
-            x = (there.sigma / here.sigma) * x - there.alpha * math.expm1(-h) * data
-            if d.guidance is not None or (previous is not None and previous[0].guidance is not None):
-                points = [(0.0, d.guidance)] if previous is None else [(-previous[1] / h, previous[0].guidance),
-                                                                          (0.0, d.guidance)]
-                term = _guidance_term(points, h, rate=0.0)
-                if term is not None:
-                    x = x + there.sigma * term
-            previous = (d, h)
-        yield Step(_index(here), x, d.x0)
+
+    def update(x: torch.Tensor, here: Level, there: Level, d: Denoised, h: float) -> torch.Tensor:
+        nonlocal previous
+        c = 0.0 if previous is None else 0.5 * h / previous[1]
+        data = d.data if previous is None else (1 + c) * d.data - c * previous[0].data
+        x = (there.sigma / here.sigma) * x - there.alpha * math.expm1(-h) * data
+        if d.guidance is not None or (previous is not None and previous[0].guidance is not None):
+            points = [(0.0, d.guidance)] if previous is None else [(-previous[1] / h, previous[0].guidance),
+                                                                      (0.0, d.guidance)]
+            term = _guidance_term(points, h, rate=0.0)
+            if term is not None:
+                x = x + there.sigma * term
+        previous = (d, h)
+        return x
+
+    yield from _walk_to_clean(ctx, x, update)
 
 
 def dpmpp_3m_body(ctx: SamplerContext, x: torch.Tensor) -> Iterator[Step]:
@@ -239,20 +248,17 @@ def dpmpp_3m_body(ctx: SamplerContext, x: torch.Tensor) -> Iterator[Step]:
     weight, and of G. The step to clean data returns the guided x0. Deterministic.
     """
     history: list[tuple[float, Denoised]] = []  # (lambda, prediction), newest last
-    for here, there in _pairs(ctx):
-        d = ctx.denoise(x, here)
+
+    def update(x: torch.Tensor, here: Level, there: Level, d: Denoised, h: float) -> torch.Tensor:
+        nonlocal history
         history = (history + [(here.log_snr, d)])[-3:]
-        if there.is_clean:
-            x = d.x0
-        else:
-            h = there.log_snr - here.log_snr
-            offsets = [(lam - here.log_snr) / h for lam, _ in history]
-            a = lagrange_weights(offsets, h, rate=1.0)
-            x = (there.sigma / here.sigma) * x + there.alpha * combine(a, [p.data for _, p in history])
-            term = _guidance_term([(u, p.guidance) for u, (_, p) in zip(offsets, history)], h, rate=0.0)
-            if term is not None:
-                x = x + there.sigma * term
-        yield Step(_index(here), x, d.x0)
+        offsets = [(lam - here.log_snr) / h for lam, _ in history]
+        a = lagrange_weights(offsets, h, rate=1.0)
+        x = (there.sigma / here.sigma) * x + there.alpha * combine(a, [p.data for _, p in history])
+        term = _guidance_term([(u, p.guidance) for u, (_, p) in zip(offsets, history)], h, rate=0.0)
+        return x if term is None else x + there.sigma * term
+
+    yield from _walk_to_clean(ctx, x, update)
 
 
 def sde_multistep_body(ctx: SamplerContext, x: torch.Tensor, *, order: int, s_noise: float) -> Iterator[Step]:
@@ -271,39 +277,38 @@ def sde_multistep_body(ctx: SamplerContext, x: torch.Tensor, *, order: int, s_no
     guided x0. Per-sample seeds come from `noise`.
     """
     history: list[tuple[Denoised, float]] = []  # (prediction, h) of earlier levels, newest last
-    for here, there in _pairs(ctx):
-        d = ctx.denoise(x, here)
-        if there.is_clean:
-            x = d.x0
-        else:
-            h = there.log_snr - here.log_snr
-            alpha_next, sigma_next = there.alpha, there.sigma
-            one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
-            x = (sigma_next / here.sigma) * math.exp(-h) * x + alpha_next * one_minus * d.data
-            phi_2 = math.expm1(-2.0 * h) / (2.0 * h) + 1.0
-            if order >= 3 and len(history) >= 2:
-                (d_1, h_1), (d_2, h_2) = history[-1], history[-2]
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (d.data - d_1.data) / r0
-                d1_1 = (d_1.data - d_2.data) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / (2.0 * h) - 0.5
-                x = x + alpha_next * (phi_2 * d1 - phi_3 * d2)
-            elif history:
-                d_1, h_1 = history[-1]
-                x = x + alpha_next * phi_2 * (d.data - d_1.data) * (h / h_1)
-            points: list[tuple[float, torch.Tensor | None]] = [(0.0, d.guidance)]
-            offset = 0.0
-            for past, h_past in reversed(history[-(order - 1):] if order > 1 else []):
-                offset -= h_past / h
-                points.insert(0, (offset, past.guidance))
-            term = _guidance_term(points, h, rate=1.0)
-            if term is not None:
-                x = x + 2.0 * sigma_next * term
-            x = x + sigma_next * math.sqrt(one_minus) * s_noise * ctx.randn_like(x)
-            history = (history + [(d, h)])[-2:]
-        yield Step(_index(here), x, d.x0)
+
+    def update(x: torch.Tensor, here: Level, there: Level, d: Denoised, h: float) -> torch.Tensor:
+        nonlocal history
+        alpha_next, sigma_next = there.alpha, there.sigma
+        one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
+        x = (sigma_next / here.sigma) * math.exp(-h) * x + alpha_next * one_minus * d.data
+        phi_2 = math.expm1(-2.0 * h) / (2.0 * h) + 1.0
+        if order >= 3 and len(history) >= 2:
+            (d_1, h_1), (d_2, h_2) = history[-1], history[-2]
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0 = (d.data - d_1.data) / r0
+            d1_1 = (d_1.data - d_2.data) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_3 = phi_2 / (2.0 * h) - 0.5
+            x = x + alpha_next * (phi_2 * d1 - phi_3 * d2)
+        elif history:
+            d_1, h_1 = history[-1]
+            x = x + alpha_next * phi_2 * (d.data - d_1.data) * (h / h_1)
+        points: list[tuple[float, torch.Tensor | None]] = [(0.0, d.guidance)]
+        offset = 0.0
+        for past, h_past in reversed(history[-(order - 1):] if order > 1 else []):
+            offset -= h_past / h
+            points.insert(0, (offset, past.guidance))
+        term = _guidance_term(points, h, rate=1.0)
+        if term is not None:
+            x = x + 2.0 * sigma_next * term
+        x = x + sigma_next * math.sqrt(one_minus) * s_noise * ctx.randn_like(x)
+        history = (history + [(d, h)])[-2:]
+        return x
+
+    yield from _walk_to_clean(ctx, x, update)
 
 
 # -- UniPC -------------------------------------------------------------------------------------------------
