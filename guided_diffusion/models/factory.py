@@ -76,32 +76,26 @@ def label_rows(class_cond: bool, num_classes: int, class_dropout_prob: float) ->
     return num_classes + (1 if class_dropout_prob > 0 else 0)
 
 
-def _unet_arguments(image_size: int, channel_mult: ChannelMult, *, num_channels: int, num_res_blocks: int,
-                    learn_sigma: bool, class_cond: bool, use_checkpoint: bool,
-                    attention_resolutions: ResolutionsSetting, num_heads: int,
-                    num_head_channels: int, num_heads_upsample: int, use_scale_shift_norm: bool, dropout: float,
-                    resblock_updown: bool, use_fp16: bool, use_new_attention_order: bool, num_classes: int,
-                    class_dropout_prob: float) -> dict[str, Any]:
-    """UNetModel's keyword arguments from the flags shared by the image and super-resolution models."""
+def _unet_arguments(image_size: int, channel_mult: ChannelMult, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """UNetModel's keyword arguments from the flags `create_model` and `sr_create_model` share (their
+    own arguments, by the original's names), for images of `image_size` with widths `channel_mult`."""
     return dict(
         image_size=image_size,
         in_channels=3,
-        model_channels=num_channels,
-        out_channels=6 if learn_sigma else 3,
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=parse_attention_resolutions(attention_resolutions, image_size),
-        dropout=dropout,
+        model_channels=flags["num_channels"],
+        out_channels=6 if flags["learn_sigma"] else 3,
+        num_res_blocks=flags["num_res_blocks"],
+        attention_resolutions=parse_attention_resolutions(flags["attention_resolutions"], image_size),
+        dropout=flags["dropout"],
         channel_mult=channel_mult,
-        num_classes=label_rows(class_cond, num_classes, class_dropout_prob),
-        use_checkpoint=use_checkpoint,
-        use_fp16=use_fp16,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        resblock_updown=resblock_updown,
-        use_new_attention_order=use_new_attention_order,
+        num_classes=label_rows(flags["class_cond"], flags["num_classes"], flags["class_dropout_prob"]),
+        **{name: flags[name] for name in _UNET_FLAGS_AS_GIVEN},
     )
+
+
+# UNetModel arguments that take a flag's value unchanged, under the flag's own name.
+_UNET_FLAGS_AS_GIVEN = ("use_checkpoint", "use_fp16", "num_heads", "num_head_channels", "num_heads_upsample",
+                        "use_scale_shift_norm", "resblock_updown", "use_new_attention_order")
 
 
 def create_model(
@@ -114,14 +108,8 @@ def create_model(
 ) -> UNetModel:
     """The diffusion UNet (channel_mult "" picks the original's preset for image_size). With
     class_dropout_prob > 0 the label embedding has one extra row, the null label num_classes."""
-    mult = parse_channel_mult(channel_mult, image_size)
-    return UNetModel(**_unet_arguments(
-        image_size, mult, num_channels=num_channels, num_res_blocks=num_res_blocks, learn_sigma=learn_sigma,
-        class_cond=class_cond, use_checkpoint=use_checkpoint, attention_resolutions=attention_resolutions,
-        num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm, dropout=dropout, resblock_updown=resblock_updown, use_fp16=use_fp16,
-        use_new_attention_order=use_new_attention_order, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
-    ))
+    flags = dict(locals())
+    return UNetModel(**_unet_arguments(image_size, parse_channel_mult(channel_mult, image_size), flags))
 
 
 def sr_create_model(
@@ -133,14 +121,9 @@ def sr_create_model(
 ) -> SuperResModel:
     """The super-resolution UNet from small_size to large_size (small_size only documents the input:
     the low-resolution image is upsampled to large_size inside the model)."""
+    flags = dict(locals())
     mult = parse_channel_mult(channel_mult, large_size, SR_CHANNEL_MULT_BY_SIZE)
-    return SuperResModel(**_unet_arguments(
-        large_size, mult, num_channels=num_channels, num_res_blocks=num_res_blocks, learn_sigma=learn_sigma,
-        class_cond=class_cond, use_checkpoint=use_checkpoint, attention_resolutions=attention_resolutions,
-        num_heads=num_heads, num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm, dropout=dropout, resblock_updown=resblock_updown, use_fp16=use_fp16,
-        use_new_attention_order=use_new_attention_order, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
-    ))
+    return SuperResModel(**_unet_arguments(large_size, mult, flags))
 
 
 # The encoder's argument names as the classifier's settings call them (for errors raised while building).

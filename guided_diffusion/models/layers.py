@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm with float32 statistics whatever the input dtype (fp16 torsos stay stable).
@@ -38,15 +40,16 @@ def normalization(channels: int) -> nn.Module:
     return GroupNorm32(32, channels)
 
 
+def _of_dims(dims: int, modules: tuple[type[nn.Module], type[nn.Module], type[nn.Module]]) -> type[nn.Module]:
+    """The 1-D, 2-D or 3-D module class of `modules` for `dims`."""
+    if dims not in (1, 2, 3):
+        raise ValueError(f"unsupported dimensions: {dims}")
+    return modules[dims - 1]
+
+
 def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D convolution."""
-    if dims == 1:
-        return nn.Conv1d(*args, **kwargs)
-    if dims == 2:
-        return nn.Conv2d(*args, **kwargs)
-    if dims == 3:
-        return nn.Conv3d(*args, **kwargs)
-    raise ValueError(f"unsupported dimensions: {dims}")
+    return _of_dims(dims, _CONV_TYPES)(*args, **kwargs)
 
 
 def linear(*args: Any, **kwargs: Any) -> nn.Module:
@@ -56,13 +59,7 @@ def linear(*args: Any, **kwargs: Any) -> nn.Module:
 
 def avg_pool_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     """A 1-D, 2-D or 3-D average pool."""
-    if dims == 1:
-        return nn.AvgPool1d(*args, **kwargs)
-    if dims == 2:
-        return nn.AvgPool2d(*args, **kwargs)
-    if dims == 3:
-        return nn.AvgPool3d(*args, **kwargs)
-    raise ValueError(f"unsupported dimensions: {dims}")
+    return _of_dims(dims, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d))(*args, **kwargs)
 
 
 def zero_module(module: ModuleT) -> ModuleT:
@@ -118,28 +115,25 @@ def upsample_nearest(x: torch.Tensor, dims: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _cast_convolution(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast a convolution's weight and bias to `dtype` in place; other modules are left alone (the
+    precision boundary of the original's fp16: the torso's convolutions only)."""
+    if isinstance(module, _CONV_TYPES):
+        module.weight.data = module.weight.data.to(dtype)
+        if module.bias is not None:
+            module.bias.data = module.bias.data.to(dtype)
 
 
 def convert_module_to_f16(module: nn.Module) -> None:
     """Cast a convolution's weights to float16 (the original's fp16 boundary: torso convs only)."""
-    if isinstance(module, _CONV_TYPES):
-        module.weight.data = module.weight.data.half()
-        if module.bias is not None:
-            module.bias.data = module.bias.data.half()
+    _cast_convolution(module, torch.float16)
 
 
 def convert_module_to_bf16(module: nn.Module) -> None:
     """Cast a convolution's weights to bfloat16 (the same boundary as convert_module_to_f16)."""
-    if isinstance(module, _CONV_TYPES):
-        module.weight.data = module.weight.data.bfloat16()
-        if module.bias is not None:
-            module.bias.data = module.bias.data.bfloat16()
+    _cast_convolution(module, torch.bfloat16)
 
 
 def convert_module_to_f32(module: nn.Module) -> None:
     """Undo convert_module_to_f16."""
-    if isinstance(module, _CONV_TYPES):
-        module.weight.data = module.weight.data.float()
-        if module.bias is not None:
-            module.bias.data = module.bias.data.float()
+    _cast_convolution(module, torch.float32)

@@ -193,6 +193,28 @@ class _Encoder(nn.Module):
                 setattr(self, name, values[name])
         self.dtype = torch.float16 if values["use_fp16"] else torch.float32
 
+    def _torso(self) -> tuple[nn.Module, ...]:
+        """The blocks that run in the network's dtype (the UNet adds its decoder)."""
+        return self.input_blocks, self.middle_block
+
+    def convert_to_fp16(self) -> None:
+        """Cast the torso's convolutions to float16 (embeddings, norms and the output head stay float32)."""
+        for part in self._torso():
+            part.apply(convert_module_to_f16)
+
+    def convert_to_bf16(self) -> None:
+        """Run the torso in bfloat16: its convolutions (attention's included) hold bfloat16 weights and
+        activations enter it as bfloat16. Embeddings, norm parameters and the output head stay float32."""
+        for part in self._torso():
+            part.apply(convert_module_to_bf16)
+        self.dtype = torch.bfloat16
+
+    def convert_to_fp32(self) -> None:
+        """Undo convert_to_fp16 or convert_to_bf16."""
+        for part in self._torso():
+            part.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+
     def _build_time_embed(self, model_channels: int) -> None:
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(linear(model_channels, emb_dim), nn.SiLU(), linear(emb_dim, emb_dim))
@@ -314,23 +336,8 @@ class UNetModel(_Encoder):
         )
         del self._res, self._attn
 
-    def convert_to_fp16(self) -> None:
-        """Cast the torso's convolutions to float16 (embeddings, norms and the head stay float32)."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f16)
-
-    def convert_to_bf16(self) -> None:
-        """Run the torso in bfloat16: its convolutions (attention's included) hold bfloat16 weights and
-        activations enter it as bfloat16. Embeddings, norm parameters and the output head stay float32."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_bf16)
-        self.dtype = torch.bfloat16
-
-    def convert_to_fp32(self) -> None:
-        """Undo convert_to_fp16 or convert_to_bf16."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(convert_module_to_f32)
-        self.dtype = torch.float32
+    def _torso(self) -> tuple[nn.Module, ...]:
+        return self.input_blocks, self.middle_block, self.output_blocks
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict from noisy x at timesteps [N] (and class labels y [N] if class-conditional)."""
@@ -424,23 +431,6 @@ class EncoderUNetModel(_Encoder):
             )
         else:
             raise NotImplementedError(f"Unexpected {pool} pooling")
-
-    def convert_to_fp16(self) -> None:
-        """Cast the torso's convolutions to float16 (the pooling head stays float32)."""
-        self.input_blocks.apply(convert_module_to_f16)
-        self.middle_block.apply(convert_module_to_f16)
-
-    def convert_to_bf16(self) -> None:
-        """Run the torso in bfloat16, as UNetModel.convert_to_bf16 (the pooling head stays float32)."""
-        self.input_blocks.apply(convert_module_to_bf16)
-        self.middle_block.apply(convert_module_to_bf16)
-        self.dtype = torch.bfloat16
-
-    def convert_to_fp32(self) -> None:
-        """Undo convert_to_fp16 or convert_to_bf16."""
-        self.input_blocks.apply(convert_module_to_f32)
-        self.middle_block.apply(convert_module_to_f32)
-        self.dtype = torch.float32
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits [N, out_channels] for noisy x at timesteps."""
