@@ -61,12 +61,19 @@ class HumanOutputFormat(OutputFormat):
     """A boxed key/value table per dump, plus text lines (stdout or log.txt)."""
 
     def __init__(self, target: str | TextIO):
+        # Standard output is looked up at every write, not kept: a logger configured by one command (in a
+        # process that runs several, a test session or a notebook) must not write to a stdout since replaced.
+        self._follows_stdout = target is sys.stdout
         if isinstance(target, str):
-            self.file: TextIO = open(target, "a", encoding="utf-8")
+            self._file: TextIO = open(target, "a", encoding="utf-8")
             self._owns_file = True
         else:
-            self.file = target
+            self._file = target
             self._owns_file = False
+
+    @property
+    def file(self) -> TextIO:
+        return sys.stdout if self._follows_stdout else self._file
 
     def write_kvs(self, kvs: dict[str, Any], step: int) -> None:
         if not kvs:
@@ -87,7 +94,7 @@ class HumanOutputFormat(OutputFormat):
 
     def close(self) -> None:
         if self._owns_file:
-            self.file.close()
+            self._file.close()
 
 
 class JSONOutputFormat(OutputFormat):
