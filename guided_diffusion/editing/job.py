@@ -13,12 +13,10 @@ way, and its finished batches can be kept and resumed (`fingerprint`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +28,7 @@ from guided_diffusion.editing.grid import start_points
 from guided_diffusion.editing.repaint import repaint_schedule
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.guidance import check_cfg
-from guided_diffusion.sampling.job import array_digest
+from guided_diffusion.sampling.job import DiffusionJob, array_digest
 from guided_diffusion.sampling.settings import SamplerSettings
 from guided_diffusion.weights.checkpoints import inspect_checkpoint, read_config_json
 
@@ -238,7 +236,7 @@ class EditInputs:
 
 
 @dataclass(frozen=True)
-class EditJob:
+class EditJob(DiffusionJob):
     """One edit of every input image.
 
     model / diffusion / classifier: the networks' configs (fp16 already resolved for the device); settings:
@@ -297,7 +295,7 @@ class EditJob:
         for name in ("classifier_scale", "cfg_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise SettingError(name, f"{name} must be a finite number, got {getattr(self, name)}")
-        check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.model.null_label)
+        check_cfg(self.cfg_scale, class_cond=self.model.class_cond, null_label=self.null_label)
         if self.settings.cfg_interval is not None and self.cfg_scale == 1.0:
             raise SettingError("cfg_interval", "cfg_interval would be ignored: it limits classifier-free guidance, "
                                                "which is off (cfg_scale 1)")
@@ -384,16 +382,6 @@ class EditJob:
         return self.model.num_classes
 
     @property
-    def guided(self) -> bool:
-        """Whether classifier guidance runs (a classifier and a non-zero scale)."""
-        return self.classifier is not None and self.classifier_scale != 0
-
-    @property
-    def with_labels(self) -> bool:
-        """Whether the edit is conditioned on classes: a class-conditional model, or a classifier."""
-        return self.model.class_cond or self.classifier is not None
-
-    @property
     def uses_repaint(self) -> bool:
         return isinstance(self.task, Inpaint) and self.task.method == "repaint"
 
@@ -461,28 +449,14 @@ class EditJob:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that decides the output arrays, JSON-able (progress excluded; the checkpoints count by
-        resolved path and size, the inputs by digest)."""
-        settings = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "progress"}
-        values: dict[str, Any] = {
-            "format": JOB_FORMAT,
-            "task": {"name": self.task.name, **dataclasses.asdict(self.task)},
-            "inputs": self.inputs.identity(),
-            "model": {"kind": type(self.model).kind, **self.model.to_dict()},
-            "diffusion": self.diffusion.to_dict(),
-            "classifier": self.classifier.to_dict() if self.classifier is not None else None,
-            "settings": settings,
-            "model_path": _file_identity(self.model_path),
-            "classifier_path": _file_identity(self.classifier_path),
-        }
-        for name in ("seed", "batch_size", "classifier_scale", "cfg_scale", "class_labels", "bf16"):
-            values[name] = getattr(self, name)
-        return dict(json.loads(json.dumps(values, default=str)))
+        resolved path and size, the inputs by digest): the shared fields, the task and the inputs."""
+        return self.fingerprint_of(JOB_FORMAT, {"task": self._task_record(), "inputs": self.inputs.identity()})
 
-def _file_identity(path: str) -> list[Any] | None:
-    if not path:
-        return None
-    resolved = Path(path).resolve()
-    return [str(resolved), resolved.stat().st_size if resolved.is_file() else None]
+    def record_fields(self) -> dict[str, Any]:
+        return {"task": self._task_record(), "num_images": self.num_samples}
+
+    def _task_record(self) -> dict[str, Any]:
+        return {"name": self.task.name, **dataclasses.asdict(self.task)}
 
 
 # -- configs from checkpoints --------------------------------------------------------------------------

@@ -8,8 +8,6 @@ rank 0. Edit i uses only the noise streams of (seed, i) and input i.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +43,13 @@ from guided_diffusion.sampling.guidance import GuidedModel, classifier_cond_fn
 from guided_diffusion.sampling.networks import load_network
 from guided_diffusion.sampling.output import save_record, save_samples
 from guided_diffusion.sampling.ranks import BatchStore, gather_in_order
-from guided_diffusion.sampling.resume import SampleFolder
+from guided_diffusion.sampling.resume import SampleFolder, settings_record
 from guided_diffusion.sampling.samplers import SAMPLERS
 from guided_diffusion.weights.checkpoints import check_released_flags, diagnose_mismatch, inspect_checkpoint
 
 __all__ = [
     "EditFolder", "EditNetworks", "EditResult", "check_networks", "load_networks", "measurement_images", "networks_from_modules", "psnr_summary",
-    "run_edit", "save_edit", "settings_record",
+    "run_edit", "save_edit",
 ]
 
 Batch = tuple[np.ndarray, np.ndarray | None]
@@ -342,35 +340,6 @@ def save_edit(job: EditJob, result: EditResult, out_dir: str | Path, *,
     path = save_samples(out, result.images, result.labels)
     written += [path, save_edit_sheet(path.with_suffix(".png"), _sheet_columns(job, result), text=text)]
     return written
-
-
-def settings_record(job: EditJob, command: str = "") -> dict[str, Any]:
-    """What a finished edit records beside its output: the command line, the settings a person reads first
-    (task and its options, sampler, grid, scales, seed, precision, labels, checkpoints) and the job's full
-    fingerprint (which a rerun compares to tell "nothing to do" from "other settings")."""
-    from guided_diffusion import __version__
-
-    settings = job.settings
-    return {
-        "command": command,
-        "version": __version__,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "task": {"name": job.task.name, **dataclasses.asdict(job.task)},
-        "sampler": settings.sampler,
-        "steps": settings.steps,
-        "step_grid": settings.step_grid,
-        "solver_options": settings.solver_options,
-        "classifier_scale": job.classifier_scale,
-        "cfg_scale": job.cfg_scale,
-        "seed": job.seed,
-        "num_images": job.num_samples,
-        "class_labels": list(job.class_labels) if job.class_labels is not None else None,
-        "bf16": job.bf16,
-        "use_fp16": job.model.use_fp16,
-        "model_path": job.model_path,
-        "classifier_path": job.classifier_path,
-        "job": job.fingerprint(),
-    }
 
 
 class EditFolder(SampleFolder):

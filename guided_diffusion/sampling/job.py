@@ -11,7 +11,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from guided_diffusion.sampling.failures import warn_if_known_failure
 from guided_diffusion.sampling.guidance import check_cfg
 from guided_diffusion.sampling.settings import SamplerSettings
 
-__all__ = ["SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "check_low_res", "low_res_input"]
+__all__ = ["DiffusionJob", "SamplingJob", "sampling_job", "check_counts", "fp16_runs_on", "array_digest", "file_identity",
+           "check_low_res", "low_res_input"]
 
 JOB_FORMAT = 2  # bump when the meaning of a stored fingerprint changes (2: sampler options by name)
 
@@ -45,8 +47,78 @@ def fp16_runs_on(device: torch.device, requested: bool, *, bf16: bool) -> bool:
     return bool(requested) and not bf16 and device.type == "cuda"
 
 
+class DiffusionJob(ABC):
+    """What every job that runs a diffusion model has, `SamplingJob` and editing's `EditJob` alike: the
+    networks' configs and files, the sampler settings, the seed, the guidance and the precision.
+
+    The jobs are frozen dataclasses with these fields; this base states once what follows from them
+    (whether guidance runs, whether images have classes, the autocast dtype) and the part of the
+    fingerprint and of the settings record they share, so a resumed or finished run of either is told
+    apart by the same rules.
+    """
+
+    model: ModelConfig
+    diffusion: DiffusionConfig
+    settings: SamplerSettings
+    seed: int | None
+    batch_size: int
+    classifier: ClassifierConfig | None
+    classifier_scale: float
+    cfg_scale: float
+    class_labels: tuple[int, ...] | None
+    bf16: bool
+    model_path: str
+    classifier_path: str
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" of a model trained with label dropout."""
+        return self.model.null_label
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier guidance runs (a classifier and a non-zero scale)."""
+        return self.classifier is not None and self.classifier_scale != 0
+
+    @property
+    def with_labels(self) -> bool:
+        """Whether the images have classes: a class-conditional model, or a classifier to guide towards them."""
+        return self.model.class_cond or self.classifier is not None
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.bf16 else None
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides the job's output arrays, JSON-able (`fingerprint_of` builds it)."""
+
+    @abstractmethod
+    def record_fields(self) -> dict[str, Any]:
+        """The settings record's entries particular to this kind of job (`sampling.resume.settings_record`)."""
+
+    def fingerprint_of(self, job_format: int, own: Mapping[str, Any]) -> dict[str, Any]:
+        """The fingerprint as plain JSON: `job_format`, the shared fields (configs, sampler settings but the
+        progress bars, checkpoints by `file_identity`, seed, batch size, guidance, labels, precision) and the
+        job's `own` values; an `own` key that the shared part states too is the shared part's."""
+        settings = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "progress"}
+        shared: dict[str, Any] = {
+            "format": job_format,
+            "model": {"kind": type(self.model).kind, **self.model.to_dict()},
+            "diffusion": self.diffusion.to_dict(),
+            "classifier": self.classifier.to_dict() if self.classifier is not None else None,
+            "settings": settings,
+            "model_path": file_identity(self.model_path),
+            "classifier_path": file_identity(self.classifier_path),
+        }
+        for name in ("seed", "batch_size", "classifier_scale", "cfg_scale", "class_labels", "bf16"):
+            shared[name] = getattr(self, name)
+        plain: dict[str, Any] = json.loads(json.dumps({**own, **shared}, default=str))  # str: e.g. a torch dtype
+        return plain
+
+
 @dataclass(frozen=True)
-class SamplingJob:
+class SamplingJob(DiffusionJob):
     """What to draw: samples start_index .. start_index + num_samples - 1 of run `seed`.
 
     model / diffusion / classifier: the networks' configs (fp16 already resolved for the device);
@@ -136,25 +208,6 @@ class SamplingJob:
         return (3, self.image_size, self.image_size)
 
     @property
-    def null_label(self) -> int | None:
-        """The label meaning "no class" of a model trained with label dropout."""
-        return self.model.null_label
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier guidance runs (a classifier and a non-zero scale)."""
-        return self.classifier is not None and self.classifier_scale != 0
-
-    @property
-    def with_labels(self) -> bool:
-        """Whether samples have classes: a class-conditional model, or a classifier to guide towards them."""
-        return self.model.class_cond or self.classifier is not None
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.bf16 else None
-
-    @property
     def output_name(self) -> str:
         """The original scripts' file name for this job's npz."""
         return f"samples_{self.num_samples}x{self.image_size}x{self.image_size}x3.npz"
@@ -179,22 +232,11 @@ class SamplingJob:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that decides the drawn arrays, JSON-able (progress bars and paths' spelling excluded;
-        the checkpoints count by resolved path and size)."""
-        settings = {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "progress"}
-        values: dict[str, Any] = {
-            "format": JOB_FORMAT,
-            "model": {"kind": type(self.model).kind, **self.model.to_dict()},
-            "diffusion": self.diffusion.to_dict(),
-            "classifier": self.classifier.to_dict() if self.classifier is not None else None,
-            "settings": settings,
-        }
-        for field in dataclasses.fields(self):
-            if field.name not in values and field.name not in ("model_path", "classifier_path"):
-                values[field.name] = getattr(self, field.name)
-        for name in ("model_path", "classifier_path"):
-            values[name] = _file_identity(getattr(self, name))
-        plain: dict[str, Any] = json.loads(json.dumps(values, default=_jsonable))
-        return plain
+        the checkpoints count by resolved path and size): the shared fields and every other field."""
+        return self.fingerprint_of(JOB_FORMAT, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"timestep_respacing": self.diffusion.timestep_respacing, "num_samples": self.num_samples}
 
     def fingerprint_digest(self) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
@@ -246,15 +288,13 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _file_identity(path: str) -> list[Any] | None:
+def file_identity(path: str) -> list[Any] | None:
+    """A checkpoint as a fingerprint counts it: [resolved path, size in bytes] (None for no path), so the
+    same file named another way is the same job and a replaced file of another size is not."""
     if not path:
         return None
     resolved = Path(path).resolve()
     return [str(resolved), resolved.stat().st_size if resolved.is_file() else None]
-
-
-def _jsonable(value: Any) -> Any:
-    return str(value)  # e.g. a torch dtype
 
 
 def check_low_res(images: np.ndarray, small_size: int) -> None:

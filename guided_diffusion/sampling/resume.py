@@ -29,7 +29,7 @@ from guided_diffusion.runtime.distributed import decide_on_rank0
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.locks import FolderLock
 from guided_diffusion.runtime.rng import choose_seed
-from guided_diffusion.sampling.job import SamplingJob
+from guided_diffusion.sampling.job import DiffusionJob, SamplingJob
 from guided_diffusion.sampling.output import save_grid, save_npz, save_record, save_samples
 
 __all__ = [
@@ -147,9 +147,11 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def settings_record(job: SamplingJob, command: str = "") -> dict[str, Any]:
-    """What a finished run records beside its npz: the command line, the settings a person reads first
-    (sampler, grid, scales, seed, precision, labels, checkpoints) and the job's full fingerprint."""
+def settings_record(job: DiffusionJob, command: str = "") -> dict[str, Any]:
+    """What a finished run (sampling or editing) records beside its output: the command line, the settings
+    a person reads first (sampler, grid, scales, seed, precision, labels, checkpoints, and what is particular
+    to the job: `job.record_fields()`) and the job's full fingerprint, which a rerun compares to tell
+    "nothing to do" from "other settings"."""
     from guided_diffusion import __version__
 
     settings = job.settings
@@ -160,17 +162,16 @@ def settings_record(job: SamplingJob, command: str = "") -> dict[str, Any]:
         "sampler": settings.sampler,
         "steps": settings.steps,
         "step_grid": settings.step_grid,
-        "timestep_respacing": job.diffusion.timestep_respacing,
         "solver_options": settings.solver_options,
         "classifier_scale": job.classifier_scale,
         "cfg_scale": job.cfg_scale,
         "seed": job.seed,
-        "num_samples": job.num_samples,
         "class_labels": list(job.class_labels) if job.class_labels is not None else None,
         "bf16": job.bf16,
         "use_fp16": job.model.use_fp16,
         "model_path": job.model_path,
         "classifier_path": job.classifier_path,
+        **job.record_fields(),
         "job": job.fingerprint(),
     }
 
