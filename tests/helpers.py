@@ -43,7 +43,7 @@ def load_fixture(name: str) -> dict:
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative error ||a - e|| / ||e|| (absolute when e is all zeros)."""
-    actual, expected = actual.double(), expected.double()
+    actual, expected = actual.detach().double(), expected.detach().double()
     denom = expected.norm()
     diff = (actual - expected).norm()
     return float(diff / denom) if denom > 0 else float(diff)

@@ -9,6 +9,10 @@ from guided_diffusion.config import ClassifierConfig, ModelConfig
 from guided_diffusion.models.attention import attention_backend
 from guided_diffusion.runtime.performance import matmul_precision, optimize_model, unwrap
 
+# torch.compile calls torch.jit.script_method internally, which torch 2.13 marks deprecated: torch's own
+# warning, not this package's.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 TOL = 1e-4
 
 

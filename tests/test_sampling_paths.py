@@ -52,6 +52,7 @@ def pipe(ckpt):
 
 
 @pytest.mark.filterwarnings("ignore:the first guided step starts at")  # linspace/trailing grids, warned on purpose
+@pytest.mark.filterwarnings("ignore:.*was measured to fail")  # every sampler on every grid: some fail, warned on purpose
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_every_sampler_on_every_grid_cli_equals_api_at_batch_sizes_1_and_4(ckpt, pipe, tmp_path, sampler, grid):
