@@ -24,7 +24,7 @@ from guided_diffusion.editing import (
     run_edit,
 )
 from guided_diffusion.editing.io import load_mask
-from guided_diffusion.editing.run import save_edit
+from guided_diffusion.editing.output import save_edit
 from guided_diffusion.runtime.errors import SettingError
 from guided_diffusion.sampling.settings import SamplerSettings
 
@@ -123,7 +123,7 @@ def test_nothing_under_editing_sees_the_command_line():
 
 
 def test_networks_already_in_memory_edit_as_the_loaded_ones(checkpoints):  # noqa: F811
-    from guided_diffusion.editing.run import networks_from_modules
+    from guided_diffusion.editing.networks import networks_from_modules
     from guided_diffusion.sampling.networks import load_network
 
     job = _job(checkpoints, Img2Img(strength=0.5), seed=7, batch_size=2)

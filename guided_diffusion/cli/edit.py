@@ -26,7 +26,9 @@ from guided_diffusion.data.files import ClassMap
 from guided_diffusion.diffusion.stepping import NonFiniteSampleError
 from guided_diffusion.editing import job as edit
 from guided_diffusion.editing.io import load_images, load_mask
-from guided_diffusion.editing.run import EditFolder, check_networks, psnr_summary, run_edit
+from guided_diffusion.editing.networks import check_networks
+from guided_diffusion.editing.output import EditFolder, psnr_summary
+from guided_diffusion.editing.run import run_edit
 from guided_diffusion.runtime import distributed, logs
 from guided_diffusion.runtime.autocast import warn_if_bf16_is_slow
 from guided_diffusion.runtime.errors import SettingError, UserError

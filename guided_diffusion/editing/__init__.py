@@ -9,7 +9,7 @@
 
 The jobs the commands run are a library too: an `EditJob` (a task, `Invert`, `Img2Img`, `Inpaint` or
 `Restore`, the `EditInputs` and the networks' configs, e.g. from `checkpoint_configs`) run by `run_edit`
-and written by `save_edit`.
+(networks from `load_networks`) and written by `save_edit`.
 """
 from guided_diffusion.diffusion.inversion import ddim_invert, psnr
 from guided_diffusion.editing.grid import start_points
@@ -40,8 +40,10 @@ from guided_diffusion.editing.measurement import (
     paste_known,
     sum_cond_fns,
 )
+from guided_diffusion.editing.networks import EditNetworks, load_networks
+from guided_diffusion.editing.output import EditResult, save_edit
 from guided_diffusion.editing.repaint import repaint, repaint_schedule
-from guided_diffusion.editing.run import EditNetworks, EditResult, load_networks, run_edit, save_edit
+from guided_diffusion.editing.run import run_edit
 from guided_diffusion.editing.sdedit import sdedit
 
 __all__ = [

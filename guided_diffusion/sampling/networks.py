@@ -1,8 +1,8 @@
 """A job's networks: checked against their files, built, loaded, and wrapped the way the job guides them.
 
 `check_fits` tells, before anything is written or loaded, whether a checkpoint's tensors fit a network
-config (on the "meta" device: no memory, no weights), naming the settings that differ; `load_network`
-builds and loads one network; `load_networks` both of a job's; `guidance_for` turns them into the
+config (on the "meta" device: no memory, no weights), naming the settings that differ (`mismatches`);
+`load_network` builds and loads one network; `load_networks` both of a job's; `guidance_for` turns them into the
 model the samplers call and the classifier guidance function.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from guided_diffusion.weights.checkpoints import (
     load_model,
 )
 
-__all__ = ["Networks", "check_fits", "load_network", "load_networks", "guidance_for"]
+__all__ = ["Networks", "check_fits", "mismatches", "load_network", "load_networks", "guidance_for"]
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,22 @@ class Networks:
     classifier: torch.nn.Module | None = None
 
 
-def check_fits(config: ModelConfig | ClassifierConfig, path: str | os.PathLike[str], expected: str) -> None:
-    """Raise a one-line UserError unless the checkpoint at `path` holds a network of kind `expected`
-    ("diffusion", "superres" or "classifier": `weights.checkpoints.inspect_checkpoint`) whose tensors fit
-    `config`; a mismatch names the settings to change. Reads the file once (memory-mapped), builds nothing."""
+def mismatches(config: ModelConfig | ClassifierConfig, path: str | os.PathLike[str], expected: str) -> list[str]:
+    """What keeps the checkpoint at `path` from fitting `config`, one text per setting that differs (empty
+    when it fits). The file must hold a network of kind `expected` ("diffusion", "superres" or
+    "classifier": `weights.checkpoints.inspect_checkpoint` raises a one-line UserError otherwise). Reads the
+    file once (memory-mapped) and builds the network on the "meta" device: no memory, no weights."""
     info = inspect_checkpoint(path, expected=expected)
     assert info.state is not None  # a network checkpoint (the expected kinds) always has its tensors
     with torch.device("meta"):
         network = config.build()
-    problems = diagnose_mismatch(info.state, network) + check_released_flags(str(path), config.to_dict())
+    return diagnose_mismatch(info.state, network) + check_released_flags(str(path), config.to_dict())
+
+
+def check_fits(config: ModelConfig | ClassifierConfig, path: str | os.PathLike[str], expected: str) -> None:
+    """Raise a one-line UserError unless the checkpoint at `path` holds a network of kind `expected` whose
+    tensors fit `config` (`mismatches`); a mismatch names the flags to change."""
+    problems = mismatches(config, path, expected)
     if problems:
         raise UserError(f"{path} does not match the model flags: " + "; ".join(problems))
 

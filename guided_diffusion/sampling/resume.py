@@ -29,7 +29,7 @@ from guided_diffusion.runtime.distributed import decide_on_rank0
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.runtime.locks import FolderLock
 from guided_diffusion.runtime.rng import choose_seed
-from guided_diffusion.sampling.job import DiffusionJob, SamplingJob
+from guided_diffusion.sampling.job import DiffusionJob
 from guided_diffusion.sampling.output import save_grid, save_npz, save_record, save_samples
 
 __all__ = [
@@ -254,21 +254,31 @@ class SampleFolder:
         return self.store.count() if self.store is not None else 0
 
     def finish(self, images: np.ndarray, labels: np.ndarray | None) -> Path:
-        """Write the settings record, the grid (settings in its text chunks) and the npz, then drop the
-        partial batches; returns the npz path. The npz comes last: its presence means "finished"."""
-        if not isinstance(self.job, SamplingJob):
-            raise TypeError("SampleFolder.finish writes a SamplingJob's outputs; other jobs write their own")
+        """Write a sampling run's outputs (`complete`): the grid with the settings in its text chunks, then
+        the npz; returns the npz path."""
+        def write(text: dict[str, str]) -> list[Path]:
+            save_grid(self.grid_path, images, labels, text=text)
+            return [self.grid_path, save_samples(self.directory, images, labels)]
+
+        return self.complete(write)[-1]
+
+    def complete(self, write_outputs: Callable[[dict[str, str]], list[Path]]) -> list[Path]:
+        """Finish the run: write the settings record (`settings_record`), then the outputs with
+        `write_outputs(text)` (`text`: PNG text chunks that carry the settings; the outputs' npz last, as
+        its presence means "finished"), then drop the partial batches. Returns the record's and the
+        outputs' paths."""
+        if not isinstance(self.job, DiffusionJob):
+            raise TypeError("a finished run records a DiffusionJob's settings (SamplingJob, EditJob)")
         record = settings_record(self.job, self.command)
         summary = {k: v for k, v in record.items() if k != "job"}
         save_record(self.record_path, record)
-        save_grid(self.grid_path, images, labels, text={
+        written = write_outputs({
             "Software": f"guided-diffusion {record['version']}", "Comment": self.command,
             "guided-diffusion settings": json.dumps(summary, sort_keys=True, default=str),
         })
-        path = save_samples(self.directory, images, labels)
         if self.store is not None:
             self.store.discard()
-        return path
+        return [self.record_path, *written]
 
     def release(self) -> None:
         self.lock.release()
