@@ -18,8 +18,14 @@ from typing import Any
 import torch
 
 from guided_diffusion.cli import flag_message, solver_flags
-from guided_diffusion.cli.parsing import OneLineParser, add_bf16_flag, add_progress_flag, progress_enabled
-from guided_diffusion.cli.resumable import check_out_dir, default_out_dir, run_claimed
+from guided_diffusion.cli.parsing import (
+    OneLineParser,
+    add_bf16_flag,
+    add_progress_flag,
+    parse_class_labels,
+    progress_enabled,
+)
+from guided_diffusion.cli.resumable import add_resume_flags, check_out_dir, default_out_dir, run_claimed
 from guided_diffusion.config.flags import str2bool as _bool
 from guided_diffusion.config.resolve import typed_flags
 from guided_diffusion.data.files import ClassMap
@@ -69,24 +75,10 @@ def _parser(command: str, description: str, *, sampler_default: str | None, guid
         parser.add_argument("--classifier_scale", type=float, default=1.0,
                             help="classifier guidance scale (needs --classifier_path)")
     solver_flags.add_guidance_steering_flags(parser, classifier=guidance)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run in --out_dir (same flags): finished batches are kept in "
-                             "<output>.partial/ as they complete and only the rest is edited")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="edit again when --out_dir holds this run's finished output (else: nothing to do) or "
-                             "another run's")
+    add_resume_flags(parser, verb="edited")
     add_progress_flag(parser)
     add_bf16_flag(parser, help="run the networks under bfloat16 autocast (float32 weights)")
     return parser
-
-
-def _class_labels(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--class_labels {text!r} must be an integer or a comma list of integers") from None
 
 
 def _flag_error(exc: SettingError) -> UserError:
@@ -131,7 +123,7 @@ def _job(args: argparse.Namespace, typed: set[str], task: edit.EditTask, device:
     return edit.EditJob(task=task, inputs=inputs, model=model, diffusion=diffusion, settings=settings, seed=seed,
                         batch_size=args.batch_size, classifier=classifier,
                         classifier_scale=args.classifier_scale if guided else 0.0, cfg_scale=args.cfg_scale,
-                        class_labels=_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
+                        class_labels=parse_class_labels(args.class_labels), bf16=args.bf16, model_path=args.model_path,
                         classifier_path=getattr(args, "classifier_path", ""))
 
 

@@ -7,6 +7,7 @@
 - `add_progress_flag`: `--progress` (bare, or `--progress true/false`), default "when stderr is a
   terminal"; `progress_enabled` resolves it.
 - `add_bf16_flag`: `--bf16` (bare, or `--bf16 true/false`).
+- `parse_class_labels`: `--class_labels 207` or `1,2,3`, as the sampling and editing commands read it.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any, NoReturn
 from guided_diffusion.config.flags import str2bool
 from guided_diffusion.runtime.errors import UserError
 
-__all__ = ["OneLineParser", "DefaultsHelpFormatter", "add_progress_flag", "add_bf16_flag", "progress_enabled"]
+__all__ = ["OneLineParser", "DefaultsHelpFormatter", "add_progress_flag", "add_bf16_flag", "parse_class_labels",
+           "progress_enabled"]
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -92,3 +94,13 @@ def progress_enabled(value: bool | None) -> bool:
     if value is None:
         return sys.stderr.isatty()
     return bool(value)
+
+
+def parse_class_labels(text: str | None) -> tuple[int, ...] | None:
+    """`--class_labels`: one class, or a comma list (cycled over the images); None when not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--class_labels {text!r} must be an integer or a comma list of integers, e.g. 207 or 1,2,3") from None

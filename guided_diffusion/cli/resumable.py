@@ -8,6 +8,7 @@ peer stopped. The folder's lock is released however the work ends.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shlex
@@ -21,9 +22,20 @@ from guided_diffusion.runtime.atomic import directory_write_problem
 from guided_diffusion.runtime.errors import UserError
 from guided_diffusion.sampling.resume import SampleFolder, SamplingInterrupted, stop_on_signals
 
-__all__ = ["DISK_FULL", "check_out_dir", "default_out_dir", "resume_command", "run_claimed", "stopped"]
+__all__ = ["DISK_FULL", "add_resume_flags", "check_out_dir", "default_out_dir", "resume_command", "run_claimed", "stopped"]
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def add_resume_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, verb: str) -> None:
+    """`--resume` and `--overwrite`, the choices `run_claimed` takes; `verb` is what the command does to an
+    image ("drawn", "edited")."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out_dir (same flags): finished batches are kept in "
+                             f"<output>.partial/ as they complete and only the rest is {verb}")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again when --out_dir holds this run's finished output (else: nothing to do) or "
+                             "another run's, finished or interrupted")
 
 
 def check_out_dir(out_dir: str | None) -> None:

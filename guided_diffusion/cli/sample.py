@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import shlex
 from pathlib import Path
 
@@ -34,21 +35,6 @@ __all__ = ["image_sample", "classifier_sample", "super_res_sample", "build_parse
            "fetch_checkpoints"]
 
 _build_parser = build_parser  # the name tests/helpers.py imports
-
-
-def image_sample(argv: list[str]) -> int:
-    """`guided-diffusion image_sample`: unguided samples (any sampler in SAMPLERS) to an npz."""
-    return _sample("image_sample", argv)
-
-
-def classifier_sample(argv: list[str]) -> int:
-    """`guided-diffusion classifier_sample`: samples guided by a noisy classifier (ADM-G)."""
-    return _sample("classifier_sample", argv)
-
-
-def super_res_sample(argv: list[str]) -> int:
-    """`guided-diffusion super_res_sample`: upsample `--base_samples`, keeping their order and labels."""
-    return _sample("super_res_sample", argv)
 
 
 @dataclasses.dataclass
@@ -142,3 +128,9 @@ def _log_start(job: SamplingJob, from_checkpoint: list[str], chosen: bool, folde
     levels = job.settings.steps or job.build_diffusion().num_timesteps  # with --steps: the un-respaced diffusion
     logs.log(f"{verb} {job.num_samples} images with {job.settings.sampler} ({levels} levels, "
              f"{job.settings.evaluations(levels)} model evaluations)...")
+
+
+# The subcommands (`cli.SUBCOMMANDS` says what each does): one body, run under the command's name.
+image_sample = functools.partial(_sample, "image_sample")
+classifier_sample = functools.partial(_sample, "classifier_sample")
+super_res_sample = functools.partial(_sample, "super_res_sample")

@@ -8,6 +8,7 @@ import argparse
 from typing import Any
 
 from guided_diffusion.cli.parsing import OneLineParser, add_bf16_flag, add_progress_flag
+from guided_diffusion.cli.resumable import add_resume_flags
 from guided_diffusion.cli.solver_flags import add_grid_flags, add_guidance_steering_flags, add_sampler_flags
 from guided_diffusion.config.flags import (
     add_dict_to_argparser,
@@ -72,12 +73,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                            help="class labels from 'filename' prefixes (CLASS_xxx.png, the original), 'folder' (one "
                                 "sub-folder per class) or 'auto'; the run's classes.json beside the checkpoint wins")
         return parser
-    extra.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run in --out_dir (same flags and seed): finished batches are kept "
-                            "in samples_*.partial/ as they complete and only the rest is drawn")
-    extra.add_argument("--overwrite", action="store_true",
-                       help="draw again over a finished run's samples in --out_dir (a finished run is otherwise "
-                            "nothing to do) or an interrupted run's batches")
+    add_resume_flags(extra, verb="drawn")
     add_sampler_flags(extra, default=None, default_text="ddpm, or ddim with --use_ddim True")
     add_grid_flags(extra)
     add_guidance_steering_flags(extra, classifier=command in ("classifier_sample", "tune_steps"))

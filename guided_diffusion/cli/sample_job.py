@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from guided_diffusion.cli import flag_message
-from guided_diffusion.cli.parsing import progress_enabled
+from guided_diffusion.cli.parsing import parse_class_labels, progress_enabled
 from guided_diffusion.cli.solver_flags import solver_options
 from guided_diffusion.config import ClassifierConfig, DiffusionConfig, ModelConfig, SuperResConfig
 from guided_diffusion.config.presets import Preset, get_preset
@@ -176,15 +176,6 @@ def flag_error(command: str, exc: SettingError) -> UserError:
     return UserError(flag_message(exc, _FLAG_OF_SETTING))
 
 
-def _parse_class_labels(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--class_labels {text!r} must be an integer or a comma list of integers, e.g. 207 or 1,2,3") from None
-
-
 def precision(flags: Mapping[str, Any], device: torch.device) -> dict[str, bool]:
     """The fp16 flags as they run on `device` (a one-line warning when a README flag asks for fp16 on a CPU)."""
     resolved = {name: fp16_runs_on(device, flags[name], bf16=flags["bf16"])
@@ -219,7 +210,7 @@ def job_from_flags(command: str, flags: Mapping[str, Any], typed: set[str], devi
         extra["low_res_digest"] = array_digest(base[0])
         class_labels = tuple(int(c) for c in base[1]) if base[1] is not None and flags["class_cond"] else None
     else:
-        class_labels = _parse_class_labels(flags.get("class_labels"))
+        class_labels = parse_class_labels(flags.get("class_labels"))
     if init_noise is not None:
         extra["init_noise_digest"] = array_digest(init_noise[0])
         if class_labels is None and init_noise[1] is not None and (flags["class_cond"] or classifier is not None):

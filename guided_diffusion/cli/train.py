@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -206,16 +207,7 @@ def _run(name: str, argv: list[str]) -> int:
     return 0
 
 
-def image_train(argv: list[str]) -> int:
-    """Train a diffusion model on a folder of images."""
-    return _run("image_train", argv)
-
-
-def super_res_train(argv: list[str]) -> int:
-    """Train a super-resolution diffusion model (low-res input: area-downsampled training images)."""
-    return _run("super_res_train", argv)
-
-
-def classifier_train(argv: list[str]) -> int:
-    """Train a (noisy) classifier for classifier guidance."""
-    return _run("classifier_train", argv)
+# The subcommands (`cli.SUBCOMMANDS` says what each does): one body, run under the command's name.
+image_train = functools.partial(_run, "image_train")
+super_res_train = functools.partial(_run, "super_res_train")
+classifier_train = functools.partial(_run, "classifier_train")
