@@ -80,7 +80,32 @@ class Pipeline:
         cfg = self.model_config
         return cfg.large_size if isinstance(cfg, SuperResConfig) else cfg.image_size
 
-    def sample(
+    def sample(self, n: int, *, return_labels: bool = False,
+               **options: Any) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+        """Draw samples start_index .. start_index + n - 1 of run `seed` as uint8 [n, H, W, 3] (with
+        return_labels, also their labels: int64 [n], or None for an unconditional model without a
+        classifier). options: the keywords of `job` (classes, guidance_scale, cfg_scale, sampler, steps,
+        seed, ...), with its defaults."""
+        if self.is_upsampler:
+            raise UserError("this pipeline is an upsampler: call pipe.upsample(low_res_images) instead")
+        images, labels = self._draw(self.job(n, **options))
+        return (images, labels) if return_labels else images
+
+    def upsample(self, low_res: np.ndarray, *, classes: int | Sequence[int] | None = None,
+                 **options: Any) -> np.ndarray:
+        """Upsample uint8 [n, small, small, 3] images to uint8 [n, large, large, 3], in order. classes: the
+        class of every image (one int) or one per image, for a class-conditional upsampler. options: the
+        keywords of `job` but guidance_scale (an upsampler is not classifier-guided)."""
+        if not isinstance(self.model_config, SuperResConfig):
+            raise UserError("this pipeline is not an upsampler: call pipe.sample(n) instead")
+        check_low_res(low_res, self.model_config.small_size)
+        if isinstance(classes, (int, np.integer)):
+            classes = [int(classes)] * len(low_res)
+        job = self.job(len(low_res), classes=classes, guidance_scale=0.0, low_res_digest=array_digest(low_res),
+                       **options)
+        return self._draw(job, low_res)[0]
+
+    def job(
         self,
         n: int,
         *,
@@ -96,10 +121,10 @@ class Pipeline:
         batch_size: int = 16,
         start_index: int = 0,
         progress: bool = False,
-        return_labels: bool = False,
+        low_res_digest: str | None = None,
         **solver_options: Any,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
-        """Draw samples start_index .. start_index + n - 1 of run `seed` as uint8 [n, H, W, 3].
+    ) -> SamplingJob:
+        """The SamplingJob that `sample(n, ...)` runs (the command line builds the same one from its flags).
 
         classes: one class for all, a list cycled over the samples, or None for random classes (needed
         by class-conditional models and classifier guidance). guidance_scale: classifier scale (default:
@@ -107,64 +132,24 @@ class Pipeline:
         sampler: a name in SAMPLERS; steps: number of steps on the sampler's step grid (or a
         --timestep_respacing string such as "ddim25"); None = the preset's recipe. solver_options: the
         other SamplerSettings fields (step_grid, sigma_min, sigma_max, s_churn, ..., guidance_interval).
-        Bad values raise ValueError naming the option.
+        low_res_digest: `array_digest` of an upsampler's inputs. Bad values raise ValueError naming the option.
         """
-        if self.is_upsampler:
-            raise UserError("this pipeline is an upsampler: call pipe.upsample(low_res_images) instead")
-        job = self.job(n, classes=classes, guidance_scale=guidance_scale, cfg_scale=cfg_scale, sampler=sampler,
-                       steps=steps, seed=seed, eta=eta, dynamic_threshold=dynamic_threshold,
-                       clip_denoised=clip_denoised, batch_size=batch_size, start_index=start_index, progress=progress,
-                       **solver_options)
-        images, labels = self._draw(job)
-        return (images, labels) if return_labels else images
-
-    def upsample(
-        self,
-        low_res: np.ndarray,
-        *,
-        classes: int | Sequence[int] | None = None,
-        cfg_scale: float = 1.0,
-        sampler: str = "ddim",
-        steps: int | str | None = 25,
-        seed: int = 0,
-        eta: float | None = None,
-        dynamic_threshold: float | None = None,
-        clip_denoised: bool = True,
-        batch_size: int = 16,
-        progress: bool = False,
-        **solver_options: Any,
-    ) -> np.ndarray:
-        """Upsample uint8 [n, small, small, 3] images to uint8 [n, large, large, 3], in order."""
-        if not isinstance(self.model_config, SuperResConfig):
-            raise UserError("this pipeline is not an upsampler: call pipe.sample(n) instead")
-        check_low_res(low_res, self.model_config.small_size)
-        if isinstance(classes, (int, np.integer)):
-            classes = [int(classes)] * len(low_res)
-        job = self.job(len(low_res), classes=classes, guidance_scale=0.0, cfg_scale=cfg_scale, sampler=sampler,
-                       steps=steps, seed=seed, eta=eta, dynamic_threshold=dynamic_threshold,
-                       clip_denoised=clip_denoised, batch_size=batch_size, progress=progress,
-                       low_res_digest=array_digest(low_res), **solver_options)
-        return self._draw(job, low_res)[0]
-
-    def job(self, n: int, *, classes: int | Sequence[int] | None = None, guidance_scale: float | None = None,
-            steps: int | str | None = 25, **options: Any) -> SamplingJob:
-        """The SamplingJob that `sample(n, ...)` runs (the command line builds the same one from its flags)."""
         scale = self.classifier_scale if guidance_scale is None else float(guidance_scale)
         if guidance_scale and self.classifier is None:
             raise UserError("guidance_scale needs a classifier: load_pipeline(..., classifier='auto' or a path)")
         if isinstance(classes, (int, np.integer)):
             classes = [int(classes)]
         respacing = self.default_respacing if steps is None else steps if isinstance(steps, str) else None
-        job_fields = {k: options.pop(k) for k in list(options) if k in _JOB_FIELDS}
-        settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS_ARGS}
         return sampling_job(
             model=self.model_config, diffusion=dataclasses.replace(self.diffusion_config, timestep_respacing=""),
             num_samples=n, steps=steps if isinstance(steps, int) else None, timestep_respacing=respacing,
             classifier=self.classifier_config if self.classifier is not None else None,
             classifier_scale=scale if self.classifier is not None else 0.0,
             class_labels=tuple(int(c) for c in classes) if classes is not None else None,
-            bf16=self.bf16, channels_last=self.channels_last, model_path=self.model_path,
-            classifier_path=self.classifier_path, solver_options=options, **settings, **job_fields,
+            seed=seed, sampler=sampler, eta=eta, dynamic_threshold=dynamic_threshold, clip_denoised=clip_denoised,
+            progress=progress, cfg_scale=cfg_scale, batch_size=batch_size, start_index=start_index,
+            low_res_digest=low_res_digest, bf16=self.bf16, channels_last=self.channels_last,
+            model_path=self.model_path, classifier_path=self.classifier_path, solver_options=solver_options,
         )
 
     def _draw(self, job: SamplingJob, low_res: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -174,8 +159,6 @@ class Pipeline:
         return result
 
 
-_SETTINGS_ARGS = {"seed", "sampler", "eta", "dynamic_threshold", "clip_denoised", "progress"}
-_JOB_FIELDS = {"cfg_scale", "batch_size", "start_index", "low_res_digest"}
 # Every setting of each kind of network at the original's defaults (what a flag string may set).
 _DEFAULTS = {"diffusion": model_and_diffusion_defaults, "superres": sr_model_and_diffusion_defaults,
              "classifier": classifier_defaults}
