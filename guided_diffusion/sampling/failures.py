@@ -34,12 +34,17 @@ class KnownFailure:
 # rows when a sampler changes. (dpm++2m on logsnr at 6 evaluations, 0.09 before guidance was split from
 # its data prediction, now reaches 0.70 and is no longer here.)
 KNOWN_FAILURES: tuple[KnownFailure, ...] = (
+    KnownFailure("ddpm", "karras", 4, True, "judge accuracy <= 0.29 (chance 0.10) up to 4 evaluations"),
     KnownFailure("heun", "linspace", 19, True, "judge accuracy <= 0.12 (chance 0.10) up to 19 evaluations"),
     KnownFailure("heun", "leading", 5, True, "judge accuracy <= 0.17 (chance 0.10) up to 5 evaluations"),
     KnownFailure("heun", "trailing", 19, True, "judge accuracy <= 0.01 (chance 0.10) up to 19 evaluations"),
     KnownFailure("heun", "karras", 15, True, "judge accuracy <= 0.15 (chance 0.10) up to 15 evaluations"),
     KnownFailure("heun", "logsnr", 15, True, "judge accuracy <= 0.08 (chance 0.10) up to 15 evaluations"),
     KnownFailure("dpm++3m", "leading", 6, True, "judge accuracy <= 0.28 (chance 0.10) up to 6 evaluations"),
+    KnownFailure("dpm++2m_sde", "karras", 4, True, "judge accuracy <= 0.29 (chance 0.10) up to 4 evaluations"),
+    KnownFailure("dpm++3m_sde", "leading", 8, True, "judge accuracy <= 0.23 (chance 0.10) up to 8 evaluations"),
+    KnownFailure("dpm++3m_sde", "karras", 10, True, "judge accuracy <= 0.13 (chance 0.10) up to 10 evaluations"),
+    KnownFailure("dpm++3m_sde", "logsnr", 6, True, "judge accuracy <= 0.24 (chance 0.10) up to 6 evaluations"),
     KnownFailure("unipc", "leading", 4, True, "judge accuracy <= 0.08 (chance 0.10) up to 4 evaluations"),
     KnownFailure("ipndm", "linspace", 20, True, "judge accuracy <= 0.03 (chance 0.10) up to 20 evaluations"),
     KnownFailure("ipndm", "trailing", 20, True, "judge accuracy <= 0.12 (chance 0.10) up to 20 evaluations"),
