@@ -175,6 +175,7 @@ SCENARIOS = ["sample ddim", "sample ddpm", "sample dpm++2m grid", "sample heun g
              "edit repaint and dps", "edit ddim inversion", "train diffusion step", "train classifier step"]
 
 
+@pytest.mark.filterwarnings("ignore:.*was measured to fail")  # heun at 3 levels: few steps on purpose, dtypes are the point
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_no_float64_tensor_is_made(name, checkpoints, tmp_path):
     hits = float64_made_by(scenario(name, checkpoints, tmp_path))
